@@ -42,6 +42,7 @@ struct kvm_userspace_memory_region2 {
 	__u32 slot;
 	/* KVM_MEM_* */
 	__u32 flags;
+	/* Guest physical address of the slot's first byte. */
 	__u64 guest_phys_addr;
 	/* Size in bytes; zero deletes the slot. */
 	__u64 memory_size;
@@ -51,7 +52,9 @@ struct kvm_userspace_memory_region2 {
 	__u64 guest_memfd_offset;
 	/* A guest_memfd file descriptor, with KVM_MEM_GUEST_MEMFD. */
 	__u32 guest_memfd;
+	/* Zero. */
 	__u32 pad1;
+	/* Zero. */
 	__u64 pad2[14];
 };
 
@@ -62,10 +65,13 @@ struct kvm_userspace_memory_region2 {
 
 /* Argument of KVM_SET_MEMORY_ATTRIBUTES (32 bytes). */
 struct kvm_memory_attributes {
+	/* Guest physical address of the range; page-aligned. */
 	__u64 address;
+	/* Size of the range in bytes. */
 	__u64 size;
 	/* KVM_MEMORY_ATTRIBUTE_* */
 	__u64 attributes;
+	/* Zero. */
 	__u64 flags;
 };
 
@@ -82,6 +88,7 @@ struct kvm_create_guest_memfd {
 	__u64 size;
 	/* GUEST_MEMFD_FLAG_* */
 	__u64 flags;
+	/* Zero. */
 	__u64 reserved[6];
 };
 

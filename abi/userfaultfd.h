@@ -88,17 +88,25 @@ struct uffd_msg_remove {
 
 /* The payload space of every message, as raw words. */
 struct uffd_msg_reserved {
+	/* Payload word at offset 8. */
 	__u64 reserved1;
+	/* Payload word at offset 16. */
 	__u64 reserved2;
+	/* Payload word at offset 24. */
 	__u64 reserved3;
 };
 
 /* Event-specific payload of a uffd_msg. */
 union uffd_msg_arg {
+	/* With UFFD_EVENT_PAGEFAULT. */
 	struct uffd_msg_pagefault pagefault;
+	/* With UFFD_EVENT_FORK. */
 	struct uffd_msg_fork fork;
+	/* With UFFD_EVENT_REMAP. */
 	struct uffd_msg_remap remap;
+	/* With UFFD_EVENT_REMOVE and UFFD_EVENT_UNMAP. */
 	struct uffd_msg_remove remove;
+	/* The payload as raw words. */
 	struct uffd_msg_reserved reserved;
 };
 
@@ -106,9 +114,13 @@ union uffd_msg_arg {
 struct uffd_msg {
 	/* UFFD_EVENT_* */
 	__u8 event;
+	/* Zero. */
 	__u8 reserved1;
+	/* Zero. */
 	__u16 reserved2;
+	/* Zero. */
 	__u32 reserved3;
+	/* The payload; which member is valid depends on event. */
 	union uffd_msg_arg arg;
 } __attribute__((packed));
 
@@ -157,11 +169,14 @@ struct uffdio_api {
 /* ---- range ioctls ------------------------------------------------------ */
 
 struct uffdio_range {
+	/* First address; page-aligned. */
 	__u64 start;
+	/* Length in bytes; a multiple of the page size. */
 	__u64 len;
 };
 
 struct uffdio_register {
+	/* The range to register. */
 	struct uffdio_range range;
 	/* In: UFFDIO_REGISTER_MODE_*. */
 	__u64 mode;
@@ -174,9 +189,13 @@ struct uffdio_register {
 #define UFFDIO_REGISTER_MODE_MINOR (1ULL << 2)
 
 struct uffdio_copy {
+	/* Destination address in the registered range; page-aligned. */
 	__u64 dst;
+	/* Source address of the data in the caller's memory. */
 	__u64 src;
+	/* Bytes to copy; a multiple of the page size. */
 	__u64 len;
+	/* UFFDIO_COPY_MODE_*. */
 	__u64 mode;
 	/* Out: bytes copied, or a negated errno. */
 	__s64 copy;
@@ -186,7 +205,9 @@ struct uffdio_copy {
 #define UFFDIO_COPY_MODE_WP (1ULL << 1)
 
 struct uffdio_zeropage {
+	/* The range to fill with zero pages. */
 	struct uffdio_range range;
+	/* UFFDIO_ZEROPAGE_MODE_*. */
 	__u64 mode;
 	/* Out: bytes zeroed, or a negated errno. */
 	__s64 zeropage;
@@ -195,7 +216,9 @@ struct uffdio_zeropage {
 #define UFFDIO_ZEROPAGE_MODE_DONTWAKE (1ULL << 0)
 
 struct uffdio_writeprotect {
+	/* The range to protect or unprotect. */
 	struct uffdio_range range;
+	/* UFFDIO_WRITEPROTECT_MODE_*. */
 	__u64 mode;
 };
 
@@ -203,7 +226,9 @@ struct uffdio_writeprotect {
 #define UFFDIO_WRITEPROTECT_MODE_DONTWAKE (1ULL << 1)
 
 struct uffdio_continue {
+	/* The range whose cached pages to map. */
 	struct uffdio_range range;
+	/* UFFDIO_CONTINUE_MODE_*. */
 	__u64 mode;
 	/* Out: bytes mapped, or a negated errno. */
 	__s64 mapped;
@@ -213,7 +238,9 @@ struct uffdio_continue {
 #define UFFDIO_CONTINUE_MODE_WP (1ULL << 1)
 
 struct uffdio_poison {
+	/* The range to poison. */
 	struct uffdio_range range;
+	/* UFFDIO_POISON_MODE_*. */
 	__u64 mode;
 	/* Out: bytes poisoned, or a negated errno. */
 	__s64 updated;
@@ -222,9 +249,13 @@ struct uffdio_poison {
 #define UFFDIO_POISON_MODE_DONTWAKE (1ULL << 0)
 
 struct uffdio_move {
+	/* Destination address in the registered range; page-aligned. */
 	__u64 dst;
+	/* Source address of the pages to move; page-aligned. */
 	__u64 src;
+	/* Bytes to move; a multiple of the page size. */
 	__u64 len;
+	/* UFFDIO_MOVE_MODE_*. */
 	__u64 mode;
 	/* Out: bytes moved, or a negated errno. */
 	__s64 move;

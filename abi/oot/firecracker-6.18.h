@@ -33,9 +33,13 @@
 
 /* Argument of KVM_ASYNC_PF (asynchronous page fault completion). */
 struct kvm_async_pf_req {
+	/* Guest physical address the request is about. */
 	__u64 gpa;
+	/* Operation code of the request. */
 	__u32 op;
+	/* Request flags. */
 	__u32 flags;
+	/* Zero. */
 	__u64 reserved[2];
 };
 

@@ -29,16 +29,25 @@
  * of the mainline pad2[14] becomes the bitmap pointer. Same 160 bytes.
  */
 struct kvm_userspace_memory_region2 {
+	/* Address-space id in bits 16..31, slot id in bits 0..15. */
 	__u32 slot;
+	/* KVM_MEM_* */
 	__u32 flags;
+	/* Guest physical address of the slot's first byte. */
 	__u64 guest_phys_addr;
+	/* Size in bytes; zero deletes the slot. */
 	__u64 memory_size;
+	/* Start of the user-space mapping that backs the slot. */
 	__u64 userspace_addr;
+	/* Offset into guest_memfd, with KVM_MEM_GUEST_MEMFD. */
 	__u64 guest_memfd_offset;
+	/* A guest_memfd file descriptor, with KVM_MEM_GUEST_MEMFD. */
 	__u32 guest_memfd;
+	/* Zero. */
 	__u32 pad1;
 	/* User address of the bitmap (an array of unsigned long). */
 	__u64 userfault_bitmap;
+	/* Zero. */
 	__u64 pad2[13];
 };
 

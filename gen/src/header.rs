@@ -77,7 +77,13 @@ pub fn parse(source: &str) -> Header {
             if let Some(ioctl) = parse_ioctl(&name, &body) {
                 ioctls.push(ioctl);
             }
-            defines.insert(name, Define { body, doc: pending.clone() });
+            defines.insert(
+                name,
+                Define {
+                    body,
+                    doc: pending.clone(),
+                },
+            );
         } else if !line.starts_with('#') {
             pending = None;
         }
@@ -85,29 +91,71 @@ pub fn parse(source: &str) -> Header {
     Header { defines, ioctls }
 }
 
+/// A C comment as one line of rustdoc: markers removed, lines joined, and
+/// brackets escaped so `pad2[14]` is not read as an intra-doc link.
 fn clean_comment(text: &str) -> String {
-    let body = text.trim_start_matches("/*").trim_end_matches("*/");
+    let body = text.trim().trim_start_matches("/*").trim_end_matches("*/");
     body.lines()
         .map(|l| l.trim().trim_start_matches('*').trim())
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" ")
+        .replace('[', "\\[")
+        .replace(']', "\\]")
+}
+
+/// Rewrites the doc comments bindgen copied from the header into the same
+/// one-line form as [`clean_comment`].
+fn normalize_docs(attrs: &mut Vec<Attribute>) {
+    let mut text = String::new();
+    attrs.retain(|a| {
+        if !a.path().is_ident("doc") {
+            return true;
+        }
+        if let syn::Meta::NameValue(nv) = &a.meta
+            && let syn::Expr::Lit(syn::ExprLit {
+                lit: syn::Lit::Str(s),
+                ..
+            }) = &nv.value
+        {
+            text.push_str(&s.value());
+            text.push('\n');
+        }
+        false
+    });
+    let cleaned = clean_comment(&text);
+    if !cleaned.is_empty() {
+        attrs.insert(0, doc_attr(&cleaned));
+    }
 }
 
 fn parse_ioctl(name: &str, body: &str) -> Option<Ioctl> {
-    let (encoder, args) = [("_IOWR(", "iowr"), ("_IOR(", "ior"), ("_IOW(", "iow"), ("_IO(", "io")]
-        .iter()
-        .find_map(|(prefix, enc)| body.strip_prefix(prefix).map(|rest| (*enc, rest)))?;
+    let (encoder, args) = [
+        ("_IOWR(", "iowr"),
+        ("_IOR(", "ior"),
+        ("_IOW(", "iow"),
+        ("_IO(", "io"),
+    ]
+    .iter()
+    .find_map(|(prefix, enc)| body.strip_prefix(prefix).map(|rest| (*enc, rest)))?;
     let args = args.strip_suffix(')')?;
     let parts: Vec<&str> = args.split(',').map(str::trim).collect();
     let (ty, nr, arg) = match (encoder, parts.as_slice()) {
         ("io", [ty, nr]) => (ty, nr, None),
-        (_, [ty, nr, arg]) if encoder != "io" => {
-            (ty, nr, Some(arg.strip_prefix("struct ")?.trim().to_string()))
-        }
+        (_, [ty, nr, arg]) if encoder != "io" => (
+            ty,
+            nr,
+            Some(arg.strip_prefix("struct ")?.trim().to_string()),
+        ),
         _ => return None,
     };
-    Some(Ioctl { name: name.to_string(), encoder, ty: ty.to_string(), nr: nr.to_string(), arg })
+    Some(Ioctl {
+        name: name.to_string(),
+        encoder,
+        ty: ty.to_string(),
+        nr: nr.to_string(),
+        arg,
+    })
 }
 
 fn doc_attr(text: &str) -> Attribute {
@@ -156,13 +204,19 @@ pub fn document(file: &mut syn::File, header: &Header, source: &str) {
             }
             Item::Struct(s) => {
                 let name = s.ident.to_string();
+                normalize_docs(&mut s.attrs);
                 if !has_doc(&s.attrs) {
                     push_docs(&mut s.attrs, &[format!("C `struct {name}`.")]);
                 }
                 if let Fields::Named(fields) = &mut s.fields {
                     for f in &mut fields.named {
+                        normalize_docs(&mut f.attrs);
                         if !has_doc(&f.attrs) {
-                            let field = f.ident.as_ref().map(ToString::to_string).unwrap_or_default();
+                            let field = f
+                                .ident
+                                .as_ref()
+                                .map(ToString::to_string)
+                                .unwrap_or_default();
                             push_docs(&mut f.attrs, &[format!("`{name}.{field}`.")]);
                         }
                     }
@@ -170,12 +224,18 @@ pub fn document(file: &mut syn::File, header: &Header, source: &str) {
             }
             Item::Union(u) => {
                 let name = u.ident.to_string();
+                normalize_docs(&mut u.attrs);
                 if !has_doc(&u.attrs) {
                     push_docs(&mut u.attrs, &[format!("C `union {name}`.")]);
                 }
                 for f in &mut u.fields.named {
+                    normalize_docs(&mut f.attrs);
                     if !has_doc(&f.attrs) {
-                        let field = f.ident.as_ref().map(ToString::to_string).unwrap_or_default();
+                        let field = f
+                            .ident
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default();
                         push_docs(&mut f.attrs, &[format!("`{name}.{field}`.")]);
                     }
                 }
@@ -191,10 +251,13 @@ fn as_hex_if_bits(expr: &mut syn::Expr, body: &str) {
     if !(body.contains("<<") || body.contains('|') || body.contains("0x")) {
         return;
     }
-    if let syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Int(lit), .. }) = expr {
-        if let Ok(value) = lit.base10_parse::<u64>() {
-            *lit = syn::LitInt::new(&format!("{value:#x}"), lit.span());
-        }
+    if let syn::Expr::Lit(syn::ExprLit {
+        lit: syn::Lit::Int(lit),
+        ..
+    }) = expr
+        && let Ok(value) = lit.base10_parse::<u64>()
+    {
+        *lit = syn::LitInt::new(&format!("{value:#x}"), lit.span());
     }
 }
 

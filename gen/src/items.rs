@@ -76,7 +76,11 @@ fn qualify(ty: &Type, module: &str) -> String {
             format!("{module}::{}", p.path.to_token_stream())
         }
         Type::Array(a) => {
-            format!("[{}; {}]", qualify(&a.elem, module), a.len.to_token_stream())
+            format!(
+                "[{}; {}]",
+                qualify(&a.elem, module),
+                a.len.to_token_stream()
+            )
         }
         other => other.to_token_stream().to_string(),
     }
@@ -99,7 +103,11 @@ pub fn collect(
     for (name, union, _) in defs.iter().filter(|(n, _, _)| !nested.contains(n)) {
         let mut fields = Vec::new();
         walk(&defs, name, ("", ""), rust_path, &mut fields);
-        records.push(Record { name: name.clone(), union: *union, fields });
+        records.push(Record {
+            name: name.clone(),
+            union: *union,
+            fields,
+        });
     }
     let consts = file
         .items
@@ -131,9 +139,19 @@ fn walk(
     for (name, ty) in fields {
         let c_path = format!("{c_prefix}{}", c_name(name));
         let rust_path = format!("{rust_prefix}{name}");
-        out.push(Field { c_path: c_path.clone(), rust_path: rust_path.clone(), ty: qualify(ty, module) });
+        out.push(Field {
+            c_path: c_path.clone(),
+            rust_path: rust_path.clone(),
+            ty: qualify(ty, module),
+        });
         if let Some(inner) = type_name(ty).filter(|t| defs.iter().any(|(n, _, _)| n == t)) {
-            walk(defs, &inner, (&format!("{c_path}."), &format!("{rust_path}.")), module, out);
+            walk(
+                defs,
+                &inner,
+                (&format!("{c_path}."), &format!("{rust_path}.")),
+                module,
+                out,
+            );
         }
     }
 }
@@ -141,7 +159,11 @@ fn walk(
 /// Rust source of the table (types `Module` and `Item` live in the test).
 pub fn render(tables: &[Table]) -> String {
     let mut s = String::new();
-    s.push_str("//! Every constant, record and field of the sys crates, as the tests see them.\n\n");
+    s.push_str(
+        "//! Every constant, record and field of the sys crates, as the tests see them.\n\n",
+    );
+    s.push_str("// Constants have the width of their field; the table widens them all.\n");
+    s.push_str("#![allow(clippy::unnecessary_cast)]\n\n");
     s.push_str("use super::{Item, Module};\n");
     s.push_str("use core::mem::{align_of, offset_of, size_of};\n\n");
     s.push_str("/// One entry per generated module.\n");

@@ -184,7 +184,11 @@ fn run(check: bool) -> Result<bool, String> {
         }
         if check {
             clean = false;
-            let why = if old.is_none() { "missing" } else { "differs from abi/" };
+            let why = if old.is_none() {
+                "missing"
+            } else {
+                "differs from abi/"
+            };
             eprintln!("drift: {rel} {why}");
         } else {
             if let Some(dir) = path.parent() {
@@ -196,11 +200,12 @@ fn run(check: bool) -> Result<bool, String> {
     }
     if check {
         if clean {
-            println!("bindings up to date (abi sha256 {digest}, {} files)", outputs.len());
-        } else {
-            eprintln!(
-                "generated bindings are out of date: run `{COMMAND}` and commit the result"
+            println!(
+                "bindings up to date (abi sha256 {digest}, {} files)",
+                outputs.len()
             );
+        } else {
+            eprintln!("generated bindings are out of date: run `{COMMAND}` and commit the result");
         }
     }
     Ok(clean)
@@ -279,7 +284,10 @@ fn generate(job: &Job, abi: &Path) -> Result<(String, items::Table), String> {
 
     let packed = packed_records(&file);
     let text = prettyplease::unparse(&file);
-    Ok((copy_packed_fields_in_debug(&add_safety_comments(&text), &packed), table))
+    Ok((
+        copy_packed_fields_in_debug(&add_safety_comments(&text), &packed),
+        table,
+    ))
 }
 
 /// bindgen's `Default` for unions and packed structs zero-fills in an
@@ -325,7 +333,10 @@ fn copy_packed_fields_in_debug(text: &str, packed: &[String]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_impl = false;
     for line in text.lines() {
-        if packed.iter().any(|p| line == format!("impl ::core::fmt::Debug for {p} {{")) {
+        if packed
+            .iter()
+            .any(|p| line == format!("impl ::core::fmt::Debug for {p} {{"))
+        {
             in_impl = true;
         } else if line == "}" {
             in_impl = false;
@@ -372,9 +383,14 @@ fn rustfmt(text: &str) -> Result<String, String> {
         .ok_or("rustfmt stdin")?
         .write_all(text.as_bytes())
         .map_err(|e| format!("rustfmt stdin: {e}"))?;
-    let out = child.wait_with_output().map_err(|e| format!("rustfmt: {e}"))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("rustfmt: {e}"))?;
     if !out.status.success() {
-        return Err(format!("rustfmt failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "rustfmt failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     String::from_utf8(out.stdout).map_err(|e| format!("rustfmt output: {e}"))
 }

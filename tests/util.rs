@@ -1,0 +1,69 @@
+//! Shared test fixtures: skip reporting and `USERFAULT_TEST_REQUIRE`.
+//!
+//! Capability names understood in `USERFAULT_TEST_REQUIRE` (comma
+//! separated; `all` requires every one):
+//!
+//! | name | what the test needs |
+//! |---|---|
+//! | `uffd` | the `userfaultfd(2)` syscall |
+//! | `uffd-dev` | `/dev/userfaultfd` |
+//! | `kvm` | `/dev/kvm` |
+//! | `gmem` | `KVM_CREATE_GUEST_MEMFD` on a VM |
+//! | `kvm-memory-attributes` | `KVM_SET_MEMORY_ATTRIBUTES` for the default VM type |
+//! | `c-headers` | a C compiler and the system's `<linux/*.h>` headers |
+
+use std::io::Write as _;
+
+/// Every capability name a test may ask for.
+pub const CAPABILITIES: &[&str] = &[
+    "uffd",
+    "uffd-dev",
+    "kvm",
+    "gmem",
+    "kvm-memory-attributes",
+    "c-headers",
+];
+
+/// True when `USERFAULT_TEST_REQUIRE` names `capability` (or `all`).
+pub fn required(capability: &str) -> bool {
+    assert!(
+        CAPABILITIES.contains(&capability),
+        "unknown test capability {capability:?}; add it to tests/util.rs"
+    );
+    std::env::var("USERFAULT_TEST_REQUIRE").is_ok_and(|list| {
+        list.split(',')
+            .map(str::trim)
+            .any(|c| c == capability || c == "all")
+    })
+}
+
+/// Reports that `test` cannot run for want of `capability`.
+///
+/// Prints `SKIP <test>: <reason>` straight to the process's stderr (past the
+/// test harness's capture) and returns, or fails the test when the
+/// capability is required.
+pub fn skip(test: &str, capability: &str, reason: &str) {
+    if required(capability) {
+        panic!("{test}: required capability {capability} is unavailable: {reason}");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+}
+
+/// Writes a line past the harness's capture, for counts worth seeing in CI.
+pub fn report(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Unwraps `Ok`, or skips the test with the error as the reason.
+macro_rules! require {
+    ($test:expr, $capability:expr, $probe:expr) => {
+        match $probe {
+            Ok(value) => value,
+            Err(reason) => {
+                $crate::util::skip($test, $capability, &reason);
+                return;
+            }
+        }
+    };
+}
+pub(crate) use require;

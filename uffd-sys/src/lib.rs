@@ -1,0 +1,49 @@
+//! Raw bindings to the Linux userfaultfd ABI.
+//!
+//! Everything in `<linux/userfaultfd.h>` as of the newest mainline kernels:
+//! the message and argument structs, feature bits, register modes, event
+//! codes, page-fault flags, per-ioctl mode flags, the `_UFFDIO_*` bit
+//! numbers, the `UFFD_API_*` masks, `UFFD_USER_MODE_ONLY`,
+//! `USERFAULTFD_IOC_NEW` and every `UFFDIO_*` ioctl request number.
+//!
+//! Names, values and layouts are the kernel's. Constants have the width of
+//! the field or argument they go with (`u64` feature, mode and flag bits,
+//! `u8` event codes); ioctl request numbers are `u32`, computed at compile
+//! time by the const fns in [`ioctl`], so the same value serves `ioctl(2)`
+//! and seccomp filters.
+//!
+//! The bindings are generated offline from `abi/userfaultfd.h` by the
+//! workspace's `gen/` program and committed; building this crate needs no
+//! libclang and no kernel headers. Each item's documentation shows the C
+//! definition it comes from.
+//!
+//! For a safe interface (handshake, registration, typed events, resolution
+//! with exact partial-progress semantics) use the `userfault` crate.
+//!
+//! # Example
+//!
+//! ```
+//! use uffd_sys::{UFFDIO_API, UFFD_API, uffdio_api};
+//!
+//! let api = uffdio_api { api: UFFD_API, features: 0, ioctls: 0 };
+//! # let _ = api;
+//! // ioctl(uffd, UFFDIO_API as libc::c_ulong, &mut api) on a new userfaultfd.
+//! assert_eq!(UFFDIO_API >> 30, 3); // read and write
+//! ```
+//!
+//! # References
+//! - [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)
+//! - [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
+//! - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
+
+#![no_std]
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("uffd-sys binds the 64-bit Linux ABI only");
+
+pub mod ioctl;
+
+#[allow(non_camel_case_types, non_upper_case_globals)]
+mod generated;
+
+pub use generated::*;
