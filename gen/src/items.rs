@@ -41,8 +41,15 @@ pub struct Table {
     records: Vec<Record>,
 }
 
-/// Named fields of each struct or union in the file: (name, is_union, fields).
-fn record_defs(file: &syn::File) -> Vec<(String, bool, Vec<(String, Type)>)> {
+/// A struct or union as declared: name, kind, and named fields.
+struct RecordDef {
+    name: String,
+    union: bool,
+    fields: Vec<(String, Type)>,
+}
+
+/// Named fields of each struct or union in the file.
+fn record_defs(file: &syn::File) -> Vec<RecordDef> {
     let mut defs = Vec::new();
     for item in &file.items {
         let (name, union, fields) = match item {
@@ -57,7 +64,11 @@ fn record_defs(file: &syn::File) -> Vec<(String, bool, Vec<(String, Type)>)> {
             .iter()
             .filter_map(|f| Some((f.ident.as_ref()?.to_string(), f.ty.clone())))
             .collect();
-        defs.push((name, union, fields));
+        defs.push(RecordDef {
+            name,
+            union,
+            fields,
+        });
     }
     defs
 }
@@ -97,15 +108,15 @@ pub fn collect(
     let defs = record_defs(file);
     let nested: BTreeSet<String> = defs
         .iter()
-        .flat_map(|(_, _, fields)| fields.iter().filter_map(|(_, ty)| type_name(ty)))
+        .flat_map(|d| d.fields.iter().filter_map(|(_, ty)| type_name(ty)))
         .collect();
     let mut records = Vec::new();
-    for (name, union, _) in defs.iter().filter(|(n, _, _)| !nested.contains(n)) {
+    for def in defs.iter().filter(|d| !nested.contains(&d.name)) {
         let mut fields = Vec::new();
-        walk(&defs, name, ("", ""), rust_path, &mut fields);
+        walk(&defs, &def.name, ("", ""), rust_path, &mut fields);
         records.push(Record {
-            name: name.clone(),
-            union: *union,
+            name: def.name.clone(),
+            union: def.union,
             fields,
         });
     }
@@ -127,16 +138,16 @@ pub fn collect(
 }
 
 fn walk(
-    defs: &[(String, bool, Vec<(String, Type)>)],
+    defs: &[RecordDef],
     record: &str,
     (c_prefix, rust_prefix): (&str, &str),
     module: &str,
     out: &mut Vec<Field>,
 ) {
-    let Some((_, _, fields)) = defs.iter().find(|(n, _, _)| n == record) else {
+    let Some(def) = defs.iter().find(|d| d.name == record) else {
         return;
     };
-    for (name, ty) in fields {
+    for (name, ty) in &def.fields {
         let c_path = format!("{c_prefix}{}", c_name(name));
         let rust_path = format!("{rust_prefix}{name}");
         out.push(Field {
@@ -144,7 +155,7 @@ fn walk(
             rust_path: rust_path.clone(),
             ty: qualify(ty, module),
         });
-        if let Some(inner) = type_name(ty).filter(|t| defs.iter().any(|(n, _, _)| n == t)) {
+        if let Some(inner) = type_name(ty).filter(|t| defs.iter().any(|d| &d.name == t)) {
             walk(
                 defs,
                 &inner,
