@@ -10,6 +10,7 @@
 //! | `kvm` | `/dev/kvm` |
 //! | `gmem` | `KVM_CREATE_GUEST_MEMFD` on a VM |
 //! | `kvm-memory-attributes` | `KVM_SET_MEMORY_ATTRIBUTES` for the default VM type |
+//! | `hugetlb` | reserved huge pages (`vm.nr_hugepages`) and hugetlbfs memfds |
 //! | `c-headers` | a C compiler and the system's `<linux/*.h>` headers |
 
 use std::io::Write as _;
@@ -21,6 +22,7 @@ pub const CAPABILITIES: &[&str] = &[
     "kvm",
     "gmem",
     "kvm-memory-attributes",
+    "hugetlb",
     "c-headers",
 ];
 

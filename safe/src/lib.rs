@@ -5,8 +5,21 @@
 //! [`gmem_sys`] bindings. It negotiates every capability with the running
 //! kernel instead of trusting version numbers or Cargo features.
 //!
+//! | module | what it does |
+//! |---|---|
+//! | [`error`] | the one error type: operation, errno, what to do |
+//! | [`mem`] | owned memory mappings |
+//! | [`backing`] | files whose page cache user space fills (`Memfd`; guest_memfd in `kvm`) |
+//!
 //! The raw bindings are re-exported so that a user of this crate can reach
 //! the exact kernel names without a second dependency.
 
+pub mod backing;
+pub mod error;
+pub mod mem;
+#[allow(dead_code)]
+mod sys;
+
+pub use error::{Errno, Error, Result};
 pub use gmem_sys;
 pub use uffd_sys;
