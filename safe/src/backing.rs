@@ -300,3 +300,151 @@ impl Backing for Memfd {
         }
     }
 }
+
+/// A shared mapping of part of a [`Backing`]: the one place where addresses
+/// in guest memory and offsets in the backing file are converted.
+///
+/// Offsets and addresses are checked: an address outside the mapping or an
+/// offset outside the mapped part of the file is an error, never a wrapped
+/// or truncated number.
+#[derive(Debug)]
+pub struct BackedMapping<B: Backing> {
+    backing: std::sync::Arc<B>,
+    mapping: Mapping,
+    offset: u64,
+}
+
+impl<B: Backing> BackedMapping<B> {
+    /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, backing, offset)`:
+    /// maps `len` bytes of `backing` from `offset`, shared.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for an unaligned or out-of-range span; the `mmap`
+    /// errno otherwise (`ENODEV` for a guest_memfd created without
+    /// `GUEST_MEMFD_FLAG_MMAP`).
+    pub fn new(backing: std::sync::Arc<B>, offset: u64, len: usize) -> Result<BackedMapping<B>> {
+        check_span(&*backing, "mmap", offset, len as u64)?;
+        let mapping = Mapping::file(backing.as_fd(), offset, len, Sharing::Shared)?;
+        Ok(BackedMapping {
+            backing,
+            mapping,
+            offset,
+        })
+    }
+
+    /// The backing file.
+    pub fn backing(&self) -> &std::sync::Arc<B> {
+        &self.backing
+    }
+
+    /// The mapping.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// First address of the mapping.
+    pub fn addr(&self) -> usize {
+        self.mapping.addr()
+    }
+
+    /// Length of the mapping in bytes.
+    pub fn len(&self) -> usize {
+        self.mapping.len()
+    }
+
+    /// Always false: a mapping has at least one page.
+    pub fn is_empty(&self) -> bool {
+        self.mapping.is_empty()
+    }
+
+    /// File offset the mapping starts at.
+    pub fn file_offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The file offset that `addr` maps.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when `addr` is outside the mapping.
+    pub fn offset_of(&self, addr: usize) -> Result<u64> {
+        if !self.mapping.contains(addr, 1) {
+            return Err(Error::invalid(
+                "offset_of",
+                format!(
+                    "address {addr:#x} is outside the mapping {:#x}+{:#x}",
+                    self.addr(),
+                    self.len()
+                ),
+            ));
+        }
+        Ok(self.offset + (addr - self.addr()) as u64)
+    }
+
+    /// The address at which file offset `offset` is mapped.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when `offset` is outside the mapped part of the file.
+    pub fn addr_of(&self, offset: u64) -> Result<usize> {
+        match offset.checked_sub(self.offset) {
+            Some(delta) if delta < self.len() as u64 => Ok(self.addr() + delta as usize),
+            _ => Err(Error::invalid(
+                "addr_of",
+                format!(
+                    "file offset {offset:#x} is outside the mapped part {:#x}+{:#x}",
+                    self.offset,
+                    self.len()
+                ),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn offsets_and_addresses_convert_and_are_checked() {
+        let page = rustix::param::page_size() as u64;
+        let memfd = Arc::new(Memfd::shmem(c"offsets", 8 * page).expect("memfd"));
+        let m = BackedMapping::new(memfd, 2 * page, 4 * page as usize).expect("map");
+        assert_eq!(m.offset_of(m.addr()).expect("start"), 2 * page);
+        assert_eq!(
+            m.offset_of(m.addr() + page as usize + 7).expect("inside"),
+            3 * page + 7
+        );
+        assert_eq!(
+            m.addr_of(5 * page).expect("last page"),
+            m.addr() + 3 * page as usize
+        );
+        assert!(m.offset_of(m.addr() + m.len()).is_err());
+        assert!(m.offset_of(m.addr() - 1).is_err());
+        assert!(m.addr_of(page).is_err());
+        assert!(m.addr_of(6 * page).is_err());
+        let err = BackedMapping::new(m.backing().clone(), 6 * page, 4 * page as usize)
+            .expect_err("past end");
+        assert!(err.to_string().contains("outside the file"), "{err}");
+        let err = BackedMapping::new(m.backing().clone(), 1, page as usize).expect_err("unaligned");
+        assert!(
+            err.to_string().contains("multiples of the page size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shmem_fill_lands_in_the_page_cache() {
+        let page = rustix::param::page_size();
+        let memfd = Memfd::shmem(c"fill", 2 * page as u64).expect("memfd");
+        let data: Vec<u8> = (0..page).map(|i| (i % 251) as u8).collect();
+        memfd.fill(page as u64, &data).expect("fill");
+        let mut back = vec![0; page];
+        rustix::io::pread(&memfd, &mut back, page as u64).expect("pread");
+        assert_eq!(back, data);
+        assert!(memfd.fill(1, &data).is_err());
+        assert!(memfd.fill(2 * page as u64, &data).is_err());
+    }
+}
