@@ -193,26 +193,23 @@ impl<B: Backing + ?Sized> Stage2Fault<'_, B> {
             if !bitmap.test(page) {
                 return Ok(Resolution::AlreadyPopulated);
             }
-            if bitmap.try_claim(page) {
+            if let Some(_claim) = Claim::take(bitmap, page) {
                 // The bit may have been cleared between the test and the
                 // claim by a resolver that has since released its claim.
-                let outcome = if !bitmap.test(page) {
-                    Ok(Resolution::AlreadyPopulated)
-                } else {
-                    match self.backing.fill(self.offset, data) {
-                        Ok(()) => {
-                            bitmap.clear(page);
-                            Ok(Resolution::Populated)
-                        }
-                        Err(e) if e.is_exists() => {
-                            bitmap.clear(page);
-                            Ok(Resolution::AlreadyPopulated)
-                        }
-                        Err(e) => Err(e),
+                if !bitmap.test(page) {
+                    return Ok(Resolution::AlreadyPopulated);
+                }
+                return match self.backing.fill(self.offset, data) {
+                    Ok(()) => {
+                        bitmap.clear(page);
+                        Ok(Resolution::Populated)
                     }
+                    Err(e) if e.is_exists() => {
+                        bitmap.clear(page);
+                        Ok(Resolution::AlreadyPopulated)
+                    }
+                    Err(e) => Err(e),
                 };
-                bitmap.release_claim(page);
-                return outcome;
             }
             // Another resolver is writing the page: wait for it.
             while bitmap.is_claimed(page) {
@@ -224,6 +221,29 @@ impl<B: Backing + ?Sized> Stage2Fault<'_, B> {
                 }
             }
         }
+    }
+}
+
+/// A resolver's claim on a page, released when dropped — also when the
+/// backing's `fill` panics, so that waiting resolvers never wait forever.
+struct Claim<'a> {
+    bitmap: &'a UserfaultBitmap,
+    page: u64,
+}
+
+impl<'a> Claim<'a> {
+    fn take(bitmap: &'a UserfaultBitmap, page: u64) -> Option<Claim<'a>> {
+        if bitmap.try_claim(page) {
+            Some(Claim { bitmap, page })
+        } else {
+            None
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.bitmap.release_claim(self.page);
     }
 }
 
