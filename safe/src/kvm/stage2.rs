@@ -72,7 +72,9 @@ impl<'a, B: Backing + ?Sized> Stage2Resolver<'a, B> {
 
     /// The stage-2 fault behind a memory-fault exit, if it is a KVM
     /// userfault (USERFAULT flag) inside this slot; `None` otherwise (an
-    /// exit for another slot, or a memory fault of another kind).
+    /// exit for another slot, or a memory fault of another kind). The fault
+    /// is for the page that contains the exit's `gpa`; KVM reports one base
+    /// page per exit.
     pub fn fault(&self, exit: &MemoryFault) -> Option<Stage2Fault<'a, B>> {
         if !exit.is_userfault() {
             return None;
