@@ -14,3 +14,6 @@ mod abi;
 
 // The running kernel accepts the sys crates' ioctl request numbers.
 mod kernel_abi;
+
+// guest_memfd, memslots, KVM userfault and stage-2 faults (`userfault::kvm`).
+mod kvm;

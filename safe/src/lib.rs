@@ -10,14 +10,15 @@
 //! | [`error`] | the one error type: operation, errno, what to do |
 //! | [`mem`] | owned memory mappings |
 //! | [`backing`] | files whose page cache user space fills (`Memfd`; guest_memfd in `kvm`) |
+//! | [`kvm`] | `/dev/kvm`, VMs, guest_memfd, memslots, KVM userfault and stage-2 faults |
 //!
 //! The raw bindings are re-exported so that a user of this crate can reach
 //! the exact kernel names without a second dependency.
 
 pub mod backing;
 pub mod error;
+pub mod kvm;
 pub mod mem;
-#[allow(dead_code)]
 mod sys;
 
 pub use error::{Errno, Error, Result};

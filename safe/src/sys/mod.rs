@@ -6,6 +6,8 @@
 //! results: callers turn the errno into an [`Error`](crate::Error) that
 //! names their operation.
 
+pub(crate) mod kvm;
+
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::error::Errno;
