@@ -10,6 +10,7 @@
 //! | [`error`] | the one error type: operation, errno, what to do |
 //! | [`mem`] | owned memory mappings |
 //! | [`backing`] | files whose page cache user space fills (`Memfd`; guest_memfd in `kvm`) |
+//! | [`uffd`] | the userfaultfd object: open, negotiate, register, resolve, read events |
 //!
 //! The raw bindings are re-exported so that a user of this crate can reach
 //! the exact kernel names without a second dependency.
@@ -17,8 +18,8 @@
 pub mod backing;
 pub mod error;
 pub mod mem;
-#[allow(dead_code)]
 mod sys;
+pub mod uffd;
 
 pub use error::{Errno, Error, Result};
 pub use gmem_sys;
