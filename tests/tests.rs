@@ -17,3 +17,7 @@ mod kernel_abi;
 
 // guest_memfd, memslots, KVM userfault and stage-2 faults (`userfault::kvm`).
 mod kvm;
+
+// The typestate resolution layer: CONTINUE-only regions on shmem and hugetlb,
+// the reference's F-rows, snapshot restore with and without a populator.
+mod resolve;

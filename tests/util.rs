@@ -69,3 +69,24 @@ macro_rules! require {
     };
 }
 pub(crate) use require;
+
+/// Runs `f`, aborting the whole test process if it has not returned within
+/// `limit`: a faulting thread that never wakes must fail the run, not hang
+/// it.
+pub fn with_deadline<T>(what: &str, limit: std::time::Duration, f: impl FnOnce() -> T) -> T {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let what = what.to_string();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "{what}: not finished within {limit:?}; a thread is stuck (lost wake-up?)"
+            );
+            std::process::abort();
+        }
+    });
+    let out = f();
+    let _ = done.send(());
+    let _ = watchdog.join();
+    out
+}

@@ -308,7 +308,7 @@ impl Backing for Memfd {
 /// offset outside the mapped part of the file is an error, never a wrapped
 /// or truncated number.
 #[derive(Debug)]
-pub struct BackedMapping<B: Backing> {
+pub struct BackedMapping<B> {
     backing: std::sync::Arc<B>,
     mapping: Mapping,
     offset: u64,

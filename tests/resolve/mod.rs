@@ -1,0 +1,212 @@
+//! The typestate resolution layer on the real kernel, with a shmem memfd
+//! standing in for guest_memfd (registered MISSING|MINOR it behaves the same
+//! way): the F-rows of the reference, a concurrent populator, and the
+//! snapshot-restore scenario on shmem and hugetlb.
+
+mod rows;
+mod scenario;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use userfault::backing::{BackedMapping, HugePageSize, Memfd};
+use userfault::resolve::{AnyRegion, ContinueOnly, Fault, Region, Resolution};
+use userfault::uffd::{Event, EventBuffer, FaultKind, Uffd};
+
+use crate::util::require;
+
+/// Base page size of the machine.
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// The snapshot's content of the page at file offset `offset`: every byte
+/// depends on the offset, so a page served at the wrong offset shows.
+pub fn source_page(offset: u64, page: usize) -> Vec<u8> {
+    let mut data = vec![0u8; page];
+    for (i, chunk) in data.chunks_mut(8).enumerate() {
+        let word = (offset + (i * 8) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5;
+        chunk.copy_from_slice(&word.to_le_bytes()[..chunk.len()]);
+    }
+    data
+}
+
+/// A userfaultfd for these tests: non-blocking, THREAD_ID not needed.
+pub fn open_uffd(test: &str) -> Option<Arc<Uffd>> {
+    match Uffd::builder().non_blocking(true).create() {
+        Ok(u) => Some(Arc::new(u)),
+        Err(e) => {
+            crate::util::skip(test, "uffd", &format!("cannot open a userfaultfd: {e}"));
+            None
+        }
+    }
+}
+
+/// A shmem memfd of `pages` pages mapped shared, the stand-in for a
+/// guest_memfd.
+pub fn shmem_mapping(pages: usize) -> Arc<BackedMapping<Memfd>> {
+    let size = (pages * page_size()) as u64;
+    let memfd = Arc::new(Memfd::shmem(c"userfault-resolve", size).expect("memfd_create"));
+    Arc::new(BackedMapping::new(memfd, 0, size as usize).expect("mmap memfd"))
+}
+
+/// Reads one byte through the mapping (faulting if unmapped).
+pub fn touch(mapping: &BackedMapping<Memfd>, offset: usize) -> u8 {
+    assert!(offset < mapping.len());
+    // SAFETY: inside the live mapping; the range is registered, so the read
+    // blocks until a handler resolves the fault, and no Rust reference
+    // points into it.
+    unsafe { mapping.mapping().as_ptr().add(offset).read_volatile() }
+}
+
+/// Copies `len` bytes out of the mapping (faulting as needed).
+pub fn read_out(mapping: &BackedMapping<Memfd>, offset: usize, len: usize) -> Vec<u8> {
+    assert!(offset + len <= mapping.len());
+    let mut out = vec![0u8; len];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = touch(mapping, offset + i);
+    }
+    out
+}
+
+/// Waits (up to `timeout`) for the next page fault on `uffd`.
+pub fn next_fault(
+    uffd: &Uffd,
+    buf: &mut EventBuffer,
+    timeout: Duration,
+) -> Option<(usize, FaultKind)> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        for event in uffd.read_events(buf).expect("read events") {
+            if let Event::PageFault { address, kind, .. } = event {
+                return Some((address, kind));
+            }
+        }
+        let left = deadline.checked_duration_since(Instant::now())?;
+        uffd.poll(Some(left.min(Duration::from_millis(50))))
+            .expect("poll");
+    }
+}
+
+/// Serves faults of a CONTINUE-only region until `stop`, taking each
+/// missing page's content from `source(file offset)`; returns how many
+/// faults it resolved.
+pub fn serve(
+    region: &Region<ContinueOnly, Memfd>,
+    source: &(dyn Fn(u64) -> Vec<u8> + Sync),
+    stop: &AtomicBool,
+) -> usize {
+    let uffd = region.uffd().clone();
+    let mut buf = EventBuffer::with_capacity(16);
+    let mut served = 0;
+    while !stop.load(Ordering::Acquire) {
+        let events = match uffd.read_events(&mut buf) {
+            Ok(events) => events,
+            Err(e) => panic!("read events: {e}"),
+        };
+        let mut any = false;
+        for event in events {
+            let Event::PageFault { address, kind, .. } = event else {
+                continue;
+            };
+            any = true;
+            let fault = region
+                .fault(address, kind)
+                .expect("fault inside the region");
+            let result = match fault {
+                Fault::Missing(f) => {
+                    let offset = f.file_offset().expect("offset");
+                    f.write_then_continue(&source(offset))
+                }
+                Fault::Minor(f) => f.map(),
+                Fault::WriteProtect(f) => panic!("unexpected WP fault at {:#x}", f.page()),
+            };
+            result.expect("resolution");
+            served += 1;
+        }
+        if !any {
+            uffd.poll(Some(Duration::from_millis(20))).expect("poll");
+        }
+    }
+    served
+}
+
+/// True when huge pages can be used; the reason otherwise.
+pub fn hugetlb_available(pages: usize) -> Result<(), String> {
+    let free = std::fs::read_to_string("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages")
+        .map_err(|e| format!("no 2 MiB hugetlb support: {e}"))?;
+    let free: usize = free
+        .trim()
+        .parse()
+        .map_err(|e| format!("free_hugepages: {e}"))?;
+    if free < pages {
+        return Err(format!(
+            "{free} free 2 MiB huge pages, {pages} needed (sysctl vm.nr_hugepages)"
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn continue_only_regions_register_missing_and_minor() {
+    const TEST: &str = "continue_only_regions_register_missing_and_minor";
+    let Some(uffd) = open_uffd(TEST) else { return };
+    let mapping = shmem_mapping(4);
+    // SAFETY: the mapping is fresh and nothing references it.
+    let region = unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+    let mode = region.registration().mode();
+    assert!(
+        mode.contains(
+            userfault::uffd::RegisterMode::MISSING | userfault::uffd::RegisterMode::MINOR
+        )
+    );
+    drop(region);
+    // The class comes from the mask: shmem offers COPY, so an automatic
+    // registration is copy-capable.
+    // SAFETY: as above; the previous registration is gone.
+    let any = unsafe { AnyRegion::register(uffd, mapping) }.expect("register");
+    assert_eq!(any.class_name(), "copy-capable");
+}
+
+#[test]
+fn hugetlb_continue_only_restores_a_snapshot() {
+    const TEST: &str = "hugetlb_continue_only_restores_a_snapshot";
+    require!(TEST, "hugetlb", hugetlb_available(8));
+    let Some(uffd) = open_uffd(TEST) else { return };
+    let huge = HugePageSize::Size2M.bytes();
+    let size = 8 * huge;
+    let memfd = Arc::new(
+        Memfd::hugetlb(c"userfault-huge", size as u64, HugePageSize::Size2M).expect("memfd"),
+    );
+    let mapping = Arc::new(BackedMapping::new(memfd, 0, size).expect("mmap"));
+    // SAFETY: fresh mapping, not referenced.
+    let region = unsafe { Region::continue_only(uffd, mapping.clone()) }.expect("register hugetlb");
+    assert_eq!(region.page_size(), huge);
+    let stop = AtomicBool::new(false);
+    let source = |offset| source_page(offset, huge);
+    std::thread::scope(|s| {
+        let handler = s.spawn(|| serve(&region, &source, &stop));
+        for p in (0..8).rev() {
+            let got = read_out(&mapping, p * huge + 4096, 64);
+            assert_eq!(
+                got,
+                source_page((p * huge) as u64, huge)[4096..4096 + 64],
+                "huge page {p}"
+            );
+        }
+        stop.store(true, Ordering::Release);
+        let served = handler.join().expect("handler");
+        assert!(served >= 8, "served {served} faults for 8 huge pages");
+    });
+    // Every byte of every huge page equals the source.
+    for p in 0..8 {
+        let mut back = vec![0u8; huge];
+        rustix::io::pread(mapping.backing().as_ref(), &mut back, (p * huge) as u64).expect("pread");
+        assert!(
+            back == source_page((p * huge) as u64, huge),
+            "huge page {p} differs from the source"
+        );
+    }
+    let _ = Resolution::Resolved;
+}

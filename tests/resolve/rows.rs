@@ -1,0 +1,260 @@
+//! The reference's resolution rows (kernel-abi.md §2.5) through the typed
+//! API, on a shmem memfd registered MISSING|MINOR.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use userfault::backing::Backing;
+use userfault::resolve::{AnyRegion, CopyCapable, Fault, Region, Resolution};
+use userfault::uffd::{EventBuffer, FaultKind, RegisterMode};
+
+use super::{next_fault, open_uffd, page_size, read_out, shmem_mapping, source_page, touch};
+
+const WAIT: Duration = Duration::from_secs(5);
+
+/// F1: a read of a page absent from the cache raises MISSING; filling the
+/// file and CONTINUE resumes the reader with the written bytes. F3 for a
+/// MINOR fault whose page was punched out: the waiter is woken and its
+/// retry raises MISSING, which brings the data. F8: `populate` without a
+/// waiter installs the page.
+#[test]
+fn continue_only_missing_minor_and_vanished_pages() {
+    const TEST: &str = "continue_only_missing_minor_and_vanished_pages";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let mapping = shmem_mapping(4);
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let mut buf = EventBuffer::with_capacity(4);
+
+        std::thread::scope(|s| {
+            // F1
+            let reader = s.spawn(|| read_out(&mapping, 0, page));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("MISSING event");
+            assert_eq!(kind, FaultKind::Missing);
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not a missing fault")
+            };
+            assert_eq!(f.file_offset(), Some(0));
+            assert_eq!(
+                f.write_then_continue(&source_page(0, page))
+                    .expect("resolve"),
+                Resolution::Resolved
+            );
+            assert_eq!(reader.join().expect("reader"), source_page(0, page));
+
+            // MINOR: the page is in the cache (filled behind the mapping), not
+            // mapped; then punched out before it is mapped.
+            let off = page as u64;
+            region
+                .mapping()
+                .expect("backing")
+                .backing()
+                .fill(off, &source_page(off, page))
+                .expect("fill");
+            let reader = s.spawn(|| read_out(&mapping, page, page));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("MINOR event");
+            assert_eq!(kind, FaultKind::Minor);
+            region
+                .mapping()
+                .expect("backing")
+                .backing()
+                .punch_hole(off, page as u64)
+                .expect("punch");
+            let Some(Fault::Minor(f)) = region.fault(addr, kind) else {
+                panic!("not a minor fault")
+            };
+            assert_eq!(f.map().expect("map"), Resolution::Refault);
+            let (addr, kind) =
+                next_fault(&uffd, &mut buf, WAIT).expect("MISSING after the refault");
+            assert_eq!(kind, FaultKind::Missing);
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not a missing fault")
+            };
+            f.write_then_continue(&source_page(off, page))
+                .expect("resolve");
+            assert_eq!(reader.join().expect("reader"), source_page(off, page));
+        });
+
+        // F8: populate ahead of any fault; the read does not fault at all.
+        let off = 2 * page as u64;
+        region
+            .populate(mapping.addr() + 2 * page, &source_page(off, page))
+            .expect("populate");
+        assert_eq!(touch(&mapping, 2 * page + 9), source_page(off, page)[9]);
+        // F4: populating a page that is already mapped is not an error.
+        let again = region.populate(mapping.addr() + 2 * page, &source_page(off, page));
+        assert_eq!(again.expect("populate again"), Resolution::AlreadyPresent);
+    })
+}
+
+/// A fault dropped unresolved wakes its waiter, which faults again.
+#[test]
+fn dropped_faults_wake_their_waiter() {
+    const TEST: &str = "dropped_faults_wake_their_waiter";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let mapping = shmem_mapping(1);
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| touch(&mapping, 100));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("first event");
+            drop(region.fault(addr, kind).expect("fault"));
+            let (addr2, kind2) =
+                next_fault(&uffd, &mut buf, WAIT).expect("the waiter faults again");
+            assert_eq!(
+                (addr2 & !(page - 1), kind2),
+                (addr & !(page - 1), FaultKind::Missing)
+            );
+            let Some(Fault::Missing(f)) = region.fault(addr2, kind2) else {
+                panic!("not missing")
+            };
+            f.write_then_continue(&source_page(0, page))
+                .expect("resolve");
+            assert_eq!(reader.join().expect("reader"), source_page(0, page)[100]);
+        });
+    })
+}
+
+/// F5/F10: a MISSING fault is pending, the page is filled behind the
+/// mapping, then COPY fails with EEXIST — and the waiter is still woken.
+/// F6: COPY of an absent page fills the page cache. F7: zero page.
+#[test]
+fn copy_capable_copy_zero_and_exists_then_wake() {
+    const TEST: &str = "copy_capable_copy_zero_and_exists_then_wake";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let mapping = shmem_mapping(3);
+        let mode = RegisterMode::MISSING | RegisterMode::MINOR;
+        // SAFETY: fresh mapping, nothing references it.
+        let region: Region<CopyCapable, _> =
+            unsafe { Region::copy_capable_file(uffd.clone(), mapping.clone(), mode) }
+                .expect("register");
+        let memfd = region.mapping().expect("backing").backing().clone();
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            // F6
+            let reader = s.spawn(|| read_out(&mapping, 0, page));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not missing")
+            };
+            assert_eq!(
+                f.copy(&source_page(0, page)).expect("copy"),
+                Resolution::Resolved
+            );
+            assert_eq!(reader.join().expect("reader"), source_page(0, page));
+            let mut back = vec![0u8; page];
+            rustix::io::pread(memfd.as_ref(), &mut back, 0).expect("pread");
+            assert_eq!(
+                back,
+                source_page(0, page),
+                "UFFDIO_COPY fills the page cache"
+            );
+
+            // F10
+            let reader = s.spawn(|| read_out(&mapping, page, page));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            assert_eq!(kind, FaultKind::Missing);
+            memfd
+                .fill(page as u64, &source_page(page as u64, page))
+                .expect("concurrent fill");
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not missing")
+            };
+            assert_eq!(
+                f.copy(&source_page(page as u64, page)).expect("copy"),
+                Resolution::AlreadyPresent
+            );
+            assert_eq!(
+                reader.join().expect("woken reader"),
+                source_page(page as u64, page)
+            );
+
+            // F7
+            let reader = s.spawn(|| read_out(&mapping, 2 * page, 16));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not missing")
+            };
+            assert_eq!(f.zero().expect("zero"), Resolution::Resolved);
+            assert_eq!(reader.join().expect("reader"), vec![0u8; 16]);
+        });
+    })
+}
+
+/// The escape hatch refuses what the types forbid, at run time, and the
+/// refused fault is woken rather than lost.
+#[test]
+fn any_fault_refuses_copy_on_continue_only() {
+    const TEST: &str = "any_fault_refuses_copy_on_continue_only";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let mapping = shmem_mapping(1);
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let any = AnyRegion::ContinueOnly(region);
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| touch(&mapping, 1));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            let err = any
+                .fault(addr, kind)
+                .expect("fault")
+                .copy(&source_page(0, page))
+                .expect_err("refused");
+            assert!(err.to_string().contains("never UFFDIO_COPY"), "{err}");
+            let (addr, kind) =
+                next_fault(&uffd, &mut buf, WAIT).expect("the refused fault comes back");
+            let fault = any.fault(addr, kind).expect("fault");
+            assert!(fault.is_missing());
+            fault
+                .write_then_continue(&source_page(0, page))
+                .expect("resolve");
+            assert_eq!(reader.join().expect("reader"), source_page(0, page)[1]);
+        });
+        assert!(any.fault(usize::MAX - 5, FaultKind::Missing).is_none());
+        let _ = Arc::strong_count(&uffd);
+    })
+}
+
+/// Resolutions check their data: a buffer that is not exactly one page is
+/// refused, and the fault is woken on drop rather than lost.
+#[test]
+fn wrong_sized_data_is_refused() {
+    const TEST: &str = "wrong_sized_data_is_refused";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let mapping = shmem_mapping(1);
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| touch(&mapping, 3));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not missing")
+            };
+            let err = f.write_then_continue(&[0u8; 17]).expect_err("short data");
+            assert!(err.to_string().contains("the page is"), "{err}");
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("woken and faulted again");
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not missing")
+            };
+            f.write_then_continue(&source_page(0, page))
+                .expect("resolve");
+            assert_eq!(reader.join().expect("reader"), source_page(0, page)[3]);
+        });
+    })
+}
