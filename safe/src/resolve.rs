@@ -42,6 +42,58 @@
 //! - any other failure: the waiter is woken before the error is returned,
 //!   so it retries and faults again rather than hanging.
 //!
+//! # Example: a snapshot-restore handler
+//!
+//! Guest memory is a file (here a shmem memfd standing in for a
+//! guest_memfd) restored from a snapshot on demand: every page the guest or
+//! the VMM touches is read from the snapshot file when first needed.
+//!
+//! ```no_run
+//! use std::os::fd::AsFd;
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use userfault::backing::{BackedMapping, Backing, Memfd};
+//! use userfault::resolve::{Fault, Region};
+//! use userfault::uffd::{Event, EventBuffer, Uffd};
+//!
+//! # fn main() -> userfault::Result<()> {
+//! let size = 1 << 30;
+//! let snapshot = std::fs::File::open("/var/lib/vm/memory.snap").expect("snapshot");
+//! let memory = Arc::new(Memfd::shmem(c"guest-ram", size)?);
+//! let ram = Arc::new(BackedMapping::new(memory, 0, size as usize)?);
+//!
+//! let uffd = Arc::new(Uffd::builder().non_blocking(true).create()?);
+//! // SAFETY: guest memory is only accessed through raw pointers (by vCPUs
+//! // and device emulation), never through Rust references.
+//! let region = unsafe { Region::continue_only(uffd.clone(), ram.clone())? };
+//!
+//! let page = region.page_size();
+//! let mut data = vec![0u8; page];
+//! let mut events = EventBuffer::with_capacity(64);
+//! loop {
+//!     for event in uffd.wait_events(&mut events, Some(Duration::from_millis(100)))? {
+//!         let Event::PageFault { address, kind, .. } = event else { continue };
+//!         let Some(fault) = region.fault(address, kind) else { continue };
+//!         match fault {
+//!             // Not in the page cache: read it from the snapshot, write it
+//!             // into the file, map it. `copy` does not exist here.
+//!             Fault::Missing(f) => {
+//!                 let offset = f.file_offset().expect("a file-backed region");
+//!                 rustix::io::pread(snapshot.as_fd(), &mut data, offset).expect("snapshot read");
+//!                 f.write_then_continue(&data)?;
+//!             }
+//!             // Already in the cache (written earlier, or by KVM): map it.
+//!             Fault::Minor(f) => {
+//!                 f.map()?;
+//!             }
+//!             // Never raised: a CONTINUE-only region is not registered WP.
+//!             Fault::WriteProtect(f) => f.wake()?,
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
 //! # Misuse does not compile
 //!
 //! `UFFDIO_COPY` on a CONTINUE-only missing fault:
