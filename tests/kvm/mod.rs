@@ -22,6 +22,9 @@ mod gmem;
 // A vCPU whose memory is a guest_memfd memslot.
 mod vcpu;
 
+// A vCPU demand-paged through userfaultfd: COPY, and write() + CONTINUE.
+mod demand;
+
 // What this kernel refuses (guest_memfd write(), userfaultfd on
 // guest_memfd, KVM_MEM_USERFAULT) and how the crate reports it.
 mod refusals;

@@ -1,0 +1,161 @@
+//! Demand paging a vCPU: the guest's memory is a shmem memfd whose mapping
+//! is registered with userfaultfd, and every page the vCPU touches — its
+//! code, its data, the page it stores to — is brought in by a handler
+//! thread through the safe layer while KVM_RUN waits on the fault.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use kvm_ioctls::VcpuExit;
+use userfault::backing::{BackedMapping, Memfd};
+use userfault::kvm::Memslot;
+use userfault::resolve::{ContinueOnly, CopyCapable, Fault, Region};
+use userfault::uffd::{Event, EventBuffer, RegisterMode, Uffd};
+
+use super::{PAGE, guest};
+use crate::util::{self, require};
+
+const SLOT_SIZE: usize = 0x10000;
+
+/// The memory image the guest starts from: its code and the bytes it sums.
+fn image() -> Vec<u8> {
+    let mut image = vec![0u8; SLOT_SIZE];
+    let code = guest::CODE_GPA as usize;
+    image[code..code + guest::CODE.len()].copy_from_slice(guest::CODE);
+    let data = guest::DATA_GPA as usize;
+    image[data..data + guest::DATA_LEN].copy_from_slice(&guest::data());
+    image
+}
+
+/// How a region's faults are served.
+enum Served<'a> {
+    Copy(&'a Region<CopyCapable, Memfd>),
+    ContinueOnly(&'a Region<ContinueOnly, Memfd>),
+}
+
+/// Serves faults from `image` until `stop`; returns the faults served.
+fn serve(region: Served<'_>, uffd: &Uffd, image: &[u8], stop: &AtomicBool) -> usize {
+    let mut events = EventBuffer::with_capacity(8);
+    let mut served = 0;
+    while !stop.load(Ordering::Acquire) {
+        for event in uffd
+            .wait_events(&mut events, Some(Duration::from_millis(20)))
+            .expect("read events")
+        {
+            let Event::PageFault { address, kind, .. } = event else {
+                continue;
+            };
+            let result = match &region {
+                Served::Copy(r) => match r.fault(address, kind).expect("fault in the slot") {
+                    Fault::Missing(f) => {
+                        let at = f.page() - r.registration().start();
+                        f.copy(&image[at..at + PAGE])
+                    }
+                    Fault::Minor(f) => f.map(),
+                    Fault::WriteProtect(f) => panic!("WP fault at {:#x}", f.page()),
+                },
+                Served::ContinueOnly(r) => match r.fault(address, kind).expect("fault in the slot")
+                {
+                    Fault::Missing(f) => {
+                        let at = f.file_offset().expect("file offset") as usize;
+                        f.write_then_continue(&image[at..at + PAGE])
+                    }
+                    Fault::Minor(f) => f.map(),
+                    Fault::WriteProtect(f) => panic!("WP fault at {:#x}", f.page()),
+                },
+            };
+            result.expect("resolution");
+            served += 1;
+        }
+    }
+    served
+}
+
+fn demand_page(test: &str, continue_only: bool) {
+    let (_kvm, vm) = require!(test, "kvm", super::open_vm());
+    let uffd = Arc::new(require!(
+        test,
+        "uffd",
+        Uffd::builder()
+            .non_blocking(true)
+            .create()
+            .map_err(|e| format!("no userfaultfd: {e}"))
+    ));
+    let memfd = Arc::new(Memfd::shmem(c"vcpu-demand", SLOT_SIZE as u64).expect("memfd"));
+    let ram = Arc::new(BackedMapping::new(memfd, 0, SLOT_SIZE).expect("mmap"));
+    let image = image();
+
+    let slot = Memslot::from_mapping(0, 0, ram.mapping());
+    // SAFETY: `ram` stays mapped while the vCPU runs (the vCPU is declared
+    // after it and dropped first), and the slot is deleted before `ram` is
+    // unmapped; the test holds no Rust reference into it.
+    unsafe { slot.set(super::borrow(&vm)) }.expect("memslot");
+
+    let (copy_region, co_region);
+    let served_region = if continue_only {
+        // SAFETY: guest memory is accessed only by the vCPU and by raw
+        // pointers, never through Rust references.
+        co_region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+        Served::ContinueOnly(&co_region)
+    } else {
+        // SAFETY: as above.
+        copy_region =
+            unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), RegisterMode::MISSING) }
+                .expect("register");
+        Served::Copy(&copy_region)
+    };
+
+    let mut vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+    guest::enter_real_mode(&vcpu);
+    let stop = AtomicBool::new(false);
+    let (reported, served) = util::with_deadline(test, Duration::from_secs(60), || {
+        std::thread::scope(|s| {
+            let handler = s.spawn(|| serve(served_region, &uffd, &image, &stop));
+            let mut reported = None;
+            for _ in 0..16 {
+                match vcpu.run().expect("KVM_RUN") {
+                    VcpuExit::IoOut(port, bytes) => {
+                        assert_eq!(port, guest::PORT);
+                        let bytes: [u8; 4] = bytes.try_into().expect("a 4-byte out");
+                        reported = Some(u32::from_le_bytes(bytes));
+                    }
+                    VcpuExit::Hlt => break,
+                    other => panic!("unexpected exit {other:?}"),
+                }
+            }
+            stop.store(true, Ordering::Release);
+            (reported, handler.join().expect("handler"))
+        })
+    });
+    let want = guest::checksum(&guest::data());
+    assert_eq!(
+        reported,
+        Some(want),
+        "the guest's checksum over demand-paged memory"
+    );
+    // Code page, three data pages and the result page at least.
+    assert!(served >= 5, "only {served} faults served");
+    let stored = super::pread(ram.backing().as_fd(), guest::RESULT_GPA, 4);
+    assert_eq!(
+        stored,
+        want.to_le_bytes(),
+        "the guest's store reached the file"
+    );
+    util::report(&format!(
+        "{test}: vCPU checksum {want:#x} over {} demand-paged bytes, {served} faults served",
+        guest::DATA_LEN
+    ));
+    Memslot::delete(super::borrow(&vm), 0, 0).expect("delete memslot");
+}
+
+#[test]
+fn vcpu_demand_paged_by_copy() {
+    demand_page("vcpu_demand_paged_by_copy", false);
+}
+
+#[test]
+fn vcpu_demand_paged_by_write_then_continue() {
+    demand_page("vcpu_demand_paged_by_write_then_continue", true);
+}
