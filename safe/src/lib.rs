@@ -11,6 +11,7 @@
 //! | [`mem`] | owned memory mappings |
 //! | [`backing`] | files whose page cache user space fills (`Memfd`; guest_memfd in `kvm`) |
 //! | [`kvm`] | `/dev/kvm`, VMs, guest_memfd, memslots, KVM userfault and stage-2 faults |
+//! | [`uffd`] | the userfaultfd object: open, negotiate, register, resolve, read events |
 //!
 //! The raw bindings are re-exported so that a user of this crate can reach
 //! the exact kernel names without a second dependency.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod kvm;
 pub mod mem;
 mod sys;
+pub mod uffd;
 
 pub use error::{Errno, Error, Result};
 pub use gmem_sys;

@@ -49,3 +49,4 @@ pub(crate) unsafe fn ioctl_val(
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg) };
     if r < 0 { Err(Errno::last()) } else { Ok(r) }
 }
+pub(crate) mod uffd;

@@ -1,0 +1,52 @@
+//! The userfaultfd system calls that are not ioctls on a uffd: creating
+//! one with `userfaultfd(2)` or through `/dev/userfaultfd`.
+
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::error::Errno;
+
+/// `userfaultfd(flags)`: a new userfaultfd owned by the caller.
+pub(crate) fn userfaultfd(flags: libc::c_int) -> Result<OwnedFd, Errno> {
+    // SAFETY: userfaultfd(2) takes one integer and touches no memory of
+    // ours; a non-negative result is a new descriptor nobody else owns.
+    let r = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
+    if r < 0 {
+        return Err(Errno::last());
+    }
+    let fd = RawFd::try_from(r).map_err(|_| Errno::EBADF)?;
+    // SAFETY: `fd` was just created by the kernel for this call only.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `ioctl(dev, USERFAULTFD_IOC_NEW, flags)` on an open `/dev/userfaultfd`:
+/// a new userfaultfd owned by the caller.
+pub(crate) fn userfaultfd_from_device(
+    dev: BorrowedFd<'_>,
+    flags: libc::c_int,
+) -> Result<OwnedFd, Errno> {
+    let flags = libc::c_ulong::try_from(flags).map_err(|_| Errno::EINVAL)?;
+    // SAFETY: USERFAULTFD_IOC_NEW takes the flags as an integer argument
+    // and touches no memory of ours; on success it returns a new descriptor,
+    // which is wrapped in an OwnedFd right below.
+    let fd = unsafe { super::ioctl_val(dev, uffd_sys::USERFAULTFD_IOC_NEW, flags) }?;
+    // SAFETY: `fd` was just created by the kernel for this call only.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Takes ownership of a descriptor the kernel installed in this process's
+/// table while delivering a fork event.
+///
+/// # Safety
+///
+/// `fd` must be the `ufd` of a `UFFD_EVENT_FORK` message that this process
+/// just read, and nothing else may take ownership of it.
+pub(crate) unsafe fn owned_from_fork_event(fd: u32) -> Option<OwnedFd> {
+    let fd = RawFd::try_from(fd).ok()?;
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: forwarded to the caller's contract: the kernel created this
+    // descriptor for the read that returned the message, and ownership is
+    // taken exactly once.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}

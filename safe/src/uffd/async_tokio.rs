@@ -1,0 +1,107 @@
+//! Reading events from a tokio runtime (feature `tokio`).
+
+use std::task::{Context, Poll};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+use super::{EventBuffer, Events, Uffd};
+use crate::error::{Errno, Error, Result};
+
+/// A [`Uffd`] registered with a tokio runtime's reactor, for reading events
+/// without a dedicated thread.
+///
+/// Resolution ioctls do not block; call them on [`get_ref`](Self::get_ref).
+#[derive(Debug)]
+pub struct AsyncUffd {
+    fd: AsyncFd<Uffd>,
+}
+
+fn reactor_error(op: &'static str, e: std::io::Error) -> Error {
+    match Errno::from_io(&e) {
+        Some(errno) => Error::os(op, errno),
+        None => Error::invalid(op, e.to_string()),
+    }
+}
+
+impl AsyncUffd {
+    /// Switches `uffd` to non-blocking mode and registers it with the
+    /// current tokio runtime for readability.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] from `fcntl` or from registering with the reactor.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime with IO enabled (as `AsyncFd::new`).
+    pub fn new(uffd: Uffd) -> Result<AsyncUffd> {
+        uffd.set_nonblocking(true)?;
+        // SAFETY: a `Uffd` owns its descriptor and never closes or
+        // replaces it while it lives, so `as_raw_fd` names the same open
+        // file for as long as the `AsyncFd` holds it.
+        let fd = unsafe { AsyncFd::register_with_interest(uffd, Interest::READABLE) }
+            .map_err(|e| reactor_error("epoll_ctl", e.into_parts().1))?;
+        Ok(AsyncUffd { fd })
+    }
+
+    /// The userfaultfd, for registration and resolution.
+    pub fn get_ref(&self) -> &Uffd {
+        self.fd.get_ref()
+    }
+
+    /// Deregisters from the reactor and returns the userfaultfd (still
+    /// non-blocking).
+    pub fn into_inner(self) -> Uffd {
+        self.fd.into_inner()
+    }
+
+    /// Waits until at least one event is pending, then reads as many as
+    /// `buf` holds ([`Uffd::read_events`] without blocking a thread).
+    ///
+    /// # Errors
+    ///
+    /// As [`Uffd::read_events`], and reactor errors.
+    pub async fn read_events<'b>(&self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
+        loop {
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(|e| reactor_error("poll", e))?;
+            match self.get_ref().read_raw(buf) {
+                Ok(()) => return Ok(self.get_ref().events(buf)),
+                // Woken before it was read (another reader, or a fault
+                // resolved meanwhile): wait for the next readiness.
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Err(Error::os("read", e)),
+            }
+        }
+    }
+
+    /// The poll form of [`read_events`](Self::read_events), for
+    /// implementing a `Stream`: `Pending` until an event is read (the task
+    /// is woken when the userfaultfd becomes readable).
+    ///
+    /// # Errors
+    ///
+    /// As [`read_events`](Self::read_events).
+    pub fn poll_read_events<'b>(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &'b mut EventBuffer,
+    ) -> Poll<Result<Events<'b>>> {
+        loop {
+            let mut guard = match self.fd.poll_read_ready(cx) {
+                Poll::Ready(Ok(guard)) => guard,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(reactor_error("poll", e))),
+                Poll::Pending => return Poll::Pending,
+            };
+            match self.get_ref().read_raw(buf) {
+                Ok(()) => return Poll::Ready(Ok(self.get_ref().events(buf))),
+                Err(Errno::EAGAIN) => guard.clear_ready(),
+                Err(e) => return Poll::Ready(Err(Error::os("read", e))),
+            }
+        }
+    }
+}

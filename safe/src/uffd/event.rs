@@ -1,0 +1,396 @@
+//! Reading events: `read(2)` of `uffd_msg` records into a caller-owned
+//! buffer, decoded into typed [`Event`]s; readiness with `poll(2)`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use uffd_sys as sys;
+
+use super::open::{KernelApi, Origin};
+use super::{FaultFlags, Features, Uffd};
+use crate::backing::rustix_errno;
+use crate::error::{Errno, Error, Result};
+
+/// Size of one `struct uffd_msg`.
+const MSG: usize = std::mem::size_of::<sys::uffd_msg>();
+
+/// Room for a batch of raw event records, reused across reads so reading
+/// allocates nothing.
+#[derive(Debug, Clone)]
+pub struct EventBuffer {
+    msgs: Box<[[u8; MSG]]>,
+    filled: usize,
+}
+
+impl EventBuffer {
+    /// A buffer for up to `capacity` events per read (at least one).
+    pub fn with_capacity(capacity: usize) -> EventBuffer {
+        EventBuffer {
+            msgs: vec![[0; MSG]; capacity.max(1)].into_boxed_slice(),
+            filled: 0,
+        }
+    }
+
+    /// How many events one read can return.
+    pub fn capacity(&self) -> usize {
+        self.msgs.len()
+    }
+}
+
+/// Kind of a page fault: which registered mode raised it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultKind {
+    /// The page is not present (`UFFDIO_REGISTER_MODE_MISSING`): resolve
+    /// with COPY, ZEROPAGE, MOVE, POISON, or fill the backing file and
+    /// CONTINUE.
+    Missing,
+    /// The page is in the page cache but not mapped
+    /// (`UFFD_PAGEFAULT_FLAG_MINOR`): resolve with CONTINUE.
+    Minor,
+    /// A write to a write-protected page (`UFFD_PAGEFAULT_FLAG_WP`):
+    /// resolve by removing the protection.
+    WriteProtect,
+}
+
+/// One event read from a userfaultfd.
+#[derive(Debug)]
+pub enum Event {
+    /// `UFFD_EVENT_PAGEFAULT`: a thread is waiting on a fault in a
+    /// registered range.
+    PageFault {
+        /// The faulting address: rounded down to the page unless
+        /// [`Features::EXACT_ADDRESS`] was enabled.
+        address: usize,
+        /// Which mode the fault is for. A fault flag this crate does not
+        /// know is kept in `flags`.
+        kind: FaultKind,
+        /// True for a write access.
+        write: bool,
+        /// The faulting thread's id (as `gettid(2)` in the faulting
+        /// process's pid namespace), when [`Features::THREAD_ID`] was
+        /// enabled; `None` otherwise.
+        thread_id: Option<u32>,
+        /// The raw `UFFD_PAGEFAULT_FLAG_*` bits.
+        flags: FaultFlags,
+    },
+    /// `UFFD_EVENT_FORK`: a process with registered ranges forked; the
+    /// child's copies of them are registered with `uffd`, which receives
+    /// the child's faults. The forking thread waits until this event is
+    /// read. Dropping `uffd` lets the child's faults be handled by the
+    /// kernel (zero-filled).
+    Fork {
+        /// The child's userfaultfd ([`Origin::Fork`]), owned.
+        uffd: Uffd,
+    },
+    /// `UFFD_EVENT_REMAP`: `mremap(2)` moved a registered range; the
+    /// registration moved with it.
+    Remap {
+        /// The old start address.
+        from: usize,
+        /// The new start address.
+        to: usize,
+        /// The length moved.
+        len: usize,
+    },
+    /// `UFFD_EVENT_REMOVE`: `madvise(MADV_DONTNEED / MADV_REMOVE)` dropped
+    /// pages of a registered range; while this event is unread, resolution
+    /// ioctls fail with `EAGAIN`.
+    Remove {
+        /// First address.
+        start: usize,
+        /// End (exclusive).
+        end: usize,
+    },
+    /// `UFFD_EVENT_UNMAP`: `munmap(2)` (or a mapping replaced over it)
+    /// removed a registered range.
+    Unmap {
+        /// First address.
+        start: usize,
+        /// End (exclusive).
+        end: usize,
+    },
+    /// An event code this crate does not know, kept whole.
+    Unknown {
+        /// The `event` byte.
+        event: u8,
+        /// The whole `struct uffd_msg`.
+        raw: [u8; MSG],
+    },
+}
+
+/// What decoding a message needs to know about the userfaultfd it came
+/// from.
+#[derive(Debug, Clone, Copy)]
+struct Source {
+    id: u64,
+    features: Features,
+    api: KernelApi,
+    user_mode_only: bool,
+}
+
+/// The events of one read, decoded as they are iterated.
+///
+/// Each record is decoded once. Fork events carry a descriptor the kernel
+/// installed during the read; dropping `Events` closes the descriptors of
+/// fork events not iterated, and empties the buffer.
+#[derive(Debug)]
+pub struct Events<'a> {
+    buf: &'a mut EventBuffer,
+    next: usize,
+    source: Source,
+}
+
+impl Events<'_> {
+    /// Events not yet iterated.
+    pub fn len(&self) -> usize {
+        self.buf.filled - self.next
+    }
+
+    /// True when no events are left (for a non-blocking read: none were
+    /// pending).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if self.next >= self.buf.filled {
+            return None;
+        }
+        let msg = self.buf.msgs[self.next];
+        self.next += 1;
+        Some(decode(&msg, &self.source))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.len(), Some(self.len()))
+    }
+}
+
+impl ExactSizeIterator for Events<'_> {}
+
+impl Drop for Events<'_> {
+    fn drop(&mut self) {
+        // Decoding takes ownership of fork descriptors; dropping the
+        // decoded events closes them. No record may be decoded twice.
+        for _ in self.by_ref() {}
+        self.buf.filled = 0;
+    }
+}
+
+fn u64_at(msg: &[u8; MSG], offset: usize) -> u64 {
+    let mut b = [0; 8];
+    b.copy_from_slice(&msg[offset..offset + 8]);
+    u64::from_ne_bytes(b)
+}
+
+fn u32_at(msg: &[u8; MSG], offset: usize) -> u32 {
+    let mut b = [0; 4];
+    b.copy_from_slice(&msg[offset..offset + 4]);
+    u32::from_ne_bytes(b)
+}
+
+// Offsets inside `struct uffd_msg` (the payload starts at 8).
+const ARG0: usize = 8;
+const ARG1: usize = 16;
+const ARG2: usize = 24;
+
+fn decode(msg: &[u8; MSG], source: &Source) -> Event {
+    let event = msg[0];
+    match event {
+        sys::UFFD_EVENT_PAGEFAULT => {
+            let flags = FaultFlags::from_bits_retain(u64_at(msg, ARG0));
+            let kind = if flags.contains(FaultFlags::WP) {
+                FaultKind::WriteProtect
+            } else if flags.contains(FaultFlags::MINOR) {
+                FaultKind::Minor
+            } else {
+                FaultKind::Missing
+            };
+            Event::PageFault {
+                address: u64_at(msg, ARG1) as usize,
+                kind,
+                write: flags.contains(FaultFlags::WRITE),
+                thread_id: source
+                    .features
+                    .contains(Features::THREAD_ID)
+                    .then(|| u32_at(msg, ARG2)),
+                flags,
+            }
+        }
+        sys::UFFD_EVENT_FORK => {
+            // SAFETY: this record came from a read of this process, and
+            // each record is decoded once (`Events` only moves forward and
+            // empties the buffer when dropped), so the descriptor is owned
+            // by nobody yet.
+            match unsafe { crate::sys::uffd::owned_from_fork_event(u32_at(msg, ARG0)) } {
+                Some(fd) => Event::Fork {
+                    uffd: child(fd, source),
+                },
+                None => Event::Unknown { event, raw: *msg },
+            }
+        }
+        sys::UFFD_EVENT_REMAP => Event::Remap {
+            from: u64_at(msg, ARG0) as usize,
+            to: u64_at(msg, ARG1) as usize,
+            len: u64_at(msg, ARG2) as usize,
+        },
+        sys::UFFD_EVENT_REMOVE => Event::Remove {
+            start: u64_at(msg, ARG0) as usize,
+            end: u64_at(msg, ARG1) as usize,
+        },
+        sys::UFFD_EVENT_UNMAP => Event::Unmap {
+            start: u64_at(msg, ARG0) as usize,
+            end: u64_at(msg, ARG1) as usize,
+        },
+        _ => Event::Unknown { event, raw: *msg },
+    }
+}
+
+/// The child's userfaultfd has its parent's context features (the kernel
+/// copies them).
+fn child(fd: OwnedFd, source: &Source) -> Uffd {
+    Uffd::from_parts(
+        fd,
+        Origin::Fork,
+        source.features,
+        source.api,
+        source.user_mode_only,
+        Some(source.id),
+    )
+}
+
+impl Uffd {
+    /// `read(uffd, buf, …)`—reads as many pending events as `buf` holds and
+    /// returns them for iteration.
+    ///
+    /// On a blocking userfaultfd this waits for at least one event; on a
+    /// non-blocking one it returns no events when none are pending
+    /// (`EAGAIN`). `EINTR` is retried. Nothing is allocated.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] with the `read` errno (`EINVAL` if the userfaultfd
+    /// was never negotiated, which [`Uffd`] rules out).
+    ///
+    /// # References
+    ///
+    /// - [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html) ("Reading from the userfaultfd structure")
+    #[doc(alias = "read")]
+    pub fn read_events<'b>(&self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
+        self.read_raw(buf).or_else(|e| {
+            if e == Errno::EAGAIN {
+                buf.filled = 0;
+                Ok(())
+            } else {
+                Err(Error::os("read", e))
+            }
+        })?;
+        Ok(self.events(buf))
+    }
+
+    /// One `read(2)` into `buf`; `EINTR` retried, `EAGAIN` returned.
+    pub(super) fn read_raw(&self, buf: &mut EventBuffer) -> Result<(), Errno> {
+        buf.filled = 0;
+        loop {
+            match rustix::io::read(self.as_fd(), buf.msgs.as_flattened_mut()) {
+                Ok(n) => {
+                    buf.filled = n / MSG;
+                    return Ok(());
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(rustix_errno(e)),
+            }
+        }
+    }
+
+    pub(super) fn events<'b>(&self, buf: &'b mut EventBuffer) -> Events<'b> {
+        Events {
+            buf,
+            next: 0,
+            source: Source {
+                id: self.id(),
+                features: self.features(),
+                api: self.kernel_api(),
+                user_mode_only: self.is_user_mode_only(),
+            },
+        }
+    }
+
+    /// `poll({uffd, POLLIN}, timeout)`—waits until an event can be read or
+    /// `timeout` passes (`None`: no limit); true when readable. `EINTR` is
+    /// retried with the time left.
+    ///
+    /// Readable does not promise an event: a fault can be resolved (by
+    /// another handler thread) between the poll and the read, which then
+    /// returns none.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] on a blocking userfaultfd: the kernel
+    /// reports `POLLERR` for those (`poll` never guarantees that `read`
+    /// will not block); use [`UffdBuilder::non_blocking`](super::UffdBuilder::non_blocking)
+    /// or [`set_nonblocking`](Self::set_nonblocking). [`Error::Os`] from
+    /// `fcntl` or `poll`.
+    ///
+    /// # References
+    ///
+    /// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html), [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)
+    pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        if !self.is_nonblocking()? {
+            return Err(Error::invalid(
+                "poll",
+                "a blocking userfaultfd always polls as POLLERR: create it non-blocking or call \
+                 set_nonblocking(true)",
+            ));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let ts = left.map(|l| Timespec {
+                tv_sec: l.as_secs().try_into().unwrap_or(i64::MAX),
+                tv_nsec: l.subsec_nanos().into(),
+            });
+            let mut fds = [PollFd::new(self, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, ts.as_ref()) {
+                Ok(0) => return Ok(false),
+                Ok(_) => {
+                    let revents = fds[0].revents();
+                    if revents.intersects(PollFlags::ERR | PollFlags::NVAL) {
+                        return Err(Error::invalid(
+                            "poll",
+                            format!("the userfaultfd polled as {revents:?}"),
+                        ));
+                    }
+                    return Ok(revents.contains(PollFlags::IN));
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(Error::os("poll", rustix_errno(e))),
+            }
+        }
+    }
+
+    /// [`poll`](Self::poll) for up to `timeout`, then
+    /// [`read_events`](Self::read_events): the events that arrived in
+    /// time, possibly none.
+    ///
+    /// # Errors
+    ///
+    /// As [`poll`](Self::poll) (the userfaultfd must be non-blocking) and
+    /// [`read_events`](Self::read_events).
+    pub fn wait_events<'b>(
+        &self,
+        buf: &'b mut EventBuffer,
+        timeout: Option<Duration>,
+    ) -> Result<Events<'b>> {
+        if !self.poll(timeout)? {
+            buf.filled = 0;
+            return Ok(self.events(buf));
+        }
+        self.read_events(buf)
+    }
+}

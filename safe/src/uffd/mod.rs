@@ -1,0 +1,275 @@
+//! The userfaultfd object: open, negotiate, register, resolve, read events.
+//!
+//! A [`Uffd`] is a negotiated userfaultfd. Ranges registered with it
+//! ([`Uffd::register`], the one `unsafe` step) report their faults as
+//! [`Event`]s, read in batches into a caller-owned [`EventBuffer`]; the
+//! handler resolves each fault with one of the resolution ioctls, which
+//! take the range's [`Registration`] and check against it before any system
+//! call.
+//!
+//! | step | call | kernel |
+//! |---|---|---|
+//! | create | [`UffdBuilder::create`] | `userfaultfd(2)` or `/dev/userfaultfd` + `USERFAULTFD_IOC_NEW`, then `UFFDIO_API` |
+//! | ask what the kernel has | [`UffdBuilder::query`], [`query_kernel`] | `UFFDIO_API` on a throw-away fd |
+//! | register | [`Uffd::register`] (`unsafe`) | `UFFDIO_REGISTER` → [`Registration`] with its [`Ioctls`] |
+//! | wait | [`Uffd::poll`], [`Uffd::read_events`], [`Uffd::wait_events`] | `poll(2)`, `read(2)` |
+//! | resolve | [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`continue_range`](Uffd::continue_range), [`write_protect`](Uffd::write_protect), [`poison`](Uffd::poison), [`move_pages`](Uffd::move_pages) (`unsafe`), [`wake`](Uffd::wake) | `UFFDIO_COPY`, `_ZEROPAGE`, `_CONTINUE`, `_WRITEPROTECT`, `_POISON`, `_MOVE`, `_WAKE` |
+//! | resolve without losing a wake-up | [`copy_or_wake`](Uffd::copy_or_wake), [`zeropage_or_wake`](Uffd::zeropage_or_wake), [`continue_or_wake`](Uffd::continue_or_wake) | the ioctl, then `UFFDIO_WAKE` on `EEXIST` |
+//! | end | [`Uffd::unregister`], drop | `UFFDIO_UNREGISTER`, `close(2)` |
+//!
+//! # Rules the kernel imposes, and how this module follows them
+//!
+//! - **A failed COPY, ZEROPAGE or CONTINUE wakes nobody.** `EEXIST` means
+//!   the page is there (another handler thread, or a write to the backing
+//!   file, got there first), not that the faulting thread was woken. Use
+//!   the `*_or_wake` methods, or call [`Uffd::wake`] yourself.
+//! - **Partial progress is a signed count.** The kernel fails a range it
+//!   did only partly with `EAGAIN` and stores the bytes done; this comes
+//!   back as [`Error::Partial`] with `done`. A
+//!   negative count is an errno and never becomes a size.
+//! - **`EAGAIN` means "read events first".** While a REMOVE, UNMAP, REMAP
+//!   or FORK event is pending, resolutions fail with `EAGAIN`
+//!   ([`Error::is_again`](crate::Error::is_again)); drain the events, then
+//!   retry.
+//! - **`UFFDIO_API` succeeds once per userfaultfd**; the kernel's whole
+//!   feature word is kept ([`Uffd::kernel_features`]) beside the enabled set
+//!   ([`Uffd::features`]). Querying uses a throw-away userfaultfd.
+//! - **The range's ioctl mask is an upper bound.** Resolutions the mask
+//!   lacks are refused before the system call with
+//!   [`Error::Unsupported`]; ones it offers can
+//!   still fail with `EINVAL` for a memory type (MOVE into a file mapping).
+//! - **Closing the userfaultfd releases every waiting thread**: their
+//!   accesses are retried and handled by the kernel as if the range had
+//!   never been registered (anonymous pages are zero-filled).
+//!
+//! # Example: a handler
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use userfault::mem::{Mapping, Sharing};
+//! use userfault::uffd::{
+//!     CopyMode, Event, EventBuffer, FaultKind, Features, RegisterMode, Uffd,
+//! };
+//!
+//! # fn main() -> userfault::Result<()> {
+//! const PAGE: usize = 4096;
+//! // Guest memory, and the snapshot it is restored from.
+//! let guest = Mapping::anonymous(64 * PAGE, Sharing::Private)?;
+//! let snapshot = vec![0x5a_u8; 64 * PAGE];
+//!
+//! let uffd = Uffd::builder()
+//!     .non_blocking(true)
+//!     .request_features(Features::EVENT_REMOVE | Features::THREAD_ID)
+//!     .create()?;
+//! // SAFETY: `guest` is only ever accessed through raw pointers (by the
+//! // guest), never through Rust references.
+//! let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING)? };
+//!
+//! let mut events = EventBuffer::with_capacity(64);
+//! loop {
+//!     for event in uffd.wait_events(&mut events, Some(Duration::from_millis(100)))? {
+//!         match event {
+//!             Event::PageFault { address, kind: FaultKind::Missing, .. } => {
+//!                 let page = address & !(PAGE - 1);
+//!                 let offset = page - reg.start();
+//!                 let data = &snapshot[offset..offset + PAGE];
+//!                 // Copies and wakes; on EEXIST (already resolved by
+//!                 // another handler thread) wakes instead.
+//!                 match uffd.copy_or_wake(&reg, page, data, CopyMode::empty()) {
+//!                     Ok(_) => {}
+//!                     // A REMOVE event is pending: read it, the fault comes again.
+//!                     Err(e) if e.is_again() => {}
+//!                     Err(e) => return Err(e),
+//!                 }
+//!             }
+//!             Event::Remove { start, end } => {
+//!                 // The guest dropped pages: later faults there want zeros.
+//!                 let _ = (start, end);
+//!             }
+//!             other => eprintln!("unexpected event {other:?}"),
+//!         }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Async
+//!
+//! With the `tokio` feature, [`AsyncUffd`] reads events from a tokio
+//! runtime (`tokio::io::unix::AsyncFd`).
+//!
+//! # References
+//!
+//! - [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)
+//! - [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
+//! - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
+
+#[cfg(feature = "tokio")]
+mod async_tokio;
+mod event;
+mod flags;
+mod open;
+mod register;
+mod resolve;
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+#[cfg(feature = "tokio")]
+pub use async_tokio::AsyncUffd;
+pub use event::{Event, EventBuffer, Events, FaultKind};
+pub use flags::{ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, RegisterMode};
+pub use open::{DEVICE_PATH, KernelApi, OpenMethod, Origin, UffdBuilder, query_kernel};
+pub use register::Registration;
+pub use resolve::Resolved;
+
+use crate::error::{Error, Result};
+
+/// A userfaultfd whose `UFFDIO_API` handshake is done.
+///
+/// Owns its descriptor (closed on drop, which releases every thread
+/// waiting on one of its faults). `Send + Sync`: several handler threads
+/// may read events from and resolve faults through one `Uffd`.
+#[derive(Debug)]
+pub struct Uffd {
+    fd: OwnedFd,
+    id: u64,
+    origin: Origin,
+    features: Features,
+    api: KernelApi,
+    user_mode_only: bool,
+    parent: Option<u64>,
+}
+
+impl Uffd {
+    /// A builder with the defaults: [`OpenMethod::Auto`], close-on-exec,
+    /// blocking, no features.
+    pub fn builder() -> UffdBuilder {
+        UffdBuilder::new()
+    }
+
+    /// `UffdBuilder::new().create()`: a blocking, close-on-exec userfaultfd
+    /// with no features.
+    ///
+    /// # Errors
+    ///
+    /// As [`UffdBuilder::create`].
+    pub fn new() -> Result<Uffd> {
+        UffdBuilder::new().create()
+    }
+
+    pub(crate) fn from_parts(
+        fd: OwnedFd,
+        origin: Origin,
+        features: Features,
+        api: KernelApi,
+        user_mode_only: bool,
+        parent: Option<u64>,
+    ) -> Uffd {
+        Uffd {
+            fd,
+            id: open::next_id(),
+            origin,
+            features,
+            api,
+            user_mode_only,
+            parent,
+        }
+    }
+
+    /// A process-wide unique number for this userfaultfd (not the fd
+    /// number), recorded in its [`Registration`]s.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// How this userfaultfd was created.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// For a userfaultfd delivered by a fork event: the [`id`](Self::id) of
+    /// the parent's userfaultfd.
+    pub fn parent_id(&self) -> Option<u64> {
+        self.parent
+    }
+
+    /// The features enabled on this userfaultfd.
+    pub fn features(&self) -> Features {
+        self.features
+    }
+
+    /// Every feature the kernel offers (its whole `UFFDIO_API` feature
+    /// word, unknown bits included).
+    pub fn kernel_features(&self) -> Features {
+        self.api.features()
+    }
+
+    /// The kernel's whole `UFFDIO_API` answer.
+    pub fn kernel_api(&self) -> KernelApi {
+        self.api
+    }
+
+    /// True when created with `UFFD_USER_MODE_ONLY`.
+    pub fn is_user_mode_only(&self) -> bool {
+        self.user_mode_only
+    }
+
+    /// `fcntl(uffd, F_GETFL) & O_NONBLOCK`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] from `fcntl`.
+    pub fn is_nonblocking(&self) -> Result<bool> {
+        let fl = rustix::fs::fcntl_getfl(&self.fd)
+            .map_err(|e| Error::os("fcntl", crate::backing::rustix_errno(e)))?;
+        Ok(fl.contains(rustix::fs::OFlags::NONBLOCK))
+    }
+
+    /// `fcntl(uffd, F_SETFL, … | O_NONBLOCK)`: switches between blocking
+    /// and non-blocking reads (needed for [`poll`](Self::poll)).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Os`] from `fcntl`.
+    pub fn set_nonblocking(&self, on: bool) -> Result<()> {
+        let map = |e| Error::os("fcntl", crate::backing::rustix_errno(e));
+        let mut fl = rustix::fs::fcntl_getfl(&self.fd).map_err(map)?;
+        fl.set(rustix::fs::OFlags::NONBLOCK, on);
+        rustix::fs::fcntl_setfl(&self.fd, fl).map_err(map)
+    }
+
+    fn as_fd_ref(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsFd for Uffd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Uffd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl From<Uffd> for OwnedFd {
+    fn from(uffd: Uffd) -> OwnedFd {
+        uffd.fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn uffd_is_send_and_sync() {
+        assert_send_sync::<Uffd>();
+        assert_send_sync::<Registration>();
+    }
+}

@@ -1,0 +1,307 @@
+//! `UFFDIO_REGISTER` / `UFFDIO_UNREGISTER` and the [`Registration`] value.
+
+use std::borrow::Cow;
+
+use uffd_sys as sys;
+
+use super::{Ioctls, RegisterMode, Uffd};
+use crate::error::{Errno, Error, Result};
+
+/// A range registered with a [`Uffd`]: where, in which modes, and which
+/// resolution ioctls the kernel offers on it.
+///
+/// A plain value: copying it registers nothing, and it stays valid only as
+/// long as the registration does. The resolution methods of [`Uffd`] take
+/// it to check, before any system call, that a range lies inside it, that
+/// its ioctl mask offers the operation, and that it belongs to that
+/// userfaultfd. The kernel checks the same things again, so a stale value
+/// can only produce errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Registration {
+    pub(super) uffd_id: u64,
+    pub(super) start: usize,
+    pub(super) len: usize,
+    pub(super) mode: RegisterMode,
+    pub(super) ioctls: Ioctls,
+}
+
+impl Registration {
+    /// The first address.
+    pub fn start(&self) -> usize {
+        self.start
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a registration is never empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// One past the last address.
+    pub fn end(&self) -> usize {
+        self.start + self.len
+    }
+
+    /// The modes the range was registered with.
+    pub fn mode(&self) -> RegisterMode {
+        self.mode
+    }
+
+    /// The resolution ioctls the kernel offers on the range (an upper
+    /// bound: see [`Ioctls`]).
+    pub fn ioctls(&self) -> Ioctls {
+        self.ioctls
+    }
+
+    /// The [`Uffd::id`] of the userfaultfd the range is registered with.
+    pub fn uffd_id(&self) -> u64 {
+        self.uffd_id
+    }
+
+    /// True when `[addr, addr + len)` lies inside the range.
+    pub fn contains(&self, addr: usize, len: usize) -> bool {
+        addr >= self.start
+            && addr
+                .checked_add(len)
+                .is_some_and(|end| end <= self.start + self.len)
+    }
+}
+
+/// The base page size of the process.
+pub(super) fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Checks that `[start, start + len)` is non-empty, page-aligned and does
+/// not wrap around.
+pub(super) fn check_range(op: &'static str, start: usize, len: usize) -> Result<()> {
+    let page = page_size();
+    if len == 0 {
+        return Err(Error::invalid(op, "the length is zero"));
+    }
+    if !start.is_multiple_of(page) || !len.is_multiple_of(page) {
+        return Err(Error::invalid(
+            op,
+            format!(
+                "range {start:#x}+{len:#x}: start and length must be multiples of the page \
+                 size {page:#x}"
+            ),
+        ));
+    }
+    if start.checked_add(len).is_none() {
+        return Err(Error::invalid(
+            op,
+            format!("range {start:#x}+{len:#x} wraps around the address space"),
+        ));
+    }
+    Ok(())
+}
+
+impl Uffd {
+    /// `ioctl(uffd, UFFDIO_REGISTER, {range, mode})`—makes faults in
+    /// `[start, start + len)` of the kinds in `mode` wait for this
+    /// userfaultfd's handler; returns the range's [`Registration`] with the
+    /// ioctls the kernel offers on it.
+    ///
+    /// `start` and `len` must be multiples of the page size (of the huge
+    /// page size for hugetlbfs), and the range must be mapped. Which modes
+    /// a memory type accepts: MISSING and WP everywhere userfaultfd works;
+    /// MINOR only on shmem and hugetlbfs (not private anonymous memory).
+    /// Registering a range again with another mode replaces the mode.
+    ///
+    /// # Safety
+    ///
+    /// From the moment this returns, an access to a page of the range that
+    /// faults in a registered mode blocks the accessing thread until a
+    /// handler resolves it (or the userfaultfd is closed), and the
+    /// resolution ioctls of this userfaultfd, which are safe functions, may
+    /// put data into the range at any time. The caller must ensure that no
+    /// Rust reference (`&T`, `&mut T`, slices) points into the range while
+    /// it is registered — it must be memory handed to a guest or reached
+    /// only through raw pointers — and that no code the handler itself
+    /// depends on touches it (a handler that faults on its own range
+    /// deadlocks).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range
+    /// (checked before the system call); [`Error::Os`] from the kernel:
+    /// `EINVAL` (part of the range is not mapped, the memory type does not
+    /// support `mode`, a hugetlbfs range is not huge-page aligned), `EBUSY`
+    /// (registered with another userfaultfd), `EPERM` (a read-only
+    /// mapping of a file opened without write access), `ENOMEM`.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_REGISTER(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_REGISTER.2const.html),
+    ///   [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
+    /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
+    #[doc(alias = "UFFDIO_REGISTER")]
+    pub unsafe fn register(
+        &self,
+        start: usize,
+        len: usize,
+        mode: RegisterMode,
+    ) -> Result<Registration> {
+        const OP: &str = "UFFDIO_REGISTER";
+        check_range(OP, start, len)?;
+        if mode.is_empty() {
+            return Err(Error::invalid(OP, "the register mode is empty"));
+        }
+        let mut arg = sys::uffdio_register {
+            range: sys::uffdio_range {
+                start: start as u64,
+                len: len as u64,
+            },
+            mode: mode.bits(),
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_REGISTER reads and writes one `uffdio_register`,
+        // which `arg` is. Its effect on the range's memory is the caller's
+        // promise above.
+        unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_REGISTER, &mut arg) }
+            .map_err(|e| Error::os_hint(OP, e, register_hint(e, mode)))?;
+        Ok(Registration {
+            uffd_id: self.id(),
+            start,
+            len,
+            mode,
+            ioctls: Ioctls::from_bits_retain(arg.ioctls),
+        })
+    }
+
+    /// `ioctl(uffd, UFFDIO_UNREGISTER, {reg.start, reg.len})`—ends a
+    /// registration: faults in the range are handled by the kernel again,
+    /// threads waiting on MISSING faults in it are woken, and write
+    /// protection set through this userfaultfd is removed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] when `reg` belongs to another userfaultfd;
+    /// [`Error::Os`] (`EINVAL`: the range is no longer mapped as registered).
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_UNREGISTER(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_UNREGISTER.2const.html)
+    #[doc(alias = "UFFDIO_UNREGISTER")]
+    pub fn unregister(&self, reg: &Registration) -> Result<()> {
+        self.check_owner("UFFDIO_UNREGISTER", reg)?;
+        self.unregister_range(reg.start, reg.len)
+    }
+
+    /// `ioctl(uffd, UFFDIO_UNREGISTER, {start, len})`—unregisters any part
+    /// of the address space registered with this userfaultfd, such as part
+    /// of a registration, or a range after a remap event.
+    ///
+    /// Unregistering only returns memory to the kernel's normal fault
+    /// handling, so it is safe.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping
+    /// range; [`Error::Os`] otherwise.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_UNREGISTER(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_UNREGISTER.2const.html)
+    #[doc(alias = "UFFDIO_UNREGISTER")]
+    pub fn unregister_range(&self, start: usize, len: usize) -> Result<()> {
+        const OP: &str = "UFFDIO_UNREGISTER";
+        check_range(OP, start, len)?;
+        let mut arg = sys::uffdio_range {
+            start: start as u64,
+            len: len as u64,
+        };
+        // SAFETY: UFFDIO_UNREGISTER reads one `uffdio_range`, which `arg`
+        // is; it only returns the range to the kernel's own fault handling.
+        unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_UNREGISTER, &mut arg) }
+            .map_err(|e| {
+                if e == Errno::EINVAL {
+                    Error::os_hint(
+                        OP,
+                        e,
+                        "the range is not (entirely) mapped, or a hugetlbfs range is not \
+                         huge-page aligned",
+                    )
+                } else {
+                    Error::os(OP, e)
+                }
+            })?;
+        Ok(())
+    }
+
+    /// The registration of the same range in this userfaultfd, for a
+    /// userfaultfd delivered by a fork event ([`Origin::Fork`](super::Origin)):
+    /// the child process inherits every range its parent had registered
+    /// with the parent's userfaultfd, in the same modes.
+    ///
+    /// This registers nothing; the kernel still refuses resolutions of
+    /// ranges the child has since unmapped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] unless this userfaultfd came from a fork
+    /// event of the userfaultfd `parent` belongs to.
+    pub fn inherit(&self, parent: &Registration) -> Result<Registration> {
+        if self.parent_id() != Some(parent.uffd_id) {
+            return Err(Error::invalid(
+                "inherit",
+                "this userfaultfd was not delivered by a fork event of the registration's \
+                 userfaultfd",
+            ));
+        }
+        Ok(Registration {
+            uffd_id: self.id(),
+            ..*parent
+        })
+    }
+
+    /// Refuses a registration of another userfaultfd.
+    pub(super) fn check_owner(&self, op: &'static str, reg: &Registration) -> Result<()> {
+        if reg.uffd_id != self.id() {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "the registration {:#x}+{:#x} belongs to userfaultfd #{}, not to #{}",
+                    reg.start,
+                    reg.len,
+                    reg.uffd_id,
+                    self.id()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
+    match errno {
+        Errno::EINVAL => {
+            let mut text = String::from(
+                "part of the range is not mapped, or its memory type does not support ",
+            );
+            text.push_str(&format!("{mode:?}"));
+            if mode.contains(RegisterMode::MINOR) {
+                text.push_str(
+                    " (MINOR needs shmem or hugetlbfs; private anonymous memory has no page \
+                     cache)",
+                );
+            }
+            text.push_str(
+                ", or a hugetlbfs range is not huge-page aligned (guest_memfd mappings need a \
+                 kernel with guest_memfd userfaultfd support)",
+            );
+            text.into()
+        }
+        Errno::EBUSY => "the range is registered with another userfaultfd".into(),
+        Errno::EPERM => "the mapping is of a file opened without write access (userfaultfd needs \
+             VM_MAYWRITE)"
+            .into(),
+        Errno::ENOMEM => "the range lies outside the process's address space".into(),
+        _ => "registration failed".into(),
+    }
+}

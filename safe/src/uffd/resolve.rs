@@ -1,0 +1,614 @@
+//! The resolution ioctls: COPY, ZEROPAGE, CONTINUE, WRITEPROTECT, POISON,
+//! MOVE and WAKE, with exact partial-progress decoding.
+
+use std::borrow::Cow;
+
+use uffd_sys as sys;
+
+use super::register::check_range;
+use super::{ContinueMode, CopyMode, Ioctls, MoveMode, RegisterMode, Registration, Uffd};
+use crate::error::{Errno, Error, Result};
+
+/// What a `*_or_wake` method did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Resolved {
+    /// The whole range was resolved: this many bytes (the range's length).
+    Done(usize),
+    /// The kernel answered `EEXIST`: a page of the range was already
+    /// present (resolved by another thread, or filled through the backing
+    /// file). `done` bytes from the start were resolved by this call; the
+    /// range from the present page on was not, and `UFFDIO_WAKE` was issued
+    /// for the whole range (unless the mode asked not to wake), so waiting
+    /// threads retry their access and fault again if their page is still
+    /// missing.
+    AlreadyPresent {
+        /// Bytes from the start resolved before the present page.
+        done: usize,
+    },
+}
+
+impl Resolved {
+    /// True for [`Resolved::AlreadyPresent`].
+    pub fn was_present(&self) -> bool {
+        matches!(self, Resolved::AlreadyPresent { .. })
+    }
+}
+
+/// Turns the result of a resolution ioctl and its output field (bytes done,
+/// or a negated errno) into bytes done or an error.
+///
+/// The kernel fails a partially done range with `EAGAIN` whatever stopped
+/// it, and stores the count done; a negative count is the errno of a range
+/// that made no progress.
+pub(super) fn decode(
+    op: &'static str,
+    len: usize,
+    result: Result<i32, Errno>,
+    out: i64,
+) -> Result<usize> {
+    let errno = match result {
+        // The kernel returns success only when the whole range was done.
+        Ok(_) => return Ok(len),
+        Err(errno) => errno,
+    };
+    if out > 0 && (out as u64) < len as u64 {
+        return Err(Error::Partial {
+            op,
+            done: out as u64,
+            requested: len as u64,
+            errno,
+        });
+    }
+    let errno = match out.checked_neg().and_then(|e| i32::try_from(e).ok()) {
+        Some(e) if (1..4096).contains(&e) => Errno::from_raw(e),
+        _ => errno,
+    };
+    Err(Error::os_hint(op, errno, hint(op, errno)))
+}
+
+fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
+    match (op, errno) {
+        ("UFFDIO_POISON", Errno::EEXIST) => {
+            "a page of the range is already present or poisoned; waiting threads were not woken \
+             (issue UFFDIO_WAKE)"
+                .into()
+        }
+        (_, Errno::EEXIST) => {
+            "a page of the range is already present; waiting threads were not woken: issue \
+             UFFDIO_WAKE for the range (the *_or_wake methods do)"
+                .into()
+        }
+        (_, Errno::EAGAIN) => {
+            "the address space is changing: read the pending events (REMOVE, UNMAP, REMAP, \
+             FORK) first, then retry"
+                .into()
+        }
+        ("UFFDIO_CONTINUE", Errno::EFAULT) => {
+            "no page in the page cache at this offset: fill the backing file first (or it was \
+             removed, e.g. by a punch-hole)"
+                .into()
+        }
+        ("UFFDIO_MOVE", Errno::EINVAL) => {
+            "UFFDIO_MOVE needs private anonymous memory at both ends, in this process's \
+             address space, without overlap"
+                .into()
+        }
+        ("UFFDIO_MOVE", Errno::ENOENT) => {
+            "a source page is not present (MoveMode::ALLOW_SRC_HOLES skips holes)".into()
+        }
+        ("UFFDIO_MOVE", Errno::EBUSY) => {
+            "a source page is shared with another mapping or process, or pinned".into()
+        }
+        (_, Errno::EINVAL) => format!(
+            "the kernel does not offer {op} on this memory (the registration's ioctl mask is an \
+             upper bound), a hugetlbfs range is not huge-page aligned, or the range is no longer \
+             registered"
+        )
+        .into(),
+        (_, Errno::ENOENT) => {
+            "the range is no longer registered with this userfaultfd (unmapped or remapped)".into()
+        }
+        (_, Errno::ESRCH) => "the process whose memory the range is has exited".into(),
+        (_, Errno::ENOMEM) => "the kernel ran out of memory".into(),
+        _ => format!("{op} failed").into(),
+    }
+}
+
+impl Uffd {
+    /// The checks every resolution makes before its system call.
+    fn check_resolve(
+        &self,
+        op: &'static str,
+        bit: Ioctls,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.check_owner(op, reg)?;
+        check_range(op, start, len)?;
+        if !reg.contains(start, len) {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "range {start:#x}+{len:#x} lies outside the registration {:#x}+{:#x}",
+                    reg.start, reg.len
+                ),
+            ));
+        }
+        if !reg.ioctls.contains(bit) {
+            return Err(Error::unsupported(
+                format!("{op} on the range {:#x}+{:#x}", reg.start, reg.len),
+                None,
+                format!(
+                    "the kernel's ioctl mask for the registration is {:?} ({:#x})",
+                    reg.ioctls,
+                    reg.ioctls.bits()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `ioctl(uffd, UFFDIO_COPY, {dst, src, len, mode})`—copies `src` into
+    /// the missing pages at `dst` and wakes the threads waiting on them;
+    /// returns the bytes copied (`src.len()`).
+    ///
+    /// The kernel never overwrites a present page: if one is found the
+    /// copy stops there. **A failed copy does not wake waiting threads**:
+    /// after `EEXIST` (the page was filled by another thread or through the
+    /// backing file while the fault was pending) issue [`wake`](Self::wake),
+    /// or use [`copy_or_wake`](Self::copy_or_wake).
+    ///
+    /// # Errors
+    ///
+    /// Before the system call: [`Error::InvalidArgument`] (empty or
+    /// unaligned range, outside `reg`, `reg` of another userfaultfd,
+    /// [`CopyMode::WP`] on a range not registered WP), [`Error::Unsupported`]
+    /// (the range's mask lacks `UFFDIO_COPY`). From the kernel:
+    /// [`Error::Partial`] when part of the range was copied (and woken);
+    /// `EEXIST` ([`Error::is_exists`]); `EAGAIN` ([`Error::is_again`]: read
+    /// events first); `ENOENT`/`EINVAL` (the range is no longer registered);
+    /// `ESRCH`, `ENOMEM`.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_COPY(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_COPY.2const.html),
+    ///   [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
+    /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
+    #[doc(alias = "UFFDIO_COPY")]
+    pub fn copy(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        src: &[u8],
+        mode: CopyMode,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_COPY";
+        self.check_resolve(OP, Ioctls::COPY, reg, dst, src.len())?;
+        if mode.contains(CopyMode::WP) && !reg.mode.contains(RegisterMode::WP) {
+            return Err(Error::invalid(
+                OP,
+                "CopyMode::WP needs a range registered with RegisterMode::WP",
+            ));
+        }
+        let mut arg = sys::uffdio_copy {
+            dst: dst as u64,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode: mode.bits(),
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy` (`arg`) and
+        // reads `len` bytes at `src`, a live slice. It writes only into
+        // pages of a range registered with this userfaultfd that are not
+        // present, which the registration's contract leaves to the handler.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_COPY, &mut arg) };
+        decode(OP, src.len(), r, arg.copy)
+    }
+
+    /// `ioctl(uffd, UFFDIO_ZEROPAGE, {range, mode})`—maps zero pages at the
+    /// missing pages of `[dst, dst + len)` and, unless `dontwake`, wakes the
+    /// threads waiting on them; returns the bytes done.
+    ///
+    /// Not offered on hugetlbfs. Like [`copy`](Self::copy), a failure wakes
+    /// nobody; see [`zeropage_or_wake`](Self::zeropage_or_wake).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy).
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_ZEROPAGE(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_ZEROPAGE.2const.html)
+    #[doc(alias = "UFFDIO_ZEROPAGE")]
+    pub fn zeropage(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        len: usize,
+        dontwake: bool,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_ZEROPAGE";
+        self.check_resolve(OP, Ioctls::ZEROPAGE, reg, dst, len)?;
+        let mut arg = sys::uffdio_zeropage {
+            range: range(dst, len),
+            mode: if dontwake {
+                sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE
+            } else {
+                0
+            },
+            zeropage: 0,
+        };
+        // SAFETY: UFFDIO_ZEROPAGE reads and writes one `uffdio_zeropage`
+        // (`arg`); it maps zero pages only where a range registered with
+        // this userfaultfd has none.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_ZEROPAGE, &mut arg) };
+        decode(OP, len, r, arg.zeropage)
+    }
+
+    /// `ioctl(uffd, UFFDIO_CONTINUE, {range, mode})`—maps the pages the
+    /// page cache already holds for `[start, start + len)` (a MINOR
+    /// fault's resolution, or a MISSING one after filling the backing file)
+    /// and, unless [`ContinueMode::DONTWAKE`], wakes the waiting threads;
+    /// returns the bytes mapped.
+    ///
+    /// Offered only on ranges registered [`RegisterMode::MINOR`]. A failure
+    /// wakes nobody; see [`continue_or_wake`](Self::continue_or_wake).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy), and `EFAULT` when the page cache has no page
+    /// at an offset of the range.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_CONTINUE(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_CONTINUE.2const.html)
+    #[doc(alias = "UFFDIO_CONTINUE")]
+    pub fn continue_range(
+        &self,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+        mode: ContinueMode,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_CONTINUE";
+        self.check_resolve(OP, Ioctls::CONTINUE, reg, start, len)?;
+        if mode.contains(ContinueMode::WP) && !reg.mode.contains(RegisterMode::WP) {
+            return Err(Error::invalid(
+                OP,
+                "ContinueMode::WP needs a range registered with RegisterMode::WP",
+            ));
+        }
+        let mut arg = sys::uffdio_continue {
+            range: range(start, len),
+            mode: mode.bits(),
+            mapped: 0,
+        };
+        // SAFETY: UFFDIO_CONTINUE reads and writes one `uffdio_continue`
+        // (`arg`); it maps existing page-cache pages only where a range
+        // registered with this userfaultfd has no page mapped.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_CONTINUE, &mut arg) };
+        decode(OP, len, r, arg.mapped)
+    }
+
+    /// `ioctl(uffd, UFFDIO_WRITEPROTECT, {range, mode})`—write-protects
+    /// (`protect`) or unprotects `[start, start + len)`; unprotecting wakes
+    /// the threads waiting on write-protect faults in it unless `dontwake`.
+    /// Returns the bytes done (the whole range; the kernel reports no
+    /// partial progress for this ioctl).
+    ///
+    /// Offered only on ranges registered [`RegisterMode::WP`].
+    ///
+    /// # Errors
+    ///
+    /// Before the system call as [`copy`](Self::copy), and
+    /// [`Error::InvalidArgument`] for `protect` with `dontwake` (the kernel
+    /// refuses the pair: protecting wakes nobody). From the kernel: `EAGAIN`,
+    /// `ENOENT`, `EINVAL`, `ESRCH`.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_WRITEPROTECT(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_WRITEPROTECT.2const.html)
+    #[doc(alias = "UFFDIO_WRITEPROTECT")]
+    pub fn write_protect(
+        &self,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+        protect: bool,
+        dontwake: bool,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_WRITEPROTECT";
+        self.check_resolve(OP, Ioctls::WRITEPROTECT, reg, start, len)?;
+        if protect && dontwake {
+            return Err(Error::invalid(
+                OP,
+                "dontwake applies only when removing protection (the kernel refuses WP with \
+                 DONTWAKE)",
+            ));
+        }
+        let mut mode = 0;
+        if protect {
+            mode |= sys::UFFDIO_WRITEPROTECT_MODE_WP;
+        }
+        if dontwake {
+            mode |= sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+        }
+        let mut arg = sys::uffdio_writeprotect {
+            range: range(start, len),
+            mode,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT reads one `uffdio_writeprotect`
+        // (`arg`); it changes only the protection of a range registered WP
+        // with this userfaultfd.
+        let r =
+            unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_WRITEPROTECT, &mut arg) };
+        decode(OP, len, r, 0)
+    }
+
+    /// `ioctl(uffd, UFFDIO_POISON, {range, mode})`—marks the missing pages
+    /// of `[start, start + len)` as poisoned, so that accessing them raises
+    /// `SIGBUS` (as for a hardware memory error), and unless `dontwake`
+    /// wakes the waiting threads; returns the bytes done. Linux 6.6+.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy); `EEXIST` when a page is present or poisoned.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_POISON(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_POISON.2const.html)
+    #[doc(alias = "UFFDIO_POISON")]
+    pub fn poison(
+        &self,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+        dontwake: bool,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_POISON";
+        self.check_resolve(OP, Ioctls::POISON, reg, start, len)?;
+        let mut arg = sys::uffdio_poison {
+            range: range(start, len),
+            mode: if dontwake {
+                sys::UFFDIO_POISON_MODE_DONTWAKE
+            } else {
+                0
+            },
+            updated: 0,
+        };
+        // SAFETY: UFFDIO_POISON reads and writes one `uffdio_poison`
+        // (`arg`); it installs poison markers only where a range registered
+        // with this userfaultfd has no page.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_POISON, &mut arg) };
+        decode(OP, len, r, arg.updated)
+    }
+
+    /// `ioctl(uffd, UFFDIO_MOVE, {dst, src, len, mode})`—moves the pages at
+    /// `[src, src + len)` of this process to the missing pages at `dst`
+    /// (without copying) and, unless [`MoveMode::DONTWAKE`], wakes the
+    /// waiting threads; returns the bytes moved. Linux 6.8+.
+    ///
+    /// Both ends must be private anonymous memory of this process; the
+    /// kernel refuses file mappings (even where the mask offers MOVE),
+    /// pages shared with another process, and overlapping ranges. Pages
+    /// missing at the source fail with `ENOENT` unless
+    /// [`MoveMode::ALLOW_SRC_HOLES`].
+    ///
+    /// # Safety
+    ///
+    /// Unlike the other resolutions this takes pages *away* from memory
+    /// the handler does not own through a registration: afterwards
+    /// `[src, src + len)` is unmapped (reading it yields zeros, or faults
+    /// to a userfaultfd handler if registered). The caller must ensure no
+    /// Rust reference points into the source range, and that nothing
+    /// relies on its contents afterwards; a dedicated staging mapping
+    /// ([`Mapping`](crate::mem::Mapping)) that is only accessed through raw
+    /// pointers satisfies this.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy), plus [`Error::InvalidArgument`] for an
+    /// unaligned or wrapping source, and from the kernel `EINVAL` (not
+    /// private anonymous memory, overlap, or another process's userfaultfd),
+    /// `ENOENT` (source hole), `EBUSY` (source page shared or pinned),
+    /// `EEXIST`.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_MOVE(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_MOVE.2const.html)
+    #[doc(alias = "UFFDIO_MOVE")]
+    pub unsafe fn move_pages(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        src: usize,
+        len: usize,
+        mode: MoveMode,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_MOVE";
+        self.check_resolve(OP, Ioctls::MOVE, reg, dst, len)?;
+        check_range(OP, src, len)?;
+        let mut arg = sys::uffdio_move {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: mode.bits(),
+            move_: 0,
+        };
+        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move` (`arg`). It
+        // fills only missing pages of a range registered with this
+        // userfaultfd, and unmaps the source pages, which the caller
+        // promised no Rust reference points into.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_MOVE, &mut arg) };
+        decode(OP, len, r, arg.move_)
+    }
+
+    /// `ioctl(uffd, UFFDIO_WAKE, {start, len})`—wakes the threads waiting
+    /// on faults in `[start, start + len)` without resolving anything; they
+    /// retry their access. Returns `len`.
+    ///
+    /// Needed after a resolution with a `DONTWAKE` mode, and after a
+    /// resolution failed with `EEXIST` (failures wake nobody).
+    ///
+    /// # Errors
+    ///
+    /// Before the system call as [`copy`](Self::copy); from the kernel
+    /// `EINVAL`, `ENOMEM`.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_WAKE(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_WAKE.2const.html)
+    #[doc(alias = "UFFDIO_WAKE")]
+    pub fn wake(&self, reg: &Registration, start: usize, len: usize) -> Result<usize> {
+        const OP: &str = "UFFDIO_WAKE";
+        self.check_resolve(OP, Ioctls::WAKE, reg, start, len)?;
+        let mut arg = range(start, len);
+        // SAFETY: UFFDIO_WAKE reads one `uffdio_range` (`arg`); it only
+        // wakes threads of this userfaultfd's address space.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_WAKE, &mut arg) };
+        decode(OP, len, r, 0)
+    }
+
+    /// [`copy`](Self::copy), and when the kernel answers `EEXIST`,
+    /// [`wake`](Self::wake) for the range, so that no waiting thread is left
+    /// asleep. Partial progress is continued from where it stopped.
+    ///
+    /// With [`CopyMode::DONTWAKE`] the caller wakes the range itself and no
+    /// wake is issued here.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy) except `EEXIST`; [`Error::Partial`] counts
+    /// all bytes this call resolved.
+    #[doc(alias = "UFFDIO_COPY")]
+    pub fn copy_or_wake(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        src: &[u8],
+        mode: CopyMode,
+    ) -> Result<Resolved> {
+        let dontwake = mode.contains(CopyMode::DONTWAKE);
+        self.or_wake("UFFDIO_COPY", reg, dst, src.len(), dontwake, |off| {
+            self.copy(reg, dst + off, &src[off..], mode)
+        })
+    }
+
+    /// [`zeropage`](Self::zeropage), waking the range after `EEXIST` (unless
+    /// `dontwake`), as [`copy_or_wake`](Self::copy_or_wake).
+    ///
+    /// # Errors
+    ///
+    /// As [`zeropage`](Self::zeropage) except `EEXIST`.
+    #[doc(alias = "UFFDIO_ZEROPAGE")]
+    pub fn zeropage_or_wake(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        len: usize,
+        dontwake: bool,
+    ) -> Result<Resolved> {
+        self.or_wake("UFFDIO_ZEROPAGE", reg, dst, len, dontwake, |off| {
+            self.zeropage(reg, dst + off, len - off, dontwake)
+        })
+    }
+
+    /// [`continue_range`](Self::continue_range), waking the range after
+    /// `EEXIST` (the page is already mapped; unless
+    /// [`ContinueMode::DONTWAKE`]), as [`copy_or_wake`](Self::copy_or_wake).
+    ///
+    /// # Errors
+    ///
+    /// As [`continue_range`](Self::continue_range) except `EEXIST`.
+    #[doc(alias = "UFFDIO_CONTINUE")]
+    pub fn continue_or_wake(
+        &self,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+        mode: ContinueMode,
+    ) -> Result<Resolved> {
+        let dontwake = mode.contains(ContinueMode::DONTWAKE);
+        self.or_wake("UFFDIO_CONTINUE", reg, start, len, dontwake, |off| {
+            self.continue_range(reg, start + off, len - off, mode)
+        })
+    }
+
+    fn or_wake(
+        &self,
+        op: &'static str,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+        dontwake: bool,
+        mut resolve: impl FnMut(usize) -> Result<usize>,
+    ) -> Result<Resolved> {
+        let mut done = 0;
+        loop {
+            match resolve(done) {
+                Ok(n) => return Ok(Resolved::Done(done + n)),
+                // The kernel woke the part it did; carry on with the rest to
+                // learn what stopped it.
+                Err(Error::Partial { done: part, .. }) if part > 0 => done += part as usize,
+                Err(e) if e.is_exists() => {
+                    if !dontwake {
+                        self.wake(reg, start, len)?;
+                    }
+                    return Ok(Resolved::AlreadyPresent { done });
+                }
+                Err(e) if done == 0 => return Err(e),
+                Err(e) => {
+                    return Err(Error::Partial {
+                        op,
+                        done: done as u64,
+                        requested: len as u64,
+                        errno: e.errno().unwrap_or(Errno::EAGAIN),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn range(start: usize, len: usize) -> sys::uffdio_range {
+    sys::uffdio_range {
+        start: start as u64,
+        len: len as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_reads_counts_and_negated_errnos() {
+        assert_eq!(decode("UFFDIO_COPY", 8192, Ok(0), 8192).ok(), Some(8192));
+        let partial = decode("UFFDIO_COPY", 8192, Err(Errno::EAGAIN), 4096).unwrap_err();
+        assert!(matches!(
+            partial,
+            Error::Partial {
+                done: 4096,
+                requested: 8192,
+                ..
+            }
+        ));
+        assert!(partial.is_again());
+        let exists = decode("UFFDIO_COPY", 4096, Err(Errno::EEXIST), -17).unwrap_err();
+        assert!(exists.is_exists());
+        assert!(matches!(exists, Error::Os { .. }));
+        // The field names the errno when it disagrees with the return.
+        let fault = decode("UFFDIO_CONTINUE", 4096, Err(Errno::EAGAIN), -14).unwrap_err();
+        assert_eq!(fault.errno(), Some(Errno::EFAULT));
+        // Untouched field: the ioctl's errno.
+        let again = decode("UFFDIO_COPY", 4096, Err(Errno::EAGAIN), 0).unwrap_err();
+        assert!(again.is_again());
+        assert!(again.to_string().contains("read the pending events"));
+        // Nonsense counts never become a size.
+        let odd = decode("UFFDIO_COPY", 4096, Err(Errno::EINVAL), i64::MIN).unwrap_err();
+        assert_eq!(odd.errno(), Some(Errno::EINVAL));
+        let over = decode("UFFDIO_COPY", 4096, Err(Errno::EAGAIN), 8192).unwrap_err();
+        assert!(matches!(over, Error::Os { .. }));
+    }
+}
