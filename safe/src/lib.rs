@@ -12,11 +12,13 @@
 //! | [`backing`] | files whose page cache user space fills (`Memfd`; guest_memfd in `kvm`) |
 //! | [`kvm`] | `/dev/kvm`, VMs, guest_memfd, memslots, KVM userfault and stage-2 faults |
 //! | [`uffd`] | the userfaultfd object: open, negotiate, register, resolve, read events |
+//! | [`caps`] | [`Capabilities::probe`](caps::Capabilities::probe): everything the running kernel offers, as one value |
 //!
 //! The raw bindings are re-exported so that a user of this crate can reach
 //! the exact kernel names without a second dependency.
 
 pub mod backing;
+pub mod caps;
 pub mod error;
 pub mod kvm;
 pub mod mem;
