@@ -17,3 +17,7 @@ mod kernel_abi;
 
 // guest_memfd, memslots, KVM userfault and stage-2 faults (`userfault::kvm`).
 mod kvm;
+
+// The userfault-probe binary: its JSON against raw UFFDIO_API and
+// UFFDIO_REGISTER calls, --require exit codes, a run as nobody.
+mod probe_cli;
