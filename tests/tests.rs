@@ -21,3 +21,6 @@ mod kvm;
 // The typestate resolution layer: CONTINUE-only regions on shmem and hugetlb,
 // the reference's F-rows, snapshot restore with and without a populator.
 mod resolve;
+// The userfault-probe binary: its JSON against raw UFFDIO_API and
+// UFFDIO_REGISTER calls, --require exit codes, a run as nobody.
+mod probe_cli;

@@ -12,6 +12,7 @@
 //! | `kvm-memory-attributes` | `KVM_SET_MEMORY_ATTRIBUTES` for the default VM type |
 //! | `hugetlb` | reserved huge pages (`vm.nr_hugepages`) and hugetlbfs memfds |
 //! | `c-headers` | a C compiler and the system's `<linux/*.h>` headers |
+//! | `root` | running as root (to switch to an unprivileged user) |
 
 use std::io::Write as _;
 
@@ -24,6 +25,7 @@ pub const CAPABILITIES: &[&str] = &[
     "kvm-memory-attributes",
     "hugetlb",
     "c-headers",
+    "root",
 ];
 
 /// True when `USERFAULT_TEST_REQUIRE` names `capability` (or `all`).

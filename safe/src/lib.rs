@@ -13,11 +13,13 @@
 //! | [`kvm`] | `/dev/kvm`, VMs, guest_memfd, memslots, KVM userfault and stage-2 faults |
 //! | [`resolve`] | the typestate: copy-capable and CONTINUE-only regions, typed faults |
 //! | [`uffd`] | the userfaultfd object: open, negotiate, register, resolve, read events |
+//! | [`caps`] | [`Capabilities::probe`](caps::Capabilities::probe): everything the running kernel offers, as one value |
 //!
 //! The raw bindings are re-exported so that a user of this crate can reach
 //! the exact kernel names without a second dependency.
 
 pub mod backing;
+pub mod caps;
 pub mod error;
 pub mod kvm;
 pub mod mem;

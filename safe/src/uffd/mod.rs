@@ -95,7 +95,7 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, [`AsyncUffd`] reads events from a tokio
+//! With the `tokio` feature, `AsyncUffd` reads events from a tokio
 //! runtime (`tokio::io::unix::AsyncFd`).
 //!
 //! # References

@@ -1,0 +1,670 @@
+//! The probes behind [`Capabilities::probe`].
+
+use std::ffi::CStr;
+use std::os::fd::AsFd;
+
+use super::{
+    COLLIDING_CAPABILITIES, Capabilities, CollidingCap, DeviceNode, Flavour, GmemUffd, Host,
+    HugePages, KVM_CAPABILITIES, KvmCap, KvmCaps, MemoryKind, MemoryRow, ModeMask, NodeInfo,
+    REGISTER_MODES, RangeClass, Status, UffdSource, UserfaultfdCaps, reason_of,
+};
+use crate::backing::{HugePageSize, Memfd, rustix_errno};
+use crate::error::{Errno, Result};
+use crate::kvm::{GmemFlags, GmemFlavour, GuestMemfd, Kvm, Vm, probe_userfault};
+use crate::mem::{Mapping, Sharing};
+use crate::uffd::{CopyMode, DEVICE_PATH, Ioctls, OpenMethod, RegisterMode, Uffd};
+
+const KVM_PATH: &str = "/dev/kvm";
+
+pub(super) fn probe() -> Result<Capabilities> {
+    let page = rustix::param::page_size();
+    // The one thing every row needs; if even this fails, probing cannot run.
+    drop(Mapping::anonymous(page, Sharing::Private)?);
+
+    let host = host(page);
+    let (userfaultfd, uffd) = userfaultfd();
+    let kvm_probe = kvm(page);
+    let uffd = uffd.ok_or_else(|| {
+        format!(
+            "no userfaultfd could be created ({})",
+            userfaultfd
+                .syscall_user_mode_only
+                .reason()
+                .unwrap_or("unknown")
+        )
+    });
+
+    let mut memory = Vec::with_capacity(MemoryKind::ALL.len());
+    for kind in MemoryKind::ALL {
+        let scratch = match kind {
+            MemoryKind::GuestMemfd => match &kvm_probe.gmem {
+                Ok((_, view)) => Ok(Scratch::Borrowed(view)),
+                Err(status) => Err(status.clone()),
+            },
+            _ => scratch(kind, page, &host.huge_pages),
+        };
+        let row = match (&uffd, scratch) {
+            (Ok(uffd), Ok(scratch)) => MemoryRow {
+                kind,
+                setup: Status::Supported(()),
+                modes: register_modes(uffd, kind, scratch.mapping()),
+            },
+            (Err(why), Ok(_)) => not_probed_row(kind, Status::Supported(()), why),
+            (_, Err(setup)) => {
+                let why = format!(
+                    "no {} mapping: {}",
+                    kind.label(),
+                    setup.reason().unwrap_or("unknown")
+                );
+                not_probed_row(kind, setup, &why)
+            }
+        };
+        memory.push(row);
+    }
+
+    let guest_memfd_uffd = match (&uffd, &kvm_probe.gmem) {
+        (Ok(uffd), Ok((_, view))) => gmem_uffd(uffd, view),
+        (Err(why), _) => GmemUffd {
+            copy: Status::not_probed(why.clone()),
+            class: Status::not_probed(why.clone()),
+        },
+        (_, Err(status)) => {
+            let why = format!(
+                "no guest_memfd mapping: {}",
+                status.reason().unwrap_or("unknown")
+            );
+            GmemUffd {
+                copy: Status::not_probed(why.clone()),
+                class: Status::not_probed(why),
+            }
+        }
+    };
+
+    Ok(Capabilities {
+        host,
+        userfaultfd,
+        memory,
+        guest_memfd_uffd,
+        kvm: kvm_probe.caps,
+    })
+}
+
+fn not_probed_row(kind: MemoryKind, setup: Status, why: &str) -> MemoryRow {
+    MemoryRow {
+        kind,
+        setup,
+        modes: REGISTER_MODES
+            .iter()
+            .map(|&mode| ModeMask {
+                mode,
+                ioctls: Status::not_probed(why),
+            })
+            .collect(),
+    }
+}
+
+// ---------------------------------------------------------------- host
+
+fn host(page: usize) -> Host {
+    let uname = rustix::system::uname();
+    let text = |s: &CStr| s.to_string_lossy().into_owned();
+    Host {
+        kernel_release: text(uname.release()),
+        kernel_version: text(uname.version()),
+        architecture: text(uname.machine()),
+        page_size: page,
+        huge_pages: huge_pages(),
+        uid: rustix::process::getuid().as_raw(),
+        euid: rustix::process::geteuid().as_raw(),
+        cap_sys_ptrace: cap_sys_ptrace(),
+    }
+}
+
+fn huge_pages() -> Status<HugePages> {
+    let meminfo = match std::fs::read_to_string("/proc/meminfo") {
+        Ok(text) => text,
+        Err(e) => {
+            return Status::unsupported(Errno::from_io(&e), "/proc/meminfo could not be read");
+        }
+    };
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find_map(|l| l.strip_prefix(name))?;
+        let rest = line.strip_prefix(':')?.trim();
+        let number = rest.split_whitespace().next()?.parse::<u64>().ok()?;
+        Some(if rest.ends_with("kB") {
+            number * 1024
+        } else {
+            number
+        })
+    };
+    match (
+        field("Hugepagesize"),
+        field("HugePages_Total"),
+        field("HugePages_Free"),
+        field("HugePages_Rsvd"),
+        field("HugePages_Surp"),
+    ) {
+        (Some(page_size), Some(total), Some(free), Some(reserved), Some(surplus)) => {
+            Status::Supported(HugePages {
+                page_size,
+                total,
+                free,
+                reserved,
+                surplus,
+            })
+        }
+        _ => Status::unsupported(
+            None,
+            "/proc/meminfo has no huge page fields: a kernel without hugetlbfs",
+        ),
+    }
+}
+
+/// Whether the calling thread's effective capabilities include
+/// `CAP_SYS_PTRACE`.
+fn cap_sys_ptrace() -> Option<bool> {
+    const CAP_SYS_PTRACE: u32 = 19;
+    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
+    let caps = u64::from_str_radix(hex, 16).ok()?;
+    Some(caps & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// `stat(2)` of a device node, with owner names from `/etc/passwd` and
+/// `/etc/group`.
+fn node_info(path: &str) -> Status<NodeInfo> {
+    match rustix::fs::stat(path) {
+        Ok(st) => {
+            let file_type = rustix::fs::FileType::from_raw_mode(st.st_mode);
+            Status::Supported(NodeInfo {
+                mode: st.st_mode & 0o7777,
+                char_device: file_type == rustix::fs::FileType::CharacterDevice,
+                uid: st.st_uid,
+                user: name_of("/etc/passwd", st.st_uid),
+                gid: st.st_gid,
+                group: name_of("/etc/group", st.st_gid),
+                major: rustix::fs::major(st.st_rdev),
+                minor: rustix::fs::minor(st.st_rdev),
+            })
+        }
+        Err(e) => {
+            let errno = rustix_errno(e);
+            let reason = if errno == Errno::ENOENT {
+                format!("{path} does not exist")
+            } else {
+                format!("stat {path} failed")
+            };
+            Status::unsupported(Some(errno), reason)
+        }
+    }
+}
+
+/// The name of `id` in a `name:x:id:…` database file.
+fn name_of(db: &str, id: u32) -> Option<String> {
+    let text = std::fs::read_to_string(db).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let id_field = fields.nth(1)?;
+        (id_field.parse::<u32>().ok()? == id).then(|| name.to_string())
+    })
+}
+
+// ---------------------------------------------------------------- userfaultfd
+
+/// The userfaultfd section, and a userfaultfd (no features) for the
+/// registrations: the first of system call, device, user-mode-only system
+/// call that works.
+fn userfaultfd() -> (UserfaultfdCaps, Option<Uffd>) {
+    let syscall = Uffd::builder().open_method(OpenMethod::Syscall);
+    let device = Uffd::builder().open_method(OpenMethod::Device);
+    let umo = Uffd::builder()
+        .open_method(OpenMethod::Syscall)
+        .user_mode_only(true);
+
+    let syscall_api = syscall.query();
+    let device_api = device.query();
+    let umo_api = umo.query();
+
+    let user_mode_only_required = matches!(
+        (&syscall_api, &umo_api),
+        (Err(e), Ok(_)) if e.errno() == Some(Errno::EPERM)
+    );
+
+    let (api, probed_with, builder) = match (&syscall_api, &device_api, &umo_api) {
+        (Ok(a), _, _) => (
+            Status::Supported(*a),
+            Some(UffdSource::Syscall),
+            Some(syscall),
+        ),
+        (_, Ok(a), _) => (
+            Status::Supported(*a),
+            Some(UffdSource::Device),
+            Some(device),
+        ),
+        (_, _, Ok(a)) => (
+            Status::Supported(*a),
+            Some(UffdSource::SyscallUserModeOnly),
+            Some(umo),
+        ),
+        (Err(_), Err(_), Err(e)) => (Status::unsupported(e.errno(), reason_of(e)), None, None),
+    };
+    let uffd = builder.and_then(|b| b.create().ok());
+    let probed_with = if uffd.is_some() { probed_with } else { None };
+
+    let caps = UserfaultfdCaps {
+        syscall: Status::from_result(syscall_api.map(|_| ())),
+        syscall_user_mode_only: Status::from_result(umo_api.map(|_| ())),
+        user_mode_only_required,
+        device: DeviceNode {
+            path: DEVICE_PATH.to_string(),
+            node: node_info(DEVICE_PATH),
+            usable: Status::from_result(device_api.map(|_| ())),
+        },
+        unprivileged_userfaultfd: sysctl_u32("/proc/sys/vm/unprivileged_userfaultfd"),
+        api,
+        probed_with,
+    };
+    (caps, uffd)
+}
+
+fn sysctl_u32(path: &str) -> Status<u32> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match text.trim().parse() {
+            Ok(v) => Status::Supported(v),
+            Err(_) => Status::unsupported(None, format!("{path} holds {:?}", text.trim())),
+        },
+        Err(e) => {
+            let errno = Errno::from_io(&e);
+            let reason = if errno == Some(Errno::ENOENT) {
+                format!("{path} does not exist (Linux 5.2+ with userfaultfd)")
+            } else {
+                format!("{path} could not be read")
+            };
+            Status::unsupported(errno, reason)
+        }
+    }
+}
+
+// ---------------------------------------------------------------- registrations
+
+/// Scratch memory of one memory type: a mapping the probe owns (with the
+/// file behind it, dropped after the mapping), or the guest_memfd view.
+enum Scratch<'a> {
+    Owned { map: Mapping, _file: Option<Memfd> },
+    Borrowed(&'a Mapping),
+}
+
+impl Scratch<'_> {
+    fn mapping(&self) -> &Mapping {
+        match self {
+            Scratch::Owned { map, .. } => map,
+            Scratch::Borrowed(map) => map,
+        }
+    }
+}
+
+fn scratch(
+    kind: MemoryKind,
+    page: usize,
+    huge: &Status<HugePages>,
+) -> Result<Scratch<'static>, Status> {
+    let owned = |map: Result<Mapping>, file: Option<Memfd>| match map {
+        Ok(map) => Ok(Scratch::Owned { map, _file: file }),
+        Err(e) => Err(Status::from_result(Err(e))),
+    };
+    match kind {
+        MemoryKind::AnonPrivate => owned(Mapping::anonymous(page, Sharing::Private), None),
+        MemoryKind::AnonShared => owned(Mapping::anonymous(page, Sharing::Shared), None),
+        MemoryKind::MemfdShmem => {
+            let file = Memfd::shmem(c"userfault-caps-shmem", page as u64)
+                .map_err(|e| Status::from_result(Err(e)))?;
+            let map = Mapping::file(file.as_fd(), 0, page, Sharing::Shared);
+            owned(map, Some(file))
+        }
+        MemoryKind::HugetlbMemfd => {
+            let pool = match huge {
+                Status::Supported(pool) => *pool,
+                other => {
+                    return Err(Status::not_probed(
+                        other.reason().unwrap_or("no huge page information"),
+                    ));
+                }
+            };
+            let size = match pool.page_size {
+                s if s == HugePageSize::Size2M.bytes() as u64 => HugePageSize::Size2M,
+                s if s == HugePageSize::Size1G.bytes() as u64 => HugePageSize::Size1G,
+                s => {
+                    return Err(Status::not_probed(format!(
+                        "the default huge page size {s} bytes is neither 2 MiB nor 1 GiB"
+                    )));
+                }
+            };
+            if pool.total == 0 && pool.surplus == 0 {
+                return Err(Status::not_probed(
+                    "no huge pages are reserved (vm.nr_hugepages is 0)",
+                ));
+            }
+            if pool.available() == 0 {
+                return Err(Status::not_probed(format!(
+                    "none of the {} huge pages is free and unreserved",
+                    pool.total
+                )));
+            }
+            let len = size.bytes();
+            let file = Memfd::hugetlb(c"userfault-caps-hugetlb", len as u64, size)
+                .map_err(|e| Status::from_result(Err(e)))?;
+            let map = Mapping::file(file.as_fd(), 0, len, Sharing::Shared);
+            owned(map, Some(file))
+        }
+        MemoryKind::GuestMemfd => Err(Status::not_probed("guest_memfd needs a VM")),
+    }
+}
+
+/// `UFFDIO_REGISTER` of `map` in each mode, unregistering
+/// after each.
+fn register_modes(uffd: &Uffd, kind: MemoryKind, map: &Mapping) -> Vec<ModeMask> {
+    REGISTER_MODES
+        .iter()
+        .map(|&mode| {
+            // SAFETY: the range is a scratch mapping owned by the probe: no
+            // Rust reference points into it and nothing accesses it while
+            // it is registered; it is unregistered right below.
+            let ioctls = match unsafe { uffd.register(map.addr(), map.len(), mode) } {
+                Ok(reg) => {
+                    let _ = uffd.unregister(&reg);
+                    Status::Supported(reg.ioctls())
+                }
+                Err(e) => Status::unsupported(e.errno(), register_reason(kind, mode, e.errno())),
+            };
+            ModeMask { mode, ioctls }
+        })
+        .collect()
+}
+
+fn register_reason(kind: MemoryKind, mode: RegisterMode, errno: Option<Errno>) -> String {
+    let names: Vec<&str> = mode.iter_names().map(|(name, _)| name).collect();
+    let what = format!("UFFDIO_REGISTER {} of {}", names.join("|"), kind.label());
+    let why = match (kind, errno) {
+        (MemoryKind::AnonPrivate, Some(Errno::EINVAL)) if mode.contains(RegisterMode::MINOR) => {
+            "private anonymous memory has no page cache, so it has no MINOR faults"
+        }
+        (MemoryKind::GuestMemfd, Some(Errno::EINVAL)) => {
+            "this kernel has no userfaultfd support for guest_memfd (posted series \
+             \"mm, kvm: allow uffd support in guest_memfd\")"
+        }
+        (_, Some(Errno::EINVAL)) if mode.contains(RegisterMode::WP) => {
+            "this memory type does not support write-protect faults"
+        }
+        (_, Some(Errno::EINVAL)) if mode.contains(RegisterMode::MINOR) => {
+            "this memory type does not support MINOR faults"
+        }
+        (_, Some(Errno::EINVAL)) => "the memory type does not support this mode",
+        (_, Some(Errno::EPERM)) => "the mapping lacks VM_MAYWRITE",
+        _ => "refused",
+    };
+    format!("{what}: {why}")
+}
+
+/// `UFFDIO_COPY` of one page into the guest_memfd mapping registered
+/// MISSING|MINOR, and the range's class.
+fn gmem_uffd(uffd: &Uffd, view: &Mapping) -> GmemUffd {
+    let mode = RegisterMode::MISSING | RegisterMode::MINOR;
+    // SAFETY: `view` is the probe's scratch guest_memfd mapping: no Rust
+    // reference points into it and nothing but the UFFDIO_COPY below touches
+    // it while it is registered; it is unregistered before returning.
+    let reg = match unsafe { uffd.register(view.addr(), view.len(), mode) } {
+        Ok(reg) => reg,
+        Err(e) => {
+            let reason = register_reason(MemoryKind::GuestMemfd, mode, e.errno());
+            let status = Status::unsupported(e.errno(), reason);
+            return GmemUffd {
+                copy: status.clone(),
+                class: status.map(|()| RangeClass::Neither),
+            };
+        }
+    };
+    let mask = reg.ioctls();
+    let copy = if !mask.contains(Ioctls::COPY) {
+        Status::unsupported(
+            None,
+            format!("the range's ioctl mask {mask:?} does not offer UFFDIO_COPY"),
+        )
+    } else {
+        let page = vec![0u8; view.len()];
+        match uffd.copy(&reg, view.addr(), &page, CopyMode::DONTWAKE) {
+            Ok(_) => Status::Supported(()),
+            Err(e) => Status::unsupported(
+                e.errno(),
+                format!(
+                    "UFFDIO_COPY into a guest_memfd range failed although its mask offers it: \
+                     {}",
+                    reason_of(&e)
+                ),
+            ),
+        }
+    };
+    let _ = uffd.unregister(&reg);
+    let class = if copy.is_supported() {
+        RangeClass::CopyCapable
+    } else if mask.contains(Ioctls::CONTINUE) {
+        RangeClass::ContinueOnly
+    } else {
+        RangeClass::Neither
+    };
+    GmemUffd {
+        copy,
+        class: Status::Supported(class),
+    }
+}
+
+// ---------------------------------------------------------------- KVM
+
+struct KvmProbe {
+    caps: KvmCaps,
+    /// The scratch VM's `MMAP | INIT_SHARED` guest_memfd and its mapping,
+    /// or why there is none.
+    gmem: Result<(GuestMemfd, Mapping), Status>,
+}
+
+fn kvm(page: usize) -> KvmProbe {
+    let opened = Kvm::open();
+    let device = DeviceNode {
+        path: KVM_PATH.to_string(),
+        node: node_info(KVM_PATH),
+        usable: match &opened {
+            Ok(_) => Status::Supported(()),
+            Err(e) => Status::unsupported(e.errno(), reason_of(e)),
+        },
+    };
+    let kvm = match opened {
+        Ok(kvm) => kvm,
+        Err(_) => {
+            let why = format!(
+                "{KVM_PATH} could not be opened: {}",
+                device.usable.reason().unwrap_or("unknown")
+            );
+            return KvmProbe {
+                caps: kvm_not_probed(device, &why),
+                gmem: Err(Status::not_probed(why)),
+            };
+        }
+    };
+    let check = |cap: u32| Status::from_result(kvm.check_extension(cap));
+    let capabilities = KVM_CAPABILITIES
+        .iter()
+        .map(|&(number, name)| KvmCap {
+            number,
+            name,
+            value: check(number),
+        })
+        .collect();
+    let colliding = COLLIDING_CAPABILITIES
+        .iter()
+        .map(|&(number, mainline_name, out_of_tree)| CollidingCap {
+            number,
+            mainline_name,
+            out_of_tree,
+            value: check(number),
+        })
+        .collect();
+    let api_version = Status::from_result(kvm.api_version());
+
+    let vm = match kvm.create_vm(0) {
+        Ok(vm) => vm,
+        Err(e) => {
+            let status = Status::from_result(Err(e));
+            let why = format!(
+                "KVM_CREATE_VM failed: {}",
+                status.reason().unwrap_or("unknown")
+            );
+            let mut caps = kvm_not_probed(device, &why);
+            caps.api_version = api_version;
+            caps.capabilities = capabilities;
+            caps.colliding = colliding;
+            caps.vm = status;
+            caps.userfault = Status::not_probed(why.clone());
+            return KvmProbe {
+                caps,
+                gmem: Err(Status::not_probed(why)),
+            };
+        }
+    };
+
+    let guest_memfd =
+        Status::from_result(GuestMemfd::create(&vm, page as u64, GmemFlags::empty()).map(drop));
+    let guest_memfd_flags = Status::from_result(
+        vm.check_extension(gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS)
+            .map(|v| u64::try_from(v).unwrap_or(0)),
+    );
+    let gmem = shared_gmem(&vm, page);
+    let guest_memfd_mmap = match &gmem {
+        Ok(_) => Status::Supported(()),
+        Err(status) => status.clone(),
+    };
+    let (flavour, guest_memfd_write, no_direct_map) = flavour(&vm, &guest_memfd);
+    let userfault = Status::from_result(probe_userfault(&kvm));
+
+    KvmProbe {
+        caps: KvmCaps {
+            device,
+            api_version,
+            capabilities,
+            colliding,
+            vm: Status::Supported(()),
+            guest_memfd,
+            guest_memfd_flags,
+            guest_memfd_mmap,
+            flavour,
+            guest_memfd_write,
+            no_direct_map,
+            userfault,
+        },
+        gmem,
+    }
+}
+
+fn shared_gmem(vm: &Vm, page: usize) -> Result<(GuestMemfd, Mapping), Status> {
+    let gmem = GuestMemfd::create(vm, page as u64, GmemFlags::MMAP | GmemFlags::INIT_SHARED)
+        .map_err(|e| Status::from_result(Err(e)))?;
+    let view = gmem.map_all().map_err(|e| Status::from_result(Err(e)))?;
+    Ok((gmem, view))
+}
+
+type FlavourProbe = (Status<Flavour>, Status<u64>, Status<u64>);
+
+fn flavour(vm: &Vm, guest_memfd: &Status) -> FlavourProbe {
+    if !guest_memfd.is_supported() {
+        let why = format!(
+            "no guest_memfd: {}",
+            guest_memfd.reason().unwrap_or("unknown")
+        );
+        return (
+            Status::not_probed(why.clone()),
+            Status::not_probed(why.clone()),
+            Status::not_probed(why),
+        );
+    }
+    match GmemFlavour::probe(vm) {
+        Ok(f) => (
+            Status::Supported(Flavour {
+                numbering: f.numbering(),
+                bit2: f.bit2(),
+                bit3: f.bit3(),
+                base_flags: f.base().bits(),
+            }),
+            Status::from_result(f.write().map(|flags| flags.bits())),
+            Status::from_result(f.no_direct_map().map(|flags| flags.bits())),
+        ),
+        Err(e) => {
+            let status: Status<Flavour> = Status::from_result(Err(e));
+            let why = format!(
+                "the flavour probe failed: {}",
+                status.reason().unwrap_or("unknown")
+            );
+            (
+                status,
+                Status::not_probed(why.clone()),
+                Status::not_probed(why),
+            )
+        }
+    }
+}
+
+/// The KVM section when nothing past `device` could be probed.
+fn kvm_not_probed(device: DeviceNode, why: &str) -> KvmCaps {
+    KvmCaps {
+        device,
+        api_version: Status::not_probed(why),
+        capabilities: KVM_CAPABILITIES
+            .iter()
+            .map(|&(number, name)| KvmCap {
+                number,
+                name,
+                value: Status::not_probed(why),
+            })
+            .collect(),
+        colliding: COLLIDING_CAPABILITIES
+            .iter()
+            .map(|&(number, mainline_name, out_of_tree)| CollidingCap {
+                number,
+                mainline_name,
+                out_of_tree,
+                value: Status::not_probed(why),
+            })
+            .collect(),
+        vm: Status::not_probed(why),
+        guest_memfd: Status::not_probed(why),
+        guest_memfd_flags: Status::not_probed(why),
+        guest_memfd_mmap: Status::not_probed(why),
+        flavour: Status::not_probed(why),
+        guest_memfd_write: Status::not_probed(why),
+        no_direct_map: Status::not_probed(why),
+        userfault: Status::not_probed(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_is_answered() {
+        let caps = Capabilities::probe().expect("probe");
+        for (name, _) in Capabilities::names() {
+            assert!(caps.has(&name).is_some(), "{name} unknown to has()");
+            assert!(caps.explain(&name).is_some(), "{name} unknown to explain()");
+        }
+        assert_eq!(caps.has("no-such-capability"), None);
+        assert_eq!(caps.has("feature:NO_SUCH_FEATURE"), None);
+        assert_eq!(caps.has("kvm-cap:NO_SUCH_CAP"), None);
+        assert_eq!(caps.has("anon-bogus"), None);
+        assert_eq!(caps.memory.len(), MemoryKind::ALL.len());
+        for row in &caps.memory {
+            assert_eq!(row.modes.len(), REGISTER_MODES.len());
+        }
+    }
+}
