@@ -14,3 +14,7 @@ mod abi;
 
 // The running kernel accepts the sys crates' ioctl request numbers.
 mod kernel_abi;
+
+// The safe userfaultfd layer: open, negotiate, register, resolve, events,
+// fork, a fault storm, the async reader (tests/uffd/).
+mod uffd;
