@@ -606,3 +606,42 @@ fn ranges_are_checked_against_the_registration() {
     assert!(text.contains("COPY") && text.contains(&mask), "{text}");
     assert_refused_before_syscall(err, "ioctl mask");
 }
+
+/// CONTINUE with WP maps the cached page write-protected: reads proceed,
+/// the first write waits for the handler.
+#[test]
+fn continue_with_wp_maps_write_protected() {
+    const TEST: &str = "continue_with_wp_maps_write_protected";
+    let uffd = require!(TEST, "uffd", fixtures::open(Features::empty()));
+    for kind in [Kind::AnonShared, Kind::Memfd, Kind::Hugetlb] {
+        let Some(mem) = Mem::for_test(TEST, kind, 1) else {
+            continue;
+        };
+        let ps = mem.page_size();
+        let page = mem.addr();
+        let minor_only = RegisterMode::MISSING | RegisterMode::MINOR;
+        // SAFETY: the mapping is only accessed through raw pointers.
+        let reg = unsafe { uffd.register(page, ps, minor_only) }.expect("register");
+        let err = uffd
+            .continue_range(&reg, page, ps, ContinueMode::WP)
+            .expect_err("WP mapping without WP registration");
+        assert_refused_before_syscall(err, "RegisterMode::WP");
+
+        // SAFETY: as above.
+        let reg = unsafe { uffd.register(page, ps, minor_only | RegisterMode::WP) }
+            .expect("register with WP");
+        let data = pattern(71, ps);
+        cache_without_mapping(&uffd, &reg, &mem, 0, &data);
+        assert_eq!(
+            ok(uffd.continue_range(&reg, page, ps, ContinueMode::WP | ContinueMode::DONTWAKE)),
+            Ok(ps)
+        );
+        assert_eq!(read_byte(page + 3), data[3], "{kind:?}: mapped");
+        let touch = Touch::write(page + 3, 0x11);
+        expect_fault(&uffd, page, FaultKind::WriteProtect, true);
+        assert_eq!(ok(uffd.write_protect(&reg, page, ps, false, false)), Ok(ps));
+        touch.wait();
+        assert_eq!(read_byte(page + 3), 0x11);
+        uffd.unregister(&reg).expect("unregister");
+    }
+}

@@ -38,6 +38,12 @@
 //!   lacks are refused before the system call with
 //!   [`Error::Unsupported`]; ones it offers can
 //!   still fail with `EINVAL` for a memory type (MOVE into a file mapping).
+//! - **Non-cooperative events hold their caller.** `fork()`, `mremap()`,
+//!   `munmap()` and `madvise()` on registered ranges wait inside the kernel
+//!   until their FORK/REMAP/UNMAP/REMOVE event is read; with
+//!   `EVENT_FORK`, glibc's `fork()` even holds the malloc locks meanwhile,
+//!   so the reader must not allocate before reading (this module's reading
+//!   path does not).
 //! - **Closing the userfaultfd releases every waiting thread**: their
 //!   accesses are retried and handled by the kernel as if the range had
 //!   never been registered (anonymous pages are zero-filled).
@@ -95,8 +101,9 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, [`AsyncUffd`] reads events from a tokio
-//! runtime (`tokio::io::unix::AsyncFd`).
+//! With the Cargo feature `tokio`, `AsyncUffd` reads events from a tokio
+//! runtime through `tokio::io::unix::AsyncFd` (docs.rs documents every
+//! feature).
 //!
 //! # References
 //!

@@ -49,6 +49,10 @@ pub struct KernelApi {
 }
 
 impl KernelApi {
+    pub(super) fn new(features: Features, ioctls: Ioctls) -> KernelApi {
+        KernelApi { features, ioctls }
+    }
+
     /// Every feature the kernel supports (its whole feature word, including
     /// bits this crate has no name for).
     pub fn features(&self) -> Features {
@@ -419,10 +423,10 @@ pub(super) fn api(fd: BorrowedFd<'_>, features: Features) -> Result<KernelApi, E
     // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `arg` is;
     // it changes nothing but the userfaultfd's own state.
     unsafe { crate::sys::ioctl_mut(fd, sys::UFFDIO_API, &mut arg) }?;
-    Ok(KernelApi {
-        features: Features::from_bits_retain(arg.features),
-        ioctls: Ioctls::from_bits_retain(arg.ioctls),
-    })
+    Ok(KernelApi::new(
+        Features::from_bits_retain(arg.features),
+        Ioctls::from_bits_retain(arg.ioctls),
+    ))
 }
 
 /// A process-wide unique id for each [`Uffd`], so a registration cannot be
