@@ -141,6 +141,15 @@ fn remap_event_moves_the_registration() {
             target as *mut libc::c_void,
         ) as i64
     });
+    assert!(uffd.poll(Some(TIMEOUT)).expect("poll"));
+    assert!(
+        mremap.still_waiting(),
+        "mremap returned before the event was read"
+    );
+    let err = uffd
+        .zeropage(&reg, old + ps, ps, false)
+        .expect_err("REMAP pending");
+    assert!(err.is_again(), "{err}");
     match fixtures::next_event(&uffd) {
         Event::Remap {
             from,
@@ -180,7 +189,8 @@ fn remap_event_moves_the_registration() {
     unsafe { libc::munmap(target as *mut libc::c_void, len) };
 }
 
-/// `munmap` of a registered range raises UNMAP and waits for it.
+/// `munmap` of a registered range raises UNMAP (one event per call, for
+/// the range asked for) and waits for it to be read.
 #[test]
 fn unmap_event_reports_the_range() {
     const TEST: &str = "unmap_event_reports_the_range";
@@ -189,27 +199,31 @@ fn unmap_event_reports_the_range() {
     let len = 3 * ps;
     let addr = raw_anon(len);
     // SAFETY: the mapping is only accessed through raw pointers.
-    unsafe { uffd.register(addr, len, RegisterMode::MISSING) }.expect("register");
-    // SAFETY: unmaps the middle page of the test's own mapping.
+    let reg = unsafe { uffd.register(addr, len, RegisterMode::MISSING) }.expect("register");
+    // Unmapped pieces are never unmapped again: another test may map there.
+    // SAFETY: unmaps the last page of the test's own mapping.
     let munmap = Blocked::spawn(move || unsafe {
-        libc::munmap((addr + ps) as *mut libc::c_void, ps) as i64
+        libc::munmap((addr + 2 * ps) as *mut libc::c_void, ps) as i64
     });
     assert!(uffd.poll(Some(TIMEOUT)).expect("poll"));
     assert!(
         munmap.still_waiting(),
         "munmap returned before the event was read"
     );
+    let err = uffd
+        .zeropage(&reg, addr, ps, false)
+        .expect_err("UNMAP pending");
+    assert!(err.is_again(), "{err}");
     match fixtures::next_event(&uffd) {
-        Event::Unmap { start, end } => assert_eq!((start, end), (addr + ps, addr + 2 * ps)),
+        Event::Unmap { start, end } => assert_eq!((start, end), (addr + 2 * ps, addr + len)),
         other => panic!("expected UNMAP, got {other:?}"),
     }
     assert_eq!(munmap.result(), 0);
-    // One event per call, for the whole range asked for, holes included.
     // SAFETY: unmaps the rest of the test's own mapping.
     let rest =
-        Blocked::spawn(move || unsafe { libc::munmap(addr as *mut libc::c_void, len) as i64 });
+        Blocked::spawn(move || unsafe { libc::munmap(addr as *mut libc::c_void, 2 * ps) as i64 });
     match fixtures::next_event(&uffd) {
-        Event::Unmap { start, end } => assert_eq!((start, end), (addr, addr + len)),
+        Event::Unmap { start, end } => assert_eq!((start, end), (addr, addr + 2 * ps)),
         other => panic!("expected UNMAP, got {other:?}"),
     }
     assert_eq!(rest.result(), 0);

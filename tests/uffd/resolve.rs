@@ -404,6 +404,17 @@ fn move_pages_into_private_anonymous_memory_only() {
     }
     let ps = fixtures::page();
     let src = Mem::new(Kind::AnonPrivate, 2).expect("source");
+    // A fork by another test would share the source pages with its child,
+    // and MOVE refuses shared pages (EBUSY): keep the source out of forks.
+    // SAFETY: changes only how fork(2) treats the test's own mapping.
+    let r = unsafe {
+        libc::madvise(
+            src.addr() as *mut libc::c_void,
+            src.len(),
+            libc::MADV_DONTFORK,
+        )
+    };
+    assert_eq!(r, 0, "madvise: {}", std::io::Error::last_os_error());
     let data = pattern(31, ps);
     // SAFETY: writes into the unregistered source mapping through a raw
     // pointer; nothing references it.

@@ -17,6 +17,10 @@ use crate::util::{self, require};
 const SIZE: usize = 64 << 20;
 const FAULTERS: usize = 4;
 
+/// How long one faulting thread may take for its whole pass, even on a
+/// loaded machine; a hung thread never finishes.
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The source data of page `page`: every 8-byte word is distinct.
 fn source(page: usize, out: &mut [u8]) {
     for (w, word) in out.chunks_exact_mut(8).enumerate() {
@@ -154,7 +158,10 @@ fn storm(test: &str, handlers: usize) {
         .collect();
     let tallies: Vec<Tally> = faulters
         .into_iter()
-        .map(|rx| rx.recv_timeout(TIMEOUT).expect("a faulting thread hung"))
+        .map(|rx| {
+            rx.recv_timeout(PASS_TIMEOUT)
+                .expect("a faulting thread hung")
+        })
         .collect();
     let elapsed = started.elapsed();
     stop.store(true, Ordering::SeqCst);
@@ -243,7 +250,7 @@ fn a_handler_stopping_mid_storm_leaves_no_thread_hung() {
     let tallies: Vec<Tally> = faulters
         .into_iter()
         .map(|rx| {
-            rx.recv_timeout(TIMEOUT)
+            rx.recv_timeout(PASS_TIMEOUT)
                 .expect("a faulting thread hung after close")
         })
         .collect();

@@ -91,7 +91,10 @@ pub enum Event {
         uffd: Uffd,
     },
     /// `UFFD_EVENT_REMAP`: `mremap(2)` moved a registered range; the
-    /// registration moved with it.
+    /// registration moved with it (register the new range again to get its
+    /// [`Registration`](super::Registration); that changes nothing in the
+    /// kernel). Until this event is read, `mremap` waits and resolution
+    /// ioctls fail with `EAGAIN`.
     Remap {
         /// The old start address.
         from: usize,
@@ -101,8 +104,9 @@ pub enum Event {
         len: usize,
     },
     /// `UFFD_EVENT_REMOVE`: `madvise(MADV_DONTNEED / MADV_REMOVE)` dropped
-    /// pages of a registered range; while this event is unread, resolution
-    /// ioctls fail with `EAGAIN`.
+    /// pages of a registered range, which fault as missing again. Until
+    /// this event is read, `madvise` waits and resolution ioctls fail with
+    /// `EAGAIN`.
     Remove {
         /// First address.
         start: usize,
@@ -110,7 +114,9 @@ pub enum Event {
         end: usize,
     },
     /// `UFFD_EVENT_UNMAP`: `munmap(2)` (or a mapping replaced over it)
-    /// removed a registered range.
+    /// removed a registered range; one event per call, for the range the
+    /// call named. Until it is read, `munmap` waits and resolution ioctls
+    /// fail with `EAGAIN`.
     Unmap {
         /// First address.
         start: usize,

@@ -168,7 +168,9 @@ impl UffdBuilder {
         flags
     }
 
-    /// Creates the userfaultfd and negotiates the features.
+    /// `userfaultfd(flags)` or `ioctl(open("/dev/userfaultfd"),
+    /// USERFAULTFD_IOC_NEW, flags)`, then `ioctl(uffd, UFFDIO_API, …)`—creates
+    /// the userfaultfd and negotiates the features.
     ///
     /// With [`OpenMethod::Auto`] the system call is tried first and the
     /// device second; when both fail the error names both reasons.
