@@ -21,6 +21,11 @@ mod kvm;
 // The typestate resolution layer: CONTINUE-only regions on shmem and hugetlb,
 // the reference's F-rows, snapshot restore with and without a populator.
 mod resolve;
+
 // The userfault-probe binary: its JSON against raw UFFDIO_API and
 // UFFDIO_REGISTER calls, --require exit codes, a run as nobody.
 mod probe_cli;
+
+// The safe userfaultfd layer: open, negotiate, register, resolve, events,
+// fork, a fault storm, the async reader (tests/uffd/).
+mod uffd;

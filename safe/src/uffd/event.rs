@@ -75,15 +75,26 @@ pub enum Event {
     },
     /// `UFFD_EVENT_FORK`: a process with registered ranges forked; the
     /// child's copies of them are registered with `uffd`, which receives
-    /// the child's faults. The forking thread waits until this event is
-    /// read. Dropping `uffd` lets the child's faults be handled by the
-    /// kernel (zero-filled).
+    /// the child's faults (resolve them with registrations from
+    /// [`Uffd::inherit`]). Dropping `uffd` lets the child's faults be
+    /// handled by the kernel (zero-filled).
+    ///
+    /// The forking thread waits inside `fork()` until this event is read —
+    /// and glibc's `fork()` holds the malloc locks while it waits. The
+    /// thread that reads events must therefore already be running, and
+    /// must not allocate before it has read the event, whenever a
+    /// registered process may fork. Reading with [`Uffd::read_events`] or
+    /// [`Uffd::wait_events`] into an existing [`EventBuffer`] allocates
+    /// nothing, and neither does decoding this event.
     Fork {
         /// The child's userfaultfd ([`Origin::Fork`]), owned.
         uffd: Uffd,
     },
     /// `UFFD_EVENT_REMAP`: `mremap(2)` moved a registered range; the
-    /// registration moved with it.
+    /// registration moved with it (register the new range again to get its
+    /// [`Registration`](super::Registration); that changes nothing in the
+    /// kernel). Until this event is read, `mremap` waits and resolution
+    /// ioctls fail with `EAGAIN`.
     Remap {
         /// The old start address.
         from: usize,
@@ -93,8 +104,9 @@ pub enum Event {
         len: usize,
     },
     /// `UFFD_EVENT_REMOVE`: `madvise(MADV_DONTNEED / MADV_REMOVE)` dropped
-    /// pages of a registered range; while this event is unread, resolution
-    /// ioctls fail with `EAGAIN`.
+    /// pages of a registered range, which fault as missing again. Until
+    /// this event is read, `madvise` waits and resolution ioctls fail with
+    /// `EAGAIN`.
     Remove {
         /// First address.
         start: usize,
@@ -102,7 +114,9 @@ pub enum Event {
         end: usize,
     },
     /// `UFFD_EVENT_UNMAP`: `munmap(2)` (or a mapping replaced over it)
-    /// removed a registered range.
+    /// removed a registered range; one event per call, for the range the
+    /// call named. Until it is read, `munmap` waits and resolution ioctls
+    /// fail with `EAGAIN`.
     Unmap {
         /// First address.
         start: usize,
@@ -392,5 +406,105 @@ impl Uffd {
             return Ok(self.events(buf));
         }
         self.read_events(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(features: Features) -> Source {
+        Source {
+            id: 1,
+            features,
+            api: KernelApi::new(Features::empty(), crate::uffd::Ioctls::empty()),
+            user_mode_only: false,
+        }
+    }
+
+    fn msg(event: u8, words: [u64; 3]) -> [u8; MSG] {
+        let mut m = [0; MSG];
+        m[0] = event;
+        for (i, w) in words.iter().enumerate() {
+            m[8 + 8 * i..16 + 8 * i].copy_from_slice(&w.to_ne_bytes());
+        }
+        m
+    }
+
+    #[test]
+    fn page_faults_decode_kind_write_and_thread_id() {
+        let wp_write = msg(
+            sys::UFFD_EVENT_PAGEFAULT,
+            [
+                sys::UFFD_PAGEFAULT_FLAG_WP | sys::UFFD_PAGEFAULT_FLAG_WRITE | 1 << 3,
+                0x7000_1234,
+                77,
+            ],
+        );
+        match decode(&wp_write, &source(Features::THREAD_ID)) {
+            Event::PageFault {
+                address,
+                kind,
+                write,
+                thread_id,
+                flags,
+            } => {
+                assert_eq!(
+                    (address, kind, write),
+                    (0x7000_1234, FaultKind::WriteProtect, true)
+                );
+                assert_eq!(thread_id, Some(77));
+                assert_eq!(flags.bits() & (1 << 3), 1 << 3, "unknown flag kept");
+            }
+            other => panic!("{other:?}"),
+        }
+        let minor = msg(
+            sys::UFFD_EVENT_PAGEFAULT,
+            [sys::UFFD_PAGEFAULT_FLAG_MINOR, 0x1000, 77],
+        );
+        match decode(&minor, &source(Features::empty())) {
+            Event::PageFault {
+                kind,
+                write,
+                thread_id,
+                ..
+            } => assert_eq!((kind, write, thread_id), (FaultKind::Minor, false, None)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_events_decode_and_unknown_codes_are_kept() {
+        let src = source(Features::empty());
+        assert!(matches!(
+            decode(&msg(sys::UFFD_EVENT_REMAP, [0x1000, 0x9000, 0x2000]), &src),
+            Event::Remap {
+                from: 0x1000,
+                to: 0x9000,
+                len: 0x2000
+            }
+        ));
+        assert!(matches!(
+            decode(&msg(sys::UFFD_EVENT_REMOVE, [0x1000, 0x3000, 0]), &src),
+            Event::Remove {
+                start: 0x1000,
+                end: 0x3000
+            }
+        ));
+        assert!(matches!(
+            decode(&msg(sys::UFFD_EVENT_UNMAP, [0x4000, 0x5000, 0]), &src),
+            Event::Unmap {
+                start: 0x4000,
+                end: 0x5000
+            }
+        ));
+        let strange = msg(0x17, [1, 2, 3]);
+        match decode(&strange, &src) {
+            Event::Unknown { event, raw } => {
+                assert_eq!(event, 0x17);
+                assert_eq!(raw, strange);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

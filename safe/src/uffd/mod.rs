@@ -25,19 +25,25 @@
 //!   the `*_or_wake` methods, or call [`Uffd::wake`] yourself.
 //! - **Partial progress is a signed count.** The kernel fails a range it
 //!   did only partly with `EAGAIN` and stores the bytes done; this comes
-//!   back as [`Error::Partial`] with `done`. A
-//!   negative count is an errno and never becomes a size.
-//! - **`EAGAIN` means "read events first".** While a REMOVE, UNMAP, REMAP
-//!   or FORK event is pending, resolutions fail with `EAGAIN`
-//!   ([`Error::is_again`](crate::Error::is_again)); drain the events, then
-//!   retry.
+//!   back as [`Error::Partial`] with `done`. A negative count is an errno
+//!   and never becomes a size.
+//! - **`EAGAIN` means "read events first".** While a REMOVE, UNMAP or
+//!   REMAP event is unread, resolutions fail with `EAGAIN`
+//!   ([`Error::is_again`](crate::Error::is_again)) and the faulting thread
+//!   keeps waiting: read the events, then retry the resolution.
 //! - **`UFFDIO_API` succeeds once per userfaultfd**; the kernel's whole
 //!   feature word is kept ([`Uffd::kernel_features`]) beside the enabled set
 //!   ([`Uffd::features`]). Querying uses a throw-away userfaultfd.
 //! - **The range's ioctl mask is an upper bound.** Resolutions the mask
-//!   lacks are refused before the system call with
-//!   [`Error::Unsupported`]; ones it offers can
-//!   still fail with `EINVAL` for a memory type (MOVE into a file mapping).
+//!   lacks are refused before the system call with [`Error::Unsupported`];
+//!   ones it offers can still fail with `EINVAL` for a memory type (MOVE
+//!   into a file mapping).
+//! - **Non-cooperative events hold their caller.** `fork()`, `mremap()`,
+//!   `munmap()` and `madvise()` on registered ranges wait inside the kernel
+//!   until their FORK/REMAP/UNMAP/REMOVE event is read; with
+//!   `EVENT_FORK`, glibc's `fork()` even holds the malloc locks meanwhile,
+//!   so the reader must not allocate before reading (this module's reading
+//!   path does not).
 //! - **Closing the userfaultfd releases every waiting thread**: their
 //!   accesses are retried and handled by the kernel as if the range had
 //!   never been registered (anonymous pages are zero-filled).
@@ -66,27 +72,35 @@
 //! let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING)? };
 //!
 //! let mut events = EventBuffer::with_capacity(64);
+//! let mut deferred = Vec::new();
 //! loop {
+//!     // Faults whose resolution met EAGAIN are retried after this batch of
+//!     // events has been read.
+//!     let mut faults = std::mem::take(&mut deferred);
 //!     for event in uffd.wait_events(&mut events, Some(Duration::from_millis(100)))? {
 //!         match event {
 //!             Event::PageFault { address, kind: FaultKind::Missing, .. } => {
-//!                 let page = address & !(PAGE - 1);
-//!                 let offset = page - reg.start();
-//!                 let data = &snapshot[offset..offset + PAGE];
-//!                 // Copies and wakes; on EEXIST (already resolved by
-//!                 // another handler thread) wakes instead.
-//!                 match uffd.copy_or_wake(&reg, page, data, CopyMode::empty()) {
-//!                     Ok(_) => {}
-//!                     // A REMOVE event is pending: read it, the fault comes again.
-//!                     Err(e) if e.is_again() => {}
-//!                     Err(e) => return Err(e),
-//!                 }
+//!                 faults.push(address & !(PAGE - 1));
 //!             }
 //!             Event::Remove { start, end } => {
-//!                 // The guest dropped pages: later faults there want zeros.
+//!                 // The guest dropped these pages: a later fault there
+//!                 // wants zeros, not the snapshot.
 //!                 let _ = (start, end);
 //!             }
 //!             other => eprintln!("unexpected event {other:?}"),
+//!         }
+//!     }
+//!     for page in faults {
+//!         let offset = page - reg.start();
+//!         let data = &snapshot[offset..offset + PAGE];
+//!         // Copies and wakes; on EEXIST (already resolved by another
+//!         // handler thread) wakes instead.
+//!         match uffd.copy_or_wake(&reg, page, data, CopyMode::empty()) {
+//!             Ok(_) => {}
+//!             // An event (REMOVE, …) is unread: read it first, then retry.
+//!             // The faulting thread keeps waiting meanwhile.
+//!             Err(e) if e.is_again() => deferred.push(page),
+//!             Err(e) => return Err(e),
 //!         }
 //!     }
 //! }
@@ -95,8 +109,9 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, `AsyncUffd` reads events from a tokio
-//! runtime (`tokio::io::unix::AsyncFd`).
+//! With the Cargo feature `tokio`, `AsyncUffd` reads events from a tokio
+//! runtime through `tokio::io::unix::AsyncFd` (docs.rs documents every
+//! feature).
 //!
 //! # References
 //!

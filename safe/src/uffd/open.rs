@@ -49,6 +49,10 @@ pub struct KernelApi {
 }
 
 impl KernelApi {
+    pub(super) fn new(features: Features, ioctls: Ioctls) -> KernelApi {
+        KernelApi { features, ioctls }
+    }
+
     /// Every feature the kernel supports (its whole feature word, including
     /// bits this crate has no name for).
     pub fn features(&self) -> Features {
@@ -164,7 +168,9 @@ impl UffdBuilder {
         flags
     }
 
-    /// Creates the userfaultfd and negotiates the features.
+    /// `userfaultfd(flags)` or `ioctl(open("/dev/userfaultfd"),
+    /// USERFAULTFD_IOC_NEW, flags)`, then `ioctl(uffd, UFFDIO_API, …)`—creates
+    /// the userfaultfd and negotiates the features.
     ///
     /// With [`OpenMethod::Auto`] the system call is tried first and the
     /// device second; when both fail the error names both reasons.
@@ -419,10 +425,10 @@ pub(super) fn api(fd: BorrowedFd<'_>, features: Features) -> Result<KernelApi, E
     // SAFETY: UFFDIO_API reads and writes one `uffdio_api`, which `arg` is;
     // it changes nothing but the userfaultfd's own state.
     unsafe { crate::sys::ioctl_mut(fd, sys::UFFDIO_API, &mut arg) }?;
-    Ok(KernelApi {
-        features: Features::from_bits_retain(arg.features),
-        ioctls: Ioctls::from_bits_retain(arg.ioctls),
-    })
+    Ok(KernelApi::new(
+        Features::from_bits_retain(arg.features),
+        Ioctls::from_bits_retain(arg.ioctls),
+    ))
 }
 
 /// A process-wide unique id for each [`Uffd`], so a registration cannot be

@@ -97,7 +97,9 @@ fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
             "a source page is not present (MoveMode::ALLOW_SRC_HOLES skips holes)".into()
         }
         ("UFFDIO_MOVE", Errno::EBUSY) => {
-            "a source page is shared with another mapping or process, or pinned".into()
+            "a source page is shared with another mapping or process (a fork shares them: \
+             madvise(MADV_DONTFORK) on the source prevents that), or pinned"
+                .into()
         }
         (_, Errno::EINVAL) => format!(
             "the kernel does not offer {op} on this memory (the registration's ioctl mask is an \
@@ -391,9 +393,11 @@ impl Uffd {
     ///
     /// Both ends must be private anonymous memory of this process; the
     /// kernel refuses file mappings (even where the mask offers MOVE),
-    /// pages shared with another process, and overlapping ranges. Pages
-    /// missing at the source fail with `ENOENT` unless
-    /// [`MoveMode::ALLOW_SRC_HOLES`].
+    /// pages shared with another process — which includes every page a
+    /// `fork(2)` by any thread has shared with the child, so mark a staging
+    /// mapping `MADV_DONTFORK` — and overlapping ranges. Pages missing at
+    /// the source fail with `ENOENT` unless [`MoveMode::ALLOW_SRC_HOLES`]
+    /// (which counts them as moved).
     ///
     /// # Safety
     ///
@@ -411,7 +415,8 @@ impl Uffd {
     /// As [`copy`](Self::copy), plus [`Error::InvalidArgument`] for an
     /// unaligned or wrapping source, and from the kernel `EINVAL` (not
     /// private anonymous memory, overlap, or another process's userfaultfd),
-    /// `ENOENT` (source hole), `EBUSY` (source page shared or pinned),
+    /// `ENOENT` (source hole), `EBUSY` (source page shared, e.g. after a
+    /// fork, or pinned),
     /// `EEXIST`.
     ///
     /// # References
