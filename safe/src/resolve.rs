@@ -233,25 +233,7 @@ impl Region<CopyCapable, ()> {
         page_size: usize,
     ) -> Result<Self> {
         // SAFETY: forwarded to this function's contract.
-        let reg = unsafe { uffd.register(start, len, mode)? };
-        let region = Region {
-            uffd,
-            reg,
-            page_size,
-            backing: None,
-            _class: PhantomData,
-        };
-        if !reg.ioctls().contains(Ioctls::COPY) {
-            return Err(Error::unsupported(
-                "a copy-capable region",
-                None,
-                format!(
-                    "the kernel's ioctl mask for this range is {:?}, without UFFDIO_COPY",
-                    reg.ioctls()
-                ),
-            ));
-        }
-        Ok(region)
+        unsafe { Region::register(uffd, start, len, mode, page_size, None) }
     }
 }
 
@@ -271,27 +253,10 @@ impl<B: Backing> Region<CopyCapable, B> {
         mapping: Arc<BackedMapping<B>>,
         mode: RegisterMode,
     ) -> Result<Self> {
-        let page_size = mapping.backing().page_size();
+        let (start, len, page_size) =
+            (mapping.addr(), mapping.len(), mapping.backing().page_size());
         // SAFETY: forwarded to this function's contract.
-        let reg = unsafe { uffd.register(mapping.addr(), mapping.len(), mode)? };
-        let region = Region {
-            uffd,
-            reg,
-            page_size,
-            backing: Some(mapping),
-            _class: PhantomData,
-        };
-        if !reg.ioctls().contains(Ioctls::COPY) {
-            return Err(Error::unsupported(
-                "a copy-capable region",
-                None,
-                format!(
-                    "the kernel's ioctl mask for this range is {:?}, without UFFDIO_COPY",
-                    reg.ioctls()
-                ),
-            ));
-        }
-        Ok(region)
+        unsafe { Region::register(uffd, start, len, mode, page_size, Some(mapping)) }
     }
 }
 
@@ -312,28 +277,11 @@ impl<B: Backing> Region<ContinueOnly, B> {
     /// `Unsupported` when the kernel's mask for the range has no
     /// `UFFDIO_CONTINUE`.
     pub unsafe fn continue_only(uffd: Arc<Uffd>, mapping: Arc<BackedMapping<B>>) -> Result<Self> {
-        let page_size = mapping.backing().page_size();
+        let (start, len, page_size) =
+            (mapping.addr(), mapping.len(), mapping.backing().page_size());
         let mode = RegisterMode::MISSING | RegisterMode::MINOR;
         // SAFETY: forwarded to this function's contract.
-        let reg = unsafe { uffd.register(mapping.addr(), mapping.len(), mode)? };
-        let region = Region {
-            uffd,
-            reg,
-            page_size,
-            backing: Some(mapping),
-            _class: PhantomData,
-        };
-        if !reg.ioctls().contains(Ioctls::CONTINUE) {
-            return Err(Error::unsupported(
-                "a CONTINUE-only region",
-                None,
-                format!(
-                    "the kernel's ioctl mask for this range is {:?}, without UFFDIO_CONTINUE",
-                    reg.ioctls()
-                ),
-            ));
-        }
-        Ok(region)
+        unsafe { Region::register(uffd, start, len, mode, page_size, Some(mapping)) }
     }
 }
 
@@ -403,6 +351,50 @@ impl<C: Class, B> Drop for Region<C, B> {
     fn drop(&mut self) {
         // The range may already be gone (unmapped); nothing to report then.
         let _ = self.uffd.unregister(&self.reg);
+    }
+}
+
+impl<C: Class, B> Region<C, B> {
+    /// Registers the range and checks that the kernel's mask offers what
+    /// class `C` resolves MISSING faults with (CONTINUE for CONTINUE-only,
+    /// COPY otherwise); unregisters again (on drop) when it does not.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Uffd::register`].
+    unsafe fn register(
+        uffd: Arc<Uffd>,
+        start: usize,
+        len: usize,
+        mode: RegisterMode,
+        page_size: usize,
+        backing: Option<Arc<BackedMapping<B>>>,
+    ) -> Result<Self> {
+        // SAFETY: forwarded to this function's contract.
+        let reg = unsafe { uffd.register(start, len, mode)? };
+        let region = Region {
+            uffd,
+            reg,
+            page_size,
+            backing,
+            _class: PhantomData,
+        };
+        let (needed, name) = if C::CONTINUE_ONLY {
+            (Ioctls::CONTINUE, "UFFDIO_CONTINUE")
+        } else {
+            (Ioctls::COPY, "UFFDIO_COPY")
+        };
+        if !reg.ioctls().contains(needed) {
+            return Err(Error::unsupported(
+                format!("a {} region", C::NAME),
+                None,
+                format!(
+                    "the kernel's ioctl mask for this range is {:?}, without {name}",
+                    reg.ioctls()
+                ),
+            ));
+        }
+        Ok(region)
     }
 }
 
@@ -744,43 +736,41 @@ impl<B: Backing> AnyRegion<B> {
     ///
     /// The registration's errors; `Unsupported` when the mask has neither.
     pub unsafe fn register(uffd: Arc<Uffd>, mapping: Arc<BackedMapping<B>>) -> Result<Self> {
-        let page_size = mapping.backing().page_size();
+        let (start, len, page_size) =
+            (mapping.addr(), mapping.len(), mapping.backing().page_size());
         let mode = RegisterMode::MISSING | RegisterMode::MINOR;
         // SAFETY: forwarded to this function's contract.
-        let reg = unsafe { uffd.register(mapping.addr(), mapping.len(), mode)? };
+        let reg = unsafe { uffd.register(start, len, mode)? };
         let ioctls = reg.ioctls();
+        let backing = Some(mapping);
         if ioctls.contains(Ioctls::COPY) {
             Ok(AnyRegion::CopyCapable(Region {
                 uffd,
                 reg,
                 page_size,
-                backing: Some(mapping),
-                _class: PhantomData,
-            }))
-        } else if ioctls.contains(Ioctls::CONTINUE) {
-            Ok(AnyRegion::ContinueOnly(Region {
-                uffd,
-                reg,
-                page_size,
-                backing: Some(mapping),
+                backing,
                 _class: PhantomData,
             }))
         } else {
-            let region: Region<ContinueOnly, B> = Region {
+            let region = Region {
                 uffd,
                 reg,
                 page_size,
-                backing: Some(mapping),
+                backing,
                 _class: PhantomData,
             };
-            drop(region);
-            Err(Error::unsupported(
-                "fault resolution on this range",
-                None,
-                format!(
-                    "the kernel's ioctl mask {ioctls:?} offers neither UFFDIO_COPY nor UFFDIO_CONTINUE"
-                ),
-            ))
+            if ioctls.contains(Ioctls::CONTINUE) {
+                Ok(AnyRegion::ContinueOnly(region))
+            } else {
+                drop(region);
+                Err(Error::unsupported(
+                    "fault resolution on this range",
+                    None,
+                    format!(
+                        "the kernel's ioctl mask {ioctls:?} offers neither UFFDIO_COPY nor UFFDIO_CONTINUE"
+                    ),
+                ))
+            }
         }
     }
 }

@@ -116,7 +116,7 @@ fn host(page: usize) -> Host {
         huge_pages: huge_pages(),
         uid: rustix::process::getuid().as_raw(),
         euid: rustix::process::geteuid().as_raw(),
-        cap_sys_ptrace: cap_sys_ptrace(),
+        cap_sys_ptrace: crate::uffd::has_cap_sys_ptrace(),
     }
 }
 
@@ -158,19 +158,6 @@ fn huge_pages() -> Status<HugePages> {
             "/proc/meminfo has no huge page fields: a kernel without hugetlbfs",
         ),
     }
-}
-
-/// Whether the calling thread's effective capabilities include
-/// `CAP_SYS_PTRACE`.
-fn cap_sys_ptrace() -> Option<bool> {
-    const CAP_SYS_PTRACE: u32 = 19;
-    let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
-    let hex = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))?
-        .trim();
-    let caps = u64::from_str_radix(hex, 16).ok()?;
-    Some(caps & (1 << CAP_SYS_PTRACE) != 0)
 }
 
 /// `stat(2)` of a device node, with owner names from `/etc/passwd` and

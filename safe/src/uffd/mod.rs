@@ -133,6 +133,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 pub use async_tokio::AsyncUffd;
 pub use event::{Event, EventBuffer, Events, FaultKind};
 pub use flags::{ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, RegisterMode};
+pub(crate) use open::has_cap_sys_ptrace;
 pub use open::{DEVICE_PATH, KernelApi, OpenMethod, Origin, UffdBuilder, query_kernel};
 pub use register::Registration;
 pub use resolve::Resolved;

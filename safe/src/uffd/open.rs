@@ -404,7 +404,7 @@ fn eperm_hint() -> String {
 
 /// Whether the calling thread's effective capabilities include
 /// `CAP_SYS_PTRACE` (capabilities are per thread).
-fn has_cap_sys_ptrace() -> Option<bool> {
+pub(crate) fn has_cap_sys_ptrace() -> Option<bool> {
     const CAP_SYS_PTRACE: u32 = 19;
     let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
     let hex = status
