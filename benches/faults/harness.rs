@@ -165,6 +165,43 @@ pub fn with_deadline<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T
     out
 }
 
+/// The CPU that single-faulter runs put both the faulting thread and the
+/// handler on: the last one this process may use.
+///
+/// On a two-core virtual machine an unpinned run is bimodal: when the two
+/// threads land on different CPUs every round trip pays a cross-CPU wake-up
+/// of an idle virtual CPU (about 45 µs here), when they share one it is a
+/// direct switch (about 7 µs), and the scheduler flips between the two
+/// within a run. Sharing one CPU makes the handler's own cost part of every
+/// round trip, which is what the comparison is after.
+pub fn pin_cpu() -> Option<usize> {
+    // SAFETY: a zeroed cpu_set_t is an empty set, and sched_getaffinity
+    // writes at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pid 0 is the calling thread.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads inside the set.
+    (0..libc::CPU_SETSIZE as usize)
+        .rev()
+        .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+}
+
+/// Restricts the calling thread to `cpu` (ignored if the kernel refuses).
+pub fn pin_to(cpu: Option<usize>) {
+    let Some(cpu) = cpu else { return };
+    // SAFETY: a zeroed cpu_set_t is an empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET writes inside the set (`cpu` < CPU_SETSIZE, from
+    // pin_cpu); sched_setaffinity reads it and changes only this thread.
+    unsafe {
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set);
+    }
+}
+
 /// Touches every 4 KiB page of `[addr, addr + len)` from `threads` threads
 /// (each a contiguous share, a multiple of `unit`), while a handler thread
 /// calls `serve` (one batch of events per call, returning the faults it
@@ -184,11 +221,13 @@ pub fn run_faults(
 ) -> Sample {
     assert!(len.is_multiple_of(unit * threads), "{what}: uneven split");
     let share = len / threads;
+    let pin = if threads == 1 { pin_cpu() } else { None };
     let start = Barrier::new(threads + 1);
     let checksum = AtomicU64::new(0);
     with_deadline(what, Duration::from_secs(120), || {
         std::thread::scope(|s| {
             let handler = s.spawn(|| {
+                pin_to(pin);
                 let mut served = 0;
                 while served < faults {
                     served += serve();
@@ -202,6 +241,7 @@ pub fn run_faults(
                         let base = addr + t * share;
                         let mut lat = Vec::with_capacity(share / unit);
                         let mut sum = 0u64;
+                        pin_to(pin);
                         start.wait();
                         for off in (0..share).step_by(PAGE) {
                             let p = (base + off) as *const u8;
@@ -273,6 +313,13 @@ impl<'a> Interleaved<'a> {
                 samples: Vec::new(),
             })
             .collect();
+        // One warm-up round, not counted: the first run of a process pays
+        // for page tables, huge page pool growth and cold caches.
+        if rounds > 1 {
+            for (_, run) in &mut self.variants {
+                run();
+            }
+        }
         for r in 0..rounds {
             let n = self.variants.len();
             let order: Vec<usize> = if r % 2 == 0 {
@@ -281,6 +328,7 @@ impl<'a> Interleaved<'a> {
                 (0..n).rev().collect()
             };
             for i in order {
+                settle();
                 let sample = (self.variants[i].1)();
                 series[i].samples.push(sample);
             }
@@ -290,6 +338,14 @@ impl<'a> Interleaved<'a> {
             series,
         }
     }
+}
+
+/// A pause between runs, so that work the kernel defers after a large
+/// unmap (freeing hundreds of MiB) lands before the next run rather than
+/// inside it; without it the second run of a round was measurably slower
+/// at 512 MiB, whichever variant it was.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// The summary of an interleaved benchmark.
@@ -340,7 +396,7 @@ impl Report {
         let first = self.series.first().and_then(|s| s.samples.first());
         println!();
         println!(
-            "### {} ({} rounds; {} pages, {} faults per run)",
+            "### {} ({} rounds after a warm-up; {} pages, {} faults per run)",
             self.title,
             rounds,
             first.map_or(0, |s| s.pages),

@@ -7,7 +7,9 @@
 //! The guest times each access with `rdtsc` (the latency the faulting vCPU
 //! sees, including the exit to KVM's fault path) and stores the cycles in
 //! a second, unregistered memslot; it reports the sum of the bytes it read
-//! through an I/O port, which must match the source.
+//! through an I/O port, which must match the source. The vCPU thread and
+//! the handler share one CPU, as the faulting thread and the handler do in
+//! the single-threaded scenarios (see `harness::pin_cpu`).
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -19,7 +21,9 @@ use userfault::mem::{Mapping, Sharing};
 use userfault::resolve::Region;
 use userfault::uffd::{EventBuffer, RegisterMode, Uffd};
 
-use crate::harness::{Anon, Interleaved, Options, PAGE, Report, Sample, verify, with_deadline};
+use crate::harness::{
+    Anon, Interleaved, Options, PAGE, Report, Sample, pin_cpu, pin_to, verify, with_deadline,
+};
 use crate::{raw, safe, sys};
 
 /// Slot 0: code at `CODE_GPA`, per-page cycle counts from `LAT_GPA`.
@@ -275,16 +279,24 @@ fn raw_run(src: &[u8], len: usize, hz: f64) -> Sample {
         missing: raw::Missing::Copy { unit: PAGE },
     };
     let mut msgs = raw::Msgs::new(1);
+    let pin = pin_cpu();
     let run = with_deadline("raw kvm", Duration::from_secs(120), || {
         std::thread::scope(|s| {
             let handler = s.spawn(|| {
+                pin_to(pin);
                 let mut served = 0;
                 while served < len / PAGE {
                     served += h.serve(&mut msgs);
                 }
                 served
             });
-            let (sum, secs) = g.run();
+            let (sum, secs) = s
+                .spawn(|| {
+                    pin_to(pin);
+                    g.run()
+                })
+                .join()
+                .expect("vCPU thread");
             (sum, secs, handler.join().expect("handler"))
         })
     });
@@ -307,9 +319,11 @@ fn safe_run(src: &[u8], len: usize, hz: f64) -> Sample {
     // SAFETY: `mem` is dropped after `g` (the VM) below.
     unsafe { g.data_slot(mem.addr(), len) };
     let mut buf = EventBuffer::with_capacity(1);
+    let pin = pin_cpu();
     let run = with_deadline("safe kvm", Duration::from_secs(120), || {
         std::thread::scope(|s| {
             let handler = s.spawn(|| {
+                pin_to(pin);
                 let mut served = 0;
                 while served < len / PAGE {
                     served += safe::serve_region(&region, &mut buf, |f, off| {
@@ -318,7 +332,13 @@ fn safe_run(src: &[u8], len: usize, hz: f64) -> Sample {
                 }
                 served
             });
-            let (sum, secs) = g.run();
+            let (sum, secs) = s
+                .spawn(|| {
+                    pin_to(pin);
+                    g.run()
+                })
+                .join()
+                .expect("vCPU thread");
             (sum, secs, handler.join().expect("handler"))
         })
     });
