@@ -95,8 +95,9 @@
 //!
 //! # Async
 //!
-//! With the `tokio` feature, [`AsyncUffd`] reads events from a tokio
-//! runtime (`tokio::io::unix::AsyncFd`).
+//! With the Cargo feature `tokio`, `AsyncUffd` reads events from a tokio
+//! runtime through `tokio::io::unix::AsyncFd` (docs.rs documents every
+//! feature).
 //!
 //! # References
 //!
