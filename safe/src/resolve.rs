@@ -451,11 +451,18 @@ impl<C: Class, B> Region<C, B> {
             .continue_range(&self.reg, page, self.page_size, ContinueMode::empty())
         {
             Ok(_) => Ok(Resolution::Resolved),
-            Err(e) if e.is_exists() => self.wake(page).map(|()| Resolution::AlreadyPresent),
-            Err(e) if e.errno() == Some(Errno::EFAULT) => {
-                self.wake(page).map(|()| Resolution::Refault)
-            }
-            Err(e) => Err(self.wake_after(page, e)),
+            Err(e) => self.map_failed(page, e),
+        }
+    }
+
+    /// After `UFFDIO_CONTINUE` of `page` failed with `e`.
+    #[cold]
+    #[inline(never)]
+    fn map_failed(&self, page: usize, e: Error) -> Result<Resolution> {
+        match e {
+            e if e.is_exists() => self.wake(page).map(|()| Resolution::AlreadyPresent),
+            e if e.errno() == Some(Errno::EFAULT) => self.wake(page).map(|()| Resolution::Refault),
+            e => Err(self.wake_after(page, e)),
         }
     }
 
@@ -470,6 +477,27 @@ impl<C: Class, B> Region<C, B> {
             }
         } else {
             self.wake(page).map(|()| Resolution::AlreadyPresent)
+        }
+    }
+
+    /// After `UFFDIO_COPY` of `page` failed with `e`: settles `EEXIST`,
+    /// explains `EINVAL`, and wakes the waiter on any other error.
+    #[cold]
+    #[inline(never)]
+    fn copy_failed(&self, page: usize, e: Error) -> Result<Resolution> {
+        match e {
+            e if e.is_exists() => self.settle_existing(page),
+            e if e.errno() == Some(Errno::EINVAL) => Err(self.wake_after(
+                page,
+                Error::unsupported(
+                    "UFFDIO_COPY on this range",
+                    Some(Errno::EINVAL),
+                    "the kernel listed UFFDIO_COPY in the range's ioctl mask but refused it (the mask is \
+                     only an upper bound); register the range CONTINUE-only and resolve by write() + \
+                     UFFDIO_CONTINUE",
+                ),
+            )),
+            e => Err(self.wake_after(page, e)),
         }
     }
 
@@ -560,6 +588,16 @@ macro_rules! fault_accessors {
     };
 }
 
+/// Data that is not one page of the region.
+#[cold]
+#[inline(never)]
+fn page_size_error(op: &'static str, page: usize, len: usize) -> Error {
+    Error::invalid(
+        op,
+        format!("the page is {page:#x} bytes, the data {len:#x}"),
+    )
+}
+
 /// A MISSING fault of a region of class `C`.
 #[derive(Debug)]
 pub struct MissingFault<'r, C: Class, B> {
@@ -586,10 +624,7 @@ impl<C: Class, B> MissingFault<'_, C, B> {
     fn check_page(&self, op: &'static str, data: &[u8]) -> Result<()> {
         let page = self.raw.region.page_size;
         if data.len() != page {
-            return Err(Error::invalid(
-                op,
-                format!("the page is {page:#x} bytes, the data {:#x}", data.len()),
-            ));
+            return Err(page_size_error(op, page, data.len()));
         }
         Ok(())
     }
@@ -614,18 +649,7 @@ impl<B> MissingFault<'_, CopyCapable, B> {
         let page = self.raw.page;
         match region.uffd.copy(&region.reg, page, data, CopyMode::empty()) {
             Ok(_) => Ok(Resolution::Resolved),
-            Err(e) if e.is_exists() => region.settle_existing(page),
-            Err(e) if e.errno() == Some(Errno::EINVAL) => Err(region.wake_after(
-                page,
-                Error::unsupported(
-                    "UFFDIO_COPY on this range",
-                    Some(Errno::EINVAL),
-                    "the kernel listed UFFDIO_COPY in the range's ioctl mask but refused it (the mask is \
-                     only an upper bound); register the range CONTINUE-only and resolve by write() + \
-                     UFFDIO_CONTINUE",
-                ),
-            )),
-            Err(e) => Err(region.wake_after(page, e)),
+            Err(e) => region.copy_failed(page, e),
         }
     }
 

@@ -22,6 +22,7 @@ use crate::error::Errno;
 /// valid for that access, and whatever the request does besides (such as
 /// writing pages into a registered range) must not break the caller's
 /// memory-safety invariants.
+#[inline]
 pub(crate) unsafe fn ioctl_mut<T>(
     fd: BorrowedFd<'_>,
     request: u32,

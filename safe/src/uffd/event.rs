@@ -170,13 +170,17 @@ impl Events<'_> {
 impl Iterator for Events<'_> {
     type Item = Event;
 
+    #[inline]
     fn next(&mut self) -> Option<Event> {
         if self.next >= self.buf.filled {
             return None;
         }
-        let msg = self.buf.msgs[self.next];
+        let msg = &self.buf.msgs[self.next];
         self.next += 1;
-        Some(decode(&msg, &self.source))
+        if msg[0] != sys::UFFD_EVENT_PAGEFAULT {
+            return Some(decode_other(msg, &self.source));
+        }
+        Some(decode_fault(msg, &self.source))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -187,20 +191,25 @@ impl Iterator for Events<'_> {
 impl ExactSizeIterator for Events<'_> {}
 
 impl Drop for Events<'_> {
+    #[inline]
     fn drop(&mut self) {
         // Decoding takes ownership of fork descriptors; dropping the
         // decoded events closes them. No record may be decoded twice.
-        for _ in self.by_ref() {}
+        if self.next < self.buf.filled {
+            for _ in self.by_ref() {}
+        }
         self.buf.filled = 0;
     }
 }
 
+#[inline]
 fn u64_at(msg: &[u8; MSG], offset: usize) -> u64 {
     let mut b = [0; 8];
     b.copy_from_slice(&msg[offset..offset + 8]);
     u64::from_ne_bytes(b)
 }
 
+#[inline]
 fn u32_at(msg: &[u8; MSG], offset: usize) -> u32 {
     let mut b = [0; 4];
     b.copy_from_slice(&msg[offset..offset + 4]);
@@ -212,29 +221,36 @@ const ARG0: usize = 8;
 const ARG1: usize = 16;
 const ARG2: usize = 24;
 
-fn decode(msg: &[u8; MSG], source: &Source) -> Event {
+/// A `UFFD_EVENT_PAGEFAULT` record.
+#[inline]
+fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
+    let flags = FaultFlags::from_bits_retain(u64_at(msg, ARG0));
+    let kind = if flags.contains(FaultFlags::WP) {
+        FaultKind::WriteProtect
+    } else if flags.contains(FaultFlags::MINOR) {
+        FaultKind::Minor
+    } else {
+        FaultKind::Missing
+    };
+    Event::PageFault {
+        address: u64_at(msg, ARG1) as usize,
+        kind,
+        write: flags.contains(FaultFlags::WRITE),
+        thread_id: source
+            .features
+            .contains(Features::THREAD_ID)
+            .then(|| u32_at(msg, ARG2)),
+        flags,
+    }
+}
+
+/// Every event but a page fault: rare next to page faults, so kept out of
+/// the page-fault path.
+#[cold]
+#[inline(never)]
+fn decode_other(msg: &[u8; MSG], source: &Source) -> Event {
     let event = msg[0];
     match event {
-        sys::UFFD_EVENT_PAGEFAULT => {
-            let flags = FaultFlags::from_bits_retain(u64_at(msg, ARG0));
-            let kind = if flags.contains(FaultFlags::WP) {
-                FaultKind::WriteProtect
-            } else if flags.contains(FaultFlags::MINOR) {
-                FaultKind::Minor
-            } else {
-                FaultKind::Missing
-            };
-            Event::PageFault {
-                address: u64_at(msg, ARG1) as usize,
-                kind,
-                write: flags.contains(FaultFlags::WRITE),
-                thread_id: source
-                    .features
-                    .contains(Features::THREAD_ID)
-                    .then(|| u32_at(msg, ARG2)),
-                flags,
-            }
-        }
         sys::UFFD_EVENT_FORK => {
             // SAFETY: this record came from a read of this process, and
             // each record is decoded once (`Events` only moves forward and
@@ -294,6 +310,7 @@ impl Uffd {
     ///
     /// - [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html) ("Reading from the userfaultfd structure")
     #[doc(alias = "read")]
+    #[inline]
     pub fn read_events<'b>(&self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
         self.read_raw(buf).or_else(|e| {
             if e == Errno::EAGAIN {
@@ -307,6 +324,7 @@ impl Uffd {
     }
 
     /// One `read(2)` into `buf`; `EINTR` retried, `EAGAIN` returned.
+    #[inline]
     pub(super) fn read_raw(&self, buf: &mut EventBuffer) -> Result<(), Errno> {
         buf.filled = 0;
         loop {
@@ -321,6 +339,7 @@ impl Uffd {
         }
     }
 
+    #[inline]
     pub(super) fn events<'b>(&self, buf: &'b mut EventBuffer) -> Events<'b> {
         Events {
             buf,

@@ -194,6 +194,7 @@ impl Uffd {
 
     /// A process-wide unique number for this userfaultfd (not the fd
     /// number), recorded in its [`Registration`]s.
+    #[inline]
     pub fn id(&self) -> u64 {
         self.id
     }
@@ -254,6 +255,7 @@ impl Uffd {
         rustix::fs::fcntl_setfl(&self.fd, fl).map_err(map)
     }
 
+    #[inline]
     fn as_fd_ref(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }

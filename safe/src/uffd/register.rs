@@ -63,6 +63,7 @@ impl Registration {
     }
 
     /// True when `[addr, addr + len)` lies inside the range.
+    #[inline]
     pub fn contains(&self, addr: usize, len: usize) -> bool {
         addr >= self.start
             && addr
@@ -72,33 +73,45 @@ impl Registration {
 }
 
 /// The base page size of the process.
+#[inline]
 pub(super) fn page_size() -> usize {
     rustix::param::page_size()
 }
 
 /// Checks that `[start, start + len)` is non-empty, page-aligned and does
 /// not wrap around.
+#[inline]
 pub(super) fn check_range(op: &'static str, start: usize, len: usize) -> Result<()> {
+    // The page size is a power of two, so a mask tests both alignments.
+    let mask = page_size() - 1;
+    if len == 0 || (start | len) & mask != 0 || start.checked_add(len).is_none() {
+        return Err(range_error(op, start, len));
+    }
+    Ok(())
+}
+
+/// The error for a range [`check_range`] refuses (kept out of the
+/// resolution path, which only ever checks).
+#[cold]
+#[inline(never)]
+fn range_error(op: &'static str, start: usize, len: usize) -> Error {
     let page = page_size();
     if len == 0 {
-        return Err(Error::invalid(op, "the length is zero"));
+        return Error::invalid(op, "the length is zero");
     }
     if !start.is_multiple_of(page) || !len.is_multiple_of(page) {
-        return Err(Error::invalid(
+        return Error::invalid(
             op,
             format!(
                 "range {start:#x}+{len:#x}: start and length must be multiples of the page \
                  size {page:#x}"
             ),
-        ));
+        );
     }
-    if start.checked_add(len).is_none() {
-        return Err(Error::invalid(
-            op,
-            format!("range {start:#x}+{len:#x} wraps around the address space"),
-        ));
-    }
-    Ok(())
+    Error::invalid(
+        op,
+        format!("range {start:#x}+{len:#x} wraps around the address space"),
+    )
 }
 
 impl Uffd {
@@ -261,20 +274,27 @@ impl Uffd {
     }
 
     /// Refuses a registration of another userfaultfd.
+    #[inline]
     pub(super) fn check_owner(&self, op: &'static str, reg: &Registration) -> Result<()> {
         if reg.uffd_id != self.id() {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "the registration {:#x}+{:#x} belongs to userfaultfd #{}, not to #{}",
-                    reg.start,
-                    reg.len,
-                    reg.uffd_id,
-                    self.id()
-                ),
-            ));
+            return Err(self.owner_error(op, reg));
         }
         Ok(())
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn owner_error(&self, op: &'static str, reg: &Registration) -> Error {
+        Error::invalid(
+            op,
+            format!(
+                "the registration {:#x}+{:#x} belongs to userfaultfd #{}, not to #{}",
+                reg.start,
+                reg.len,
+                reg.uffd_id,
+                self.id()
+            ),
+        )
     }
 }
 

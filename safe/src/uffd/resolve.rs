@@ -40,30 +40,38 @@ impl Resolved {
 /// The kernel fails a partially done range with `EAGAIN` whatever stopped
 /// it, and stores the count done; a negative count is the errno of a range
 /// that made no progress.
+#[inline]
 pub(super) fn decode(
     op: &'static str,
     len: usize,
     result: Result<i32, Errno>,
     out: i64,
 ) -> Result<usize> {
-    let errno = match result {
+    match result {
         // The kernel returns success only when the whole range was done.
-        Ok(_) => return Ok(len),
-        Err(errno) => errno,
-    };
+        Ok(_) => Ok(len),
+        Err(errno) => Err(failure(op, len, errno, out)),
+    }
+}
+
+/// The error of a resolution ioctl that failed with `errno` after storing
+/// `out` (kept out of the resolution path).
+#[cold]
+#[inline(never)]
+fn failure(op: &'static str, len: usize, errno: Errno, out: i64) -> Error {
     if out > 0 && (out as u64) < len as u64 {
-        return Err(Error::Partial {
+        return Error::Partial {
             op,
             done: out as u64,
             requested: len as u64,
             errno,
-        });
+        };
     }
     let errno = match out.checked_neg().and_then(|e| i32::try_from(e).ok()) {
         Some(e) if (1..4096).contains(&e) => Errno::from_raw(e),
         _ => errno,
     };
-    Err(Error::os_hint(op, errno, hint(op, errno)))
+    Error::os_hint(op, errno, hint(op, errno))
 }
 
 fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
@@ -116,8 +124,40 @@ fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
     }
 }
 
+/// A range outside the registration it is resolved through.
+#[cold]
+#[inline(never)]
+fn outside_error(op: &'static str, reg: &Registration, start: usize, len: usize) -> Error {
+    Error::invalid(
+        op,
+        format!(
+            "range {start:#x}+{len:#x} lies outside the registration {:#x}+{:#x}",
+            reg.start, reg.len
+        ),
+    )
+}
+
+/// A resolution the registration's ioctl mask does not offer.
+#[cold]
+#[inline(never)]
+fn unoffered_error(op: &'static str, reg: &Registration) -> Error {
+    Error::unsupported(
+        format!("{op} on the range {:#x}+{:#x}", reg.start, reg.len),
+        None,
+        format!(
+            "the kernel's ioctl mask for the registration is {:?} ({:#x})",
+            reg.ioctls,
+            reg.ioctls.bits()
+        ),
+    )
+}
+
 impl Uffd {
-    /// The checks every resolution makes before its system call.
+    /// The checks every resolution makes before its system call: the
+    /// registration is this userfaultfd's, the range is non-empty,
+    /// page-aligned, does not wrap and lies inside it, and its ioctl mask
+    /// offers `bit`.
+    #[inline]
     fn check_resolve(
         &self,
         op: &'static str,
@@ -126,29 +166,45 @@ impl Uffd {
         start: usize,
         len: usize,
     ) -> Result<()> {
-        self.check_owner(op, reg)?;
-        check_range(op, start, len)?;
+        // One branch on the resolution path; which check failed is worked
+        // out again, in the order below, only when one did.
+        let mask = super::register::page_size() - 1;
+        let ok = reg.uffd_id == self.id()
+            && len != 0
+            && (start | len) & mask == 0
+            && start.checked_add(len).is_some()
+            && reg.contains(start, len)
+            && reg.ioctls.contains(bit);
+        if ok {
+            Ok(())
+        } else {
+            Err(self.resolve_error(op, bit, reg, start, len))
+        }
+    }
+
+    /// The error [`check_resolve`](Self::check_resolve) reports: the first
+    /// check that fails, in order.
+    #[cold]
+    #[inline(never)]
+    fn resolve_error(
+        &self,
+        op: &'static str,
+        bit: Ioctls,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+    ) -> Error {
+        if let Err(e) = self.check_owner(op, reg) {
+            return e;
+        }
+        if let Err(e) = check_range(op, start, len) {
+            return e;
+        }
         if !reg.contains(start, len) {
-            return Err(Error::invalid(
-                op,
-                format!(
-                    "range {start:#x}+{len:#x} lies outside the registration {:#x}+{:#x}",
-                    reg.start, reg.len
-                ),
-            ));
+            return outside_error(op, reg, start, len);
         }
-        if !reg.ioctls.contains(bit) {
-            return Err(Error::unsupported(
-                format!("{op} on the range {:#x}+{:#x}", reg.start, reg.len),
-                None,
-                format!(
-                    "the kernel's ioctl mask for the registration is {:?} ({:#x})",
-                    reg.ioctls,
-                    reg.ioctls.bits()
-                ),
-            ));
-        }
-        Ok(())
+        debug_assert!(!reg.ioctls.contains(bit));
+        unoffered_error(op, reg)
     }
 
     /// `ioctl(uffd, UFFDIO_COPY, {dst, src, len, mode})`—copies `src` into
@@ -178,6 +234,7 @@ impl Uffd {
     ///   [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
     /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
     #[doc(alias = "UFFDIO_COPY")]
+    #[inline]
     pub fn copy(
         &self,
         reg: &Registration,
@@ -266,6 +323,7 @@ impl Uffd {
     ///
     /// - [`UFFDIO_CONTINUE(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_CONTINUE.2const.html)
     #[doc(alias = "UFFDIO_CONTINUE")]
+    #[inline]
     pub fn continue_range(
         &self,
         reg: &Registration,
@@ -586,6 +644,55 @@ fn range(start: usize, len: usize) -> sys::uffdio_range {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_before_the_system_call_come_in_order() {
+        let uffd = match Uffd::new() {
+            Ok(u) => u,
+            Err(e) => {
+                eprintln!("SKIP refusals_before_the_system_call_come_in_order: {e}");
+                return;
+            }
+        };
+        let page = page_size_for_tests();
+        let reg = Registration {
+            uffd_id: uffd.id(),
+            start: 16 * page,
+            len: 4 * page,
+            mode: RegisterMode::MISSING,
+            ioctls: Ioctls::WAKE | Ioctls::COPY,
+        };
+        let data = vec![0u8; page];
+        let text = |r: Result<usize>| r.unwrap_err().to_string();
+        // Another userfaultfd's registration is refused first, whatever else
+        // is wrong.
+        let other = Registration {
+            uffd_id: uffd.id() + 1_000_000,
+            ..reg
+        };
+        let e = text(uffd.copy(&other, reg.start + 1, &data[..1], CopyMode::empty()));
+        assert!(e.contains("belongs to userfaultfd"), "{e}");
+        let e = text(uffd.zeropage(&reg, reg.start + 1, 0, false));
+        assert!(e.contains("the length is zero"), "{e}");
+        let e = text(uffd.copy(&reg, reg.start + 1, &data, CopyMode::empty()));
+        assert!(e.contains("must be multiples of the page size"), "{e}");
+        let e = text(uffd.wake(&reg, usize::MAX - (page - 1), page));
+        assert!(e.contains("wraps around"), "{e}");
+        let e = text(uffd.copy(&reg, reg.end(), &data, CopyMode::empty()));
+        assert!(e.contains("lies outside the registration"), "{e}");
+        let e = uffd
+            .continue_range(&reg, reg.start, page, ContinueMode::empty())
+            .unwrap_err();
+        assert!(e.is_unsupported(), "{e}");
+        assert!(
+            e.to_string().contains("UFFDIO_CONTINUE on the range"),
+            "{e}"
+        );
+    }
+
+    fn page_size_for_tests() -> usize {
+        crate::uffd::register::page_size()
+    }
 
     #[test]
     fn decode_reads_counts_and_negated_errnos() {
