@@ -432,6 +432,15 @@ impl Uffd {
 mod tests {
     use super::*;
 
+    /// One record decoded the way `Events::next` decodes it.
+    fn decode(msg: &[u8; MSG], source: &Source) -> Event {
+        if msg[0] == sys::UFFD_EVENT_PAGEFAULT {
+            decode_fault(msg, source)
+        } else {
+            decode_other(msg, source)
+        }
+    }
+
     fn source(features: Features) -> Source {
         Source {
             id: 1,
