@@ -329,7 +329,7 @@ impl<B: Backing> Region<ContinueOnly, B> {
             mapping.backing().fill(offset, data)?;
             match self
                 .uffd
-                .continue_range(&self.reg, page, self.page_size, ContinueMode::empty())
+                .continue_prechecked(page, self.page_size, ContinueMode::empty())
             {
                 Ok(_) => return Ok(Resolution::Resolved),
                 Err(e) if e.is_exists() => {
@@ -370,6 +370,18 @@ impl<C: Class, B> Region<C, B> {
         page_size: usize,
         backing: Option<Arc<BackedMapping<B>>>,
     ) -> Result<Self> {
+        // Faults are resolved a whole page at a time and the resolutions
+        // skip the range checks, so every page of the region must lie
+        // inside the registration.
+        if !page_size.is_power_of_two()
+            || !start.is_multiple_of(page_size)
+            || !len.is_multiple_of(page_size)
+        {
+            return Err(Error::invalid(
+                "UFFDIO_REGISTER",
+                format!("the range {start:#x}+{len:#x} is not whole pages of {page_size:#x} bytes"),
+            ));
+        }
         // SAFETY: forwarded to this function's contract.
         let reg = unsafe { uffd.register(start, len, mode)? };
         let region = Region {
@@ -439,16 +451,24 @@ impl<C: Class, B> Region<C, B> {
     }
 
     fn wake(&self, page: usize) -> Result<()> {
-        self.uffd.wake(&self.reg, page, self.page_size).map(|_| ())
+        self.uffd.wake_prechecked(page, self.page_size).map(|_| ())
     }
 
     /// `UFFDIO_CONTINUE` of one page, waking the waiter on `EEXIST`
     /// (someone else mapped it) and on `EFAULT` (the page is not in the
     /// cache: the waiter's retry raises a MISSING fault).
     fn map_page(&self, page: usize) -> Result<Resolution> {
+        if !self.reg.ioctls().contains(Ioctls::CONTINUE) {
+            let e = Error::unsupported(
+                "UFFDIO_CONTINUE on this range",
+                None,
+                format!("the kernel's ioctl mask for it is {:?}", self.reg.ioctls()),
+            );
+            return Err(self.wake_after(page, e));
+        }
         match self
             .uffd
-            .continue_range(&self.reg, page, self.page_size, ContinueMode::empty())
+            .continue_prechecked(page, self.page_size, ContinueMode::empty())
         {
             Ok(_) => Ok(Resolution::Resolved),
             Err(e) => self.map_failed(page, e),
@@ -647,7 +667,7 @@ impl<B> MissingFault<'_, CopyCapable, B> {
         self.raw.done = true;
         let region = self.raw.region;
         let page = self.raw.page;
-        match region.uffd.copy(&region.reg, page, data, CopyMode::empty()) {
+        match region.uffd.copy_prechecked(page, data, CopyMode::empty()) {
             Ok(_) => Ok(Resolution::Resolved),
             Err(e) => region.copy_failed(page, e),
         }

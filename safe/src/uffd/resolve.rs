@@ -250,6 +250,16 @@ impl Uffd {
                 "CopyMode::WP needs a range registered with RegisterMode::WP",
             ));
         }
+        self.copy_prechecked(dst, src, mode)
+    }
+
+    /// The `UFFDIO_COPY` of [`copy`](Self::copy) without its checks, for the
+    /// typed regions of [`crate::resolve`], which hold the same guarantees
+    /// by construction: `dst` is a whole page of the caller's registration
+    /// with this userfaultfd, page-aligned, and the mask offers COPY.
+    #[inline]
+    pub(crate) fn copy_prechecked(&self, dst: usize, src: &[u8], mode: CopyMode) -> Result<usize> {
+        const OP: &str = "UFFDIO_COPY";
         let mut arg = sys::uffdio_copy {
             dst: dst as u64,
             src: src.as_ptr() as u64,
@@ -339,6 +349,22 @@ impl Uffd {
                 "ContinueMode::WP needs a range registered with RegisterMode::WP",
             ));
         }
+        self.continue_prechecked(start, len, mode)
+    }
+
+    /// The `UFFDIO_CONTINUE` of [`continue_range`](Self::continue_range)
+    /// without its checks, for the typed regions of [`crate::resolve`]: the
+    /// range is whole pages of the caller's registration with this
+    /// userfaultfd, and the caller has checked that the mask offers
+    /// CONTINUE.
+    #[inline]
+    pub(crate) fn continue_prechecked(
+        &self,
+        start: usize,
+        len: usize,
+        mode: ContinueMode,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_CONTINUE";
         let mut arg = sys::uffdio_continue {
             range: range(start, len),
             mode: mode.bits(),
@@ -526,6 +552,16 @@ impl Uffd {
     pub fn wake(&self, reg: &Registration, start: usize, len: usize) -> Result<usize> {
         const OP: &str = "UFFDIO_WAKE";
         self.check_resolve(OP, Ioctls::WAKE, reg, start, len)?;
+        self.wake_prechecked(start, len)
+    }
+
+    /// The `UFFDIO_WAKE` of [`wake`](Self::wake) without its checks, for the
+    /// typed regions of [`crate::resolve`]: the range is whole pages of the
+    /// caller's registration with this userfaultfd (every registration
+    /// offers WAKE).
+    #[inline]
+    pub(crate) fn wake_prechecked(&self, start: usize, len: usize) -> Result<usize> {
+        const OP: &str = "UFFDIO_WAKE";
         let mut arg = range(start, len);
         // SAFETY: UFFDIO_WAKE reads one `uffdio_range` (`arg`); it only
         // wakes threads of this userfaultfd's address space.
