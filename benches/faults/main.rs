@@ -9,7 +9,8 @@
 //! faulting threads, batched reads), `shmem` (MINOR → CONTINUE,
 //! CONTINUE-only write + CONTINUE, COPY), `chunk` (64 KiB COPY), `huge`
 //! (hugetlb 2 MiB COPY), `kvm` (a vCPU demand-paging a memslot), `cost`
-//! (handler instructions per fault under callgrind). `--smoke` runs every
+//! (handler instructions per fault under callgrind), `probe` (how long
+//! `Capabilities::probe()` and the `userfault-probe` binary take). `--smoke` runs every
 //! scenario once at tiny sizes, and the cost scenario natively. Every run
 //! verifies every byte served. Nothing here asserts a time.
 //!
@@ -21,13 +22,14 @@ mod raw;
 mod cost;
 mod huge;
 mod kvm;
+mod probe;
 mod safe;
 
 use harness::{Anon, Interleaved, Options, PAGE, Sample, run_faults, source, verify};
 use uffd_sys as sys;
 
 const USAGE: &str =
-    "usage: faults [--smoke] [--rounds N] [anon|anon-mt|shmem|chunk|huge|kvm|cost]...
+    "usage: faults [--smoke] [--rounds N] [anon|anon-mt|shmem|chunk|huge|kvm|cost|probe]...
        faults cost-child <raw|safe|safe-uffd> <faults>";
 
 const MIB: usize = 1 << 20;
@@ -91,6 +93,9 @@ fn main() {
     }
     if o.wants("cost") {
         cost::run(&o);
+    }
+    if o.wants("probe") {
+        probe::run(&o);
     }
 }
 
