@@ -136,8 +136,11 @@ impl HugePageSize {
 /// A hugetlb memfd is filled by allocating the huge page (`fallocate`) and
 /// copying through a private alias mapping, because hugetlbfs has no
 /// `write()`. Unlike `pwrite` into shmem, that copy does not hold the page
-/// locked: a MINOR fault on the page from another thread may see it before
-/// the copy completes. Let only the fault handler fill hugetlb pages.
+/// locked: the page is in the page cache (zeroed) before the copy is done,
+/// and a MINOR fault on it could map it half-filled. A
+/// [`Region`](crate::resolve::Region) serialises its own fills and MINOR
+/// mappings per page; do not fill a hugetlb memfd behind its back while the
+/// range is in use.
 #[derive(Debug)]
 pub struct Memfd {
     fd: OwnedFd,

@@ -27,20 +27,32 @@
 //!
 //! What each resolution does, exactly:
 //!
-//! - `write_then_continue(data)`: `pwrite` (or the backing's fill) of the
-//!   page at its file offset → `UFFDIO_CONTINUE` (maps and wakes).
-//!   `EEXIST` (another resolver mapped it) → `UFFDIO_WAKE`. `EFAULT` (the
-//!   page vanished from the cache between the write and the continue, e.g.
-//!   a concurrent hole punch) → write again, a bounded number of times.
+//! - `write_then_continue(data)`: a page the region has not filled yet is
+//!   claimed, filled at its file offset (`pwrite`, or the backing's fill;
+//!   `EEXIST` from a backing that will not overwrite means it is already
+//!   there), then `UFFDIO_CONTINUE` maps it and wakes the waiter. A page the
+//!   region has already filled is **not written again**: it is only mapped
+//!   (`UFFDIO_CONTINUE`; `EEXIST` → `UFFDIO_WAKE`), and refilled only if it
+//!   has left the page cache (`EFAULT`, e.g. a hole punch). So a duplicate
+//!   MISSING fault, or a second handler thread, never overwrites what the
+//!   guest wrote after the first mapping. A resolver that finds the page
+//!   claimed by another waits for it.
 //! - `copy(data)`: `UFFDIO_COPY`; `EEXIST` (the page reached the cache
 //!   another way) → `UFFDIO_CONTINUE` where the range offers it (maps the
 //!   cached page and wakes), else `UFFDIO_WAKE`. A failing COPY never wakes
 //!   by itself.
-//! - `map()`: `UFFDIO_CONTINUE`; `EEXIST` → `UFFDIO_WAKE`; `EFAULT` (the
-//!   page left the cache) → `UFFDIO_WAKE`, and the thread's retry raises a
-//!   MISSING fault that brings the data.
+//! - `map()`: `UFFDIO_CONTINUE`, after waiting for a fill of the page that
+//!   is under way (a half-filled page can already be in the cache and raise
+//!   MINOR faults); `EEXIST` → `UFFDIO_WAKE`; `EFAULT` (the page left the
+//!   cache) → `UFFDIO_WAKE`, and the thread's retry raises a MISSING fault
+//!   that brings the data.
 //! - any other failure: the waiter is woken before the error is returned,
 //!   so it retries and faults again rather than hanging.
+//!
+//! Fill guest memory ahead of faults through [`Region::populate`], not by
+//! writing the backing file directly: only fills made through the region
+//! take part in its per-page claim, so only they are safe while the guest
+//! runs.
 //!
 //! # Example: a snapshot-restore handler
 //!
@@ -152,6 +164,7 @@
 
 use std::marker::PhantomData;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use crate::backing::{BackedMapping, Backing};
 use crate::error::{Errno, Error, Result};
@@ -208,7 +221,26 @@ pub struct Region<C: Class, B = ()> {
     reg: Registration,
     page_size: usize,
     backing: Option<Arc<BackedMapping<B>>>,
+    /// CONTINUE-only regions: one [`UNFILLED`] / [`CLAIMED`] / [`FILLED`]
+    /// state per page, so that a page is filled by one resolver at a time,
+    /// is never filled again while it is in the page cache, and is not
+    /// mapped while a fill is under way. Empty for copy-capable regions.
+    fills: Box<[AtomicU8]>,
     _class: PhantomData<fn() -> C>,
+}
+
+/// Page state: this region has not filled the page.
+const UNFILLED: u8 = 0;
+/// Page state: one resolver is filling the page; others wait.
+const CLAIMED: u8 = 1;
+/// Page state: this region filled the page; it is filled again only if it
+/// has left the page cache (`UFFDIO_CONTINUE` answers `EFAULT`).
+const FILLED: u8 = 2;
+
+/// Per-page fill states for a region of class `C`.
+fn fill_states<C: Class>(len: usize, page_size: usize) -> Box<[AtomicU8]> {
+    let pages = if C::CONTINUE_ONLY { len / page_size } else { 0 };
+    (0..pages).map(|_| AtomicU8::new(UNFILLED)).collect()
 }
 
 impl Region<CopyCapable, ()> {
@@ -317,33 +349,146 @@ impl<B: Backing> Region<ContinueOnly, B> {
         self.fill_and_map(page, data)
     }
 
-    /// Fills the page's place in the backing file, then `UFFDIO_CONTINUE`;
-    /// `EEXIST` → `UFFDIO_WAKE`; `EFAULT` (the page left the cache in
-    /// between) → fill again, a bounded number of times.
+    /// Brings `page` into the page cache with `data` and maps it, filling
+    /// it at most once while it stays in the cache.
+    ///
+    /// The page's state decides: a page this region has not filled is
+    /// claimed, filled and mapped; a page it has filled is only mapped
+    /// (`UFFDIO_CONTINUE`), and filled again only if it left the cache
+    /// (`EFAULT`, e.g. a hole punch) — so a duplicate fault or a second
+    /// resolver never overwrites what the guest wrote after the first
+    /// mapping. A page being filled by another resolver is waited for.
+    /// `EEXIST` from the continue ends in `UFFDIO_WAKE`.
     fn fill_and_map(&self, page: usize, data: &[u8]) -> Result<Resolution> {
         let Some(mapping) = self.backing.as_ref() else {
             return Err(Error::invalid("fill", "region has no backing"));
         };
         let offset = mapping.offset_of(page)?;
+        let state = self.fill_state(page);
+        let mut waits = 0u32;
+        loop {
+            match state.load(Ordering::Acquire) {
+                UNFILLED => {
+                    if state
+                        .compare_exchange(UNFILLED, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        return self.fill_claimed(state, UNFILLED, mapping, page, offset, data);
+                    }
+                }
+                FILLED => {
+                    match self
+                        .uffd
+                        .continue_prechecked(page, self.page_size, ContinueMode::empty())
+                    {
+                        Ok(_) => return Ok(Resolution::Resolved),
+                        Err(e) if e.is_exists() => {
+                            return self.wake(page).map(|()| Resolution::AlreadyPresent);
+                        }
+                        Err(e) if e.errno() == Some(Errno::EFAULT) => {
+                            if state
+                                .compare_exchange(
+                                    FILLED,
+                                    CLAIMED,
+                                    Ordering::Acquire,
+                                    Ordering::Relaxed,
+                                )
+                                .is_ok()
+                            {
+                                return self
+                                    .fill_claimed(state, FILLED, mapping, page, offset, data);
+                            }
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => wait_a_little(&mut waits),
+            }
+        }
+    }
+
+    /// The fill and `UFFDIO_CONTINUE` of a page this resolver has claimed;
+    /// the claim is released as FILLED once the data is in the cache, or
+    /// back to `before` if it never got there.
+    fn fill_claimed(
+        &self,
+        state: &AtomicU8,
+        before: u8,
+        mapping: &BackedMapping<B>,
+        page: usize,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<Resolution> {
+        let mut filled = false;
+        let mut result = Err(Error::os_hint(
+            "UFFDIO_CONTINUE",
+            Errno::EFAULT,
+            format!("the page kept leaving the page cache after {VANISHED_RETRIES} writes"),
+        ));
         for _ in 0..VANISHED_RETRIES {
-            mapping.backing().fill(offset, data)?;
+            match mapping.backing().fill(offset, data) {
+                Ok(()) => filled = true,
+                // A backing that refuses to overwrite a populated page
+                // (guest_memfd without a direct map) already has it.
+                Err(e) if e.is_exists() => filled = true,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
             match self
                 .uffd
                 .continue_prechecked(page, self.page_size, ContinueMode::empty())
             {
-                Ok(_) => return Ok(Resolution::Resolved),
+                Ok(_) => {
+                    result = Ok(Resolution::Resolved);
+                    break;
+                }
                 Err(e) if e.is_exists() => {
-                    return self.wake(page).map(|()| Resolution::AlreadyPresent);
+                    result = self.wake(page).map(|()| Resolution::AlreadyPresent);
+                    break;
                 }
                 Err(e) if e.errno() == Some(Errno::EFAULT) => continue,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        Err(Error::os_hint(
-            "UFFDIO_CONTINUE",
-            Errno::EFAULT,
-            format!("the page kept leaving the page cache after {VANISHED_RETRIES} writes"),
-        ))
+        state.store(if filled { FILLED } else { before }, Ordering::Release);
+        result
+    }
+}
+
+impl<C: Class, B> Region<C, B> {
+    /// The fill state of `page` (CONTINUE-only regions).
+    fn fill_state(&self, page: usize) -> &AtomicU8 {
+        &self.fills[(page - self.reg.start()) / self.page_size]
+    }
+
+    /// For a CONTINUE-only region, waits while another resolver is filling
+    /// `page`, so that a MINOR fault raised by the half-filled page is not
+    /// mapped before the fill completes.
+    fn wait_for_fill(&self, page: usize) {
+        if self.fills.is_empty() {
+            return;
+        }
+        let state = self.fill_state(page);
+        let mut waits = 0u32;
+        while state.load(Ordering::Acquire) == CLAIMED {
+            wait_a_little(&mut waits);
+        }
+    }
+}
+
+/// Backs off while another thread holds a page's claim: spins briefly,
+/// then yields the CPU (a fill takes microseconds; a hugetlb fill longer).
+fn wait_a_little(waits: &mut u32) {
+    *waits = waits.saturating_add(1);
+    if *waits < 64 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -374,12 +519,16 @@ impl<C: Class, B> Region<C, B> {
         // skip the range checks, so every page of the region must lie
         // inside the registration.
         if !page_size.is_power_of_two()
+            || page_size < rustix::param::page_size()
             || !start.is_multiple_of(page_size)
             || !len.is_multiple_of(page_size)
         {
             return Err(Error::invalid(
                 "UFFDIO_REGISTER",
-                format!("the range {start:#x}+{len:#x} is not whole pages of {page_size:#x} bytes"),
+                format!(
+                    "the range {start:#x}+{len:#x} is not whole pages of {page_size:#x} bytes, or \
+                     that is not a power of two of at least the base page size"
+                ),
             ));
         }
         // SAFETY: forwarded to this function's contract.
@@ -389,6 +538,7 @@ impl<C: Class, B> Region<C, B> {
             reg,
             page_size,
             backing,
+            fills: fill_states::<C>(len, page_size),
             _class: PhantomData,
         };
         let (needed, name) = if C::CONTINUE_ONLY {
@@ -458,6 +608,7 @@ impl<C: Class, B> Region<C, B> {
     /// (someone else mapped it) and on `EFAULT` (the page is not in the
     /// cache: the waiter's retry raises a MISSING fault).
     fn map_page(&self, page: usize) -> Result<Resolution> {
+        self.wait_for_fill(page);
         if !self.reg.ioctls().contains(Ioctls::CONTINUE) {
             let e = Error::unsupported(
                 "UFFDIO_CONTINUE on this range",
@@ -780,41 +931,26 @@ impl<B: Backing> AnyRegion<B> {
     ///
     /// The registration's errors; `Unsupported` when the mask has neither.
     pub unsafe fn register(uffd: Arc<Uffd>, mapping: Arc<BackedMapping<B>>) -> Result<Self> {
-        let (start, len, page_size) =
-            (mapping.addr(), mapping.len(), mapping.backing().page_size());
         let mode = RegisterMode::MISSING | RegisterMode::MINOR;
         // SAFETY: forwarded to this function's contract.
-        let reg = unsafe { uffd.register(start, len, mode)? };
-        let ioctls = reg.ioctls();
-        let backing = Some(mapping);
-        if ioctls.contains(Ioctls::COPY) {
-            Ok(AnyRegion::CopyCapable(Region {
-                uffd,
-                reg,
-                page_size,
-                backing,
-                _class: PhantomData,
-            }))
-        } else {
-            let region = Region {
-                uffd,
-                reg,
-                page_size,
-                backing,
-                _class: PhantomData,
-            };
-            if ioctls.contains(Ioctls::CONTINUE) {
-                Ok(AnyRegion::ContinueOnly(region))
-            } else {
-                drop(region);
-                Err(Error::unsupported(
-                    "fault resolution on this range",
-                    None,
-                    format!(
-                        "the kernel's ioctl mask {ioctls:?} offers neither UFFDIO_COPY nor UFFDIO_CONTINUE"
+        let copy = unsafe { Region::copy_capable_file(uffd.clone(), mapping.clone(), mode) };
+        match copy {
+            Ok(region) => Ok(AnyRegion::CopyCapable(region)),
+            // No COPY in the mask (the region unregistered itself): try the
+            // class that needs only CONTINUE.
+            Err(Error::Unsupported { .. }) => {
+                // SAFETY: forwarded to this function's contract.
+                let region = unsafe { Region::continue_only(uffd, mapping) }.map_err(|e| match e {
+                    Error::Unsupported { .. } => Error::unsupported(
+                        "fault resolution on this range",
+                        None,
+                        "the kernel's ioctl mask offers neither UFFDIO_COPY nor UFFDIO_CONTINUE",
                     ),
-                ))
+                    e => e,
+                })?;
+                Ok(AnyRegion::ContinueOnly(region))
             }
+            Err(e) => Err(e),
         }
     }
 }

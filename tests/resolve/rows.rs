@@ -8,7 +8,7 @@ use userfault::backing::Backing;
 use userfault::resolve::{AnyRegion, CopyCapable, Fault, Region, Resolution};
 use userfault::uffd::{EventBuffer, FaultKind, RegisterMode};
 
-use super::{next_fault, open_uffd, page_size, read_out, shmem_mapping, source_page, touch};
+use super::{next_fault, open_uffd, page_size, poke, read_out, shmem_mapping, source_page, touch};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -84,9 +84,16 @@ fn continue_only_missing_minor_and_vanished_pages() {
             .populate(mapping.addr() + 2 * page, &source_page(off, page))
             .expect("populate");
         assert_eq!(touch(&mapping, 2 * page + 9), source_page(off, page)[9]);
-        // F4: populating a page that is already mapped is not an error.
+        // F4: populating a page that is already mapped is not an error, and
+        // leaves what was written to it since.
+        poke(&mapping, 2 * page + 9, 0x42);
         let again = region.populate(mapping.addr() + 2 * page, &source_page(off, page));
         assert_eq!(again.expect("populate again"), Resolution::AlreadyPresent);
+        assert_eq!(
+            touch(&mapping, 2 * page + 9),
+            0x42,
+            "populate overwrote a written page"
+        );
     })
 }
 
@@ -255,6 +262,217 @@ fn wrong_sized_data_is_refused() {
             f.write_then_continue(&source_page(0, page))
                 .expect("resolve");
             assert_eq!(reader.join().expect("reader"), source_page(0, page)[3]);
+        });
+    })
+}
+
+/// Two threads fault on the same page and two MISSING events arrive; the
+/// first resolution maps the page and wakes both, the guest writes to it,
+/// and then the second event is resolved: it must not write the snapshot
+/// over the guest's data.
+#[test]
+fn a_duplicate_missing_fault_never_overwrites_the_guest() {
+    const TEST: &str = "a_duplicate_missing_fault_never_overwrites_the_guest";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let mapping = shmem_mapping(1);
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| touch(&mapping, 1));
+            let (a, ka) = next_fault(&uffd, &mut buf, WAIT).expect("first event");
+            let second = s.spawn(|| touch(&mapping, 2));
+            let (b, kb) =
+                next_fault(&uffd, &mut buf, WAIT).expect("second event for the same page");
+            assert_eq!((ka, kb), (FaultKind::Missing, FaultKind::Missing));
+            let Some(Fault::Missing(fa)) = region.fault(a, ka) else {
+                panic!("not missing")
+            };
+            let Some(Fault::Missing(fb)) = region.fault(b, kb) else {
+                panic!("not missing")
+            };
+            assert_eq!(
+                fa.write_then_continue(&source_page(0, page))
+                    .expect("first"),
+                Resolution::Resolved
+            );
+            assert_eq!(first.join().expect("first reader"), source_page(0, page)[1]);
+            assert_eq!(
+                second.join().expect("second reader"),
+                source_page(0, page)[2]
+            );
+            // The guest writes; then the duplicate event is handled.
+            poke(&mapping, 7, 0x42);
+            let late = fb
+                .write_then_continue(&source_page(0, page))
+                .expect("duplicate");
+            assert_eq!(late, Resolution::AlreadyPresent);
+            assert_eq!(
+                touch(&mapping, 7),
+                0x42,
+                "the duplicate fault overwrote the guest's write"
+            );
+        });
+    })
+}
+
+/// A backing that refuses to overwrite a populated page answers EEXIST
+/// (guest_memfd without a direct map does): that means "already there",
+/// not failure.
+#[test]
+fn a_backing_answering_eexist_is_already_populated() {
+    use std::os::fd::{AsFd, BorrowedFd};
+    use userfault::backing::{BackedMapping, Memfd};
+    use userfault::{Errno, Error};
+
+    /// Fills like shmem, then reports EEXIST as such a backing would.
+    struct Exists(Memfd);
+    impl AsFd for Exists {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+    }
+    impl Backing for Exists {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn page_size(&self) -> usize {
+            self.0.page_size()
+        }
+        fn fill(&self, offset: u64, data: &[u8]) -> userfault::Result<()> {
+            self.0.fill(offset, data)?;
+            Err(Error::os("pwrite", Errno::EEXIST))
+        }
+    }
+
+    const TEST: &str = "a_backing_answering_eexist_is_already_populated";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let memfd = Memfd::shmem(c"exists", page as u64).expect("memfd");
+        let mapping = Arc::new(BackedMapping::new(Arc::new(Exists(memfd)), 0, page).expect("mmap"));
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                // SAFETY: inside the live, registered mapping.
+                unsafe { mapping.mapping().as_ptr().add(5).read_volatile() }
+            });
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+                panic!("not missing")
+            };
+            assert_eq!(
+                f.write_then_continue(&source_page(0, page))
+                    .expect("resolve"),
+                Resolution::Resolved
+            );
+            assert_eq!(reader.join().expect("reader"), source_page(0, page)[5]);
+        });
+    })
+}
+
+/// A region's page size below the base page would make every resolution
+/// and its wake fail: refused at registration.
+#[test]
+fn a_page_size_below_the_base_page_is_refused() {
+    const TEST: &str = "a_page_size_below_the_base_page_is_refused";
+    let Some(uffd) = open_uffd(TEST) else { return };
+    let mapping = shmem_mapping(2);
+    // SAFETY: fresh mapping, nothing references it; the call is refused
+    // before it registers anything.
+    let err = unsafe {
+        Region::copy_capable(
+            uffd,
+            mapping.addr(),
+            mapping.len(),
+            RegisterMode::MISSING,
+            2048,
+        )
+    }
+    .expect_err("2 KiB pages");
+    assert!(err.to_string().contains("base page size"), "{err}");
+}
+
+/// A MINOR fault raised while another resolver is still filling the page
+/// (the page is already in the page cache, as hugetlb's fill puts it there
+/// before copying) is mapped only once the fill is complete.
+#[test]
+fn a_minor_fault_waits_for_a_fill_under_way() {
+    use std::os::fd::{AsFd, BorrowedFd};
+    use userfault::backing::{BackedMapping, Memfd};
+
+    /// Puts the page in the cache (zeroed) first, then fills it slowly.
+    struct Slow(Memfd);
+    impl AsFd for Slow {
+        fn as_fd(&self) -> BorrowedFd<'_> {
+            self.0.as_fd()
+        }
+    }
+    impl Backing for Slow {
+        fn size(&self) -> u64 {
+            self.0.size()
+        }
+        fn page_size(&self) -> usize {
+            self.0.page_size()
+        }
+        fn fill(&self, offset: u64, data: &[u8]) -> userfault::Result<()> {
+            let keep = rustix::fs::FallocateFlags::KEEP_SIZE;
+            rustix::fs::fallocate(self.0.as_fd(), keep, offset, data.len() as u64)
+                .expect("fallocate");
+            std::thread::sleep(Duration::from_millis(200));
+            self.0.fill(offset, data)
+        }
+    }
+
+    const TEST: &str = "a_minor_fault_waits_for_a_fill_under_way";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let memfd = Memfd::shmem(c"slow", page as u64).expect("memfd");
+        let mapping = Arc::new(BackedMapping::new(Arc::new(Slow(memfd)), 0, page).expect("mmap"));
+        // SAFETY: fresh mapping, nothing references it.
+        let region =
+            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+        let read = |at: usize| {
+            // SAFETY: inside the live, registered mapping.
+            unsafe { mapping.mapping().as_ptr().add(at).read_volatile() }
+        };
+        let mut buf = EventBuffer::with_capacity(4);
+        let want = source_page(0, page);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| read(0));
+            let (a, ka) = next_fault(&uffd, &mut buf, WAIT).expect("MISSING event");
+            assert_eq!(ka, FaultKind::Missing);
+            let Some(Fault::Missing(fa)) = region.fault(a, ka) else {
+                panic!("not missing")
+            };
+            let data = &want;
+            let filler = s.spawn(move || fa.write_then_continue(data));
+            std::thread::sleep(Duration::from_millis(50));
+            let second = s.spawn(|| read(1));
+            let (b, kb) = next_fault(&uffd, &mut buf, WAIT).expect("MINOR event");
+            assert_eq!(
+                kb,
+                FaultKind::Minor,
+                "the page is in the cache while it is filled"
+            );
+            let Some(Fault::Minor(fb)) = region.fault(b, kb) else {
+                panic!("not minor")
+            };
+            fb.map().expect("map");
+            assert_eq!(
+                second.join().expect("second reader"),
+                want[1],
+                "mapped before the fill completed"
+            );
+            assert_eq!(first.join().expect("first reader"), want[0]);
+            filler.join().expect("filler").expect("fill");
         });
     })
 }

@@ -57,14 +57,17 @@ fn restore(test: &str, handlers: usize, populator: bool) {
                 .map(|_| s.spawn(|| serve(&region, &source, &stop)))
                 .collect();
             if populator {
-                let backing = mapping.backing().clone();
-                let populated = &populated;
+                // Through the region, as guest memory must be pre-filled while
+                // the guest runs: its per-page claim orders the populator and
+                // the handlers.
+                let (region, populated, source) = (&region, &populated, &source);
+                let base = mapping.addr();
                 s.spawn(move || {
                     for p in shuffled(pages, 0xBEEF) {
                         let offset = (p * page) as u64;
-                        backing
-                            .fill(offset, &source(offset))
-                            .expect("populator fill");
+                        region
+                            .populate(base + p * page, &source(offset))
+                            .expect("populator");
                         populated.fetch_add(1, Ordering::Relaxed);
                     }
                 });
