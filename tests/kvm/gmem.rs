@@ -1,7 +1,7 @@
 //! guest_memfd and memslots on the running kernel: creation, mapping
 //! rules, punch-hole, and the memslot changes KVM refuses.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use userfault::backing::Backing;
 use userfault::error::{Errno, Error};
@@ -52,6 +52,41 @@ fn guest_memfd_flags_and_mapping_rules() {
     let e = GuestMemfd::create(vm, PAGE as u64, GmemFlags::from_raw(unknown)).unwrap_err();
     assert_eq!(e.errno(), Some(Errno::EINVAL), "{e}");
     assert!(e.to_string().contains("KVM_CAP_GUEST_MEMFD_FLAGS"), "{e}");
+}
+
+/// True when the descriptor has `FD_CLOEXEC` (`fcntl(F_GETFD)`).
+fn close_on_exec(fd: BorrowedFd<'_>) -> bool {
+    rustix::io::fcntl_getfd(fd)
+        .expect("fcntl(F_GETFD)")
+        .contains(rustix::io::FdFlags::CLOEXEC)
+}
+
+#[test]
+fn every_kvm_descriptor_the_crate_creates_is_close_on_exec() {
+    const TEST: &str = "every_kvm_descriptor_the_crate_creates_is_close_on_exec";
+    let kvm = require!(
+        TEST,
+        "kvm",
+        userfault::kvm::Kvm::open().map_err(|e| e.to_string())
+    );
+    assert!(close_on_exec(kvm.as_fd()), "/dev/kvm");
+    let vm = kvm.create_vm(0).expect("KVM_CREATE_VM");
+    assert!(close_on_exec(vm.as_fd()), "KVM_CREATE_VM");
+    // The kernel creates a guest_memfd without O_CLOEXEC; the crate sets it.
+    let gmem = require!(
+        TEST,
+        "gmem",
+        GuestMemfd::create(&vm, PAGE as u64, GmemFlags::empty())
+            .map_err(|e| format!("no guest_memfd: {e}"))
+    );
+    assert!(close_on_exec(gmem.as_fd()), "KVM_CREATE_GUEST_MEMFD");
+    // Also on a VM the crate does not own.
+    let (_k, foreign) = require!(TEST, "kvm", super::open_vm());
+    let gmem = super::shared_gmem(super::borrow(&foreign), PAGE as u64).expect("guest_memfd");
+    assert!(
+        close_on_exec(gmem.as_fd()),
+        "KVM_CREATE_GUEST_MEMFD on a kvm-ioctls VM"
+    );
 }
 
 #[test]
@@ -135,16 +170,18 @@ fn memslots_from_anonymous_and_memfd_memory() {
         userfault::kvm::Kvm::open().map_err(|e| e.to_string())
     );
     assert_eq!(kvm.api_version().expect("KVM_GET_API_VERSION"), 12);
+    // The slots' memory is declared before the VM, so dropped after it.
+    let anon = Mapping::anonymous(8 * PAGE, Sharing::Private).expect("mmap");
+    let memfd = userfault::backing::Memfd::shmem(c"kvm-slot", 8 * PAGE as u64).expect("memfd");
+    let shared = Mapping::file(memfd.as_fd(), 0, 8 * PAGE, Sharing::Shared).expect("mmap memfd");
     let vm: Vm = kvm.create_vm(0).expect("KVM_CREATE_VM");
     let memory2 = vm
         .check_extension(gmem_sys::KVM_CAP_USER_MEMORY2)
         .expect("KVM_CHECK_EXTENSION");
     assert!(memory2 > 0, "KVM_CAP_USER_MEMORY2 = {memory2}");
-    let anon = Mapping::anonymous(8 * PAGE, Sharing::Private).expect("mmap");
-    let memfd = userfault::backing::Memfd::shmem(c"kvm-slot", 8 * PAGE as u64).expect("memfd");
-    let shared = Mapping::file(memfd.as_fd(), 0, 8 * PAGE, Sharing::Shared).expect("mmap memfd");
-    // SAFETY: `anon` and `shared` outlive `vm` (the slots go with it at
-    // the end of the test at the latest); nothing references them.
+    // SAFETY: `anon` and `shared` outlive `vm` (declared before it, so
+    // dropped after it; the slots are deleted at the end of the test, or
+    // go with the VM); nothing references them.
     unsafe {
         Memslot::from_mapping(0, 0, &anon)
             .set(&vm)

@@ -196,17 +196,21 @@ fn userfaultfd_on_guest_memfd_registers_or_is_refused() {
 fn kvm_userfault_works_or_is_unsupported() {
     const TEST: &str = "kvm_userfault_works_or_is_unsupported";
     let kvm = require!(TEST, "kvm", Kvm::open().map_err(|e| e.to_string()));
-    let (_k, vm) = require!(TEST, "kvm", super::open_vm());
-    let vm = super::borrow(&vm);
     let size = 8 * PAGE as u64;
+    // Declared before the VM, so dropped after it.
+    let bitmap = UserfaultBitmap::new_all_set(0, size).expect("bitmap");
+    let (_k, vm_fd) = require!(TEST, "kvm", super::open_vm());
+    let vm = super::borrow(&vm_fd);
     let gmem = require!(TEST, "gmem", super::shared_gmem(vm, size));
     let view = gmem.map_all().expect("mmap");
-    let bitmap = UserfaultBitmap::new_all_set(0, size).expect("bitmap");
 
     let probed = probe_userfault(&kvm);
     let slot = Memslot::from_mapping(0, 0, &view).guest_memfd(&gmem, 0);
-    // SAFETY: `view`, `gmem` and `bitmap` outlive the VM; nothing
-    // references `view`.
+    // SAFETY: `bitmap` is declared before the VM and so dropped after it;
+    // `view` and `gmem` need the VM to exist, and the VM is closed
+    // explicitly (`drop(vm_fd)` below) before them. Should a panic unwind
+    // in between, no vCPU exists to reach the slot's memory or bitmap.
+    // Nothing references `view`.
     let set = unsafe { slot.userfault(&bitmap).set(vm) };
     match (&probed, &set) {
         (Ok(()), Ok(())) => {
@@ -228,4 +232,8 @@ fn kvm_userfault_works_or_is_unsupported() {
         }
         _ => panic!("probe and slot disagree: probe {probed:?}, slot {set:?}"),
     }
+    // The VM goes before the memory and bitmap of its slot.
+    drop(vm_fd);
+    drop(view);
+    drop(gmem);
 }

@@ -25,8 +25,11 @@ fn vcpu_runs_on_guest_memfd_memory() {
     super::poke(&view, guest::DATA_GPA as usize, &data);
 
     let slot = Memslot::from_mapping(0, 0, &view).guest_memfd(&gmem, 0);
-    // SAFETY: `view` and `gmem` outlive `vm` (declared earlier, dropped
-    // later), and the test holds no reference into `view`.
+    // SAFETY: `view` and `gmem` stay alive until the vCPU and the VM are
+    // closed (explicitly, at the end of the test); should a panic unwind
+    // earlier, the vCPU (declared last) is closed first, so nothing runs
+    // the guest once they are gone. The test holds no reference into
+    // `view`.
     unsafe { slot.set(super::borrow(&vm)) }.expect("guest_memfd memslot");
 
     let mut vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
@@ -60,4 +63,9 @@ fn vcpu_runs_on_guest_memfd_memory() {
         "kvm: real-mode vCPU on a guest_memfd slot summed {} bytes to {want:#x} ({exits:?})",
         data.len()
     ));
+    // The vCPU and the VM go before the slot's memory.
+    drop(vcpu);
+    drop(vm);
+    drop(view);
+    drop(gmem);
 }

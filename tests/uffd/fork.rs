@@ -27,6 +27,8 @@ struct ChildFault {
     origin: Origin,
     parent_id: Option<u64>,
     features: Features,
+    /// `FD_CLOEXEC` on the child's userfaultfd.
+    close_on_exec: bool,
 }
 
 struct Shared {
@@ -79,6 +81,9 @@ fn handler(shared: Arc<Shared>, data: Vec<u8>) -> std::thread::JoinHandle<()> {
                         origin: child.origin(),
                         parent_id: child.parent_id(),
                         features: child.features(),
+                        close_on_exec: rustix::io::fcntl_getfd(child)
+                            .expect("fcntl(F_GETFD)")
+                            .contains(rustix::io::FdFlags::CLOEXEC),
                     });
                 }
             }
@@ -185,5 +190,9 @@ fn fork_event_delivers_the_childs_userfaultfd() {
     assert_eq!(
         fault.features, parent_features,
         "the child's context has the parent's features"
+    );
+    assert!(
+        fault.close_on_exec,
+        "the child's userfaultfd is close-on-exec, as its parent's"
     );
 }

@@ -399,14 +399,18 @@ pub struct GuestMemfd {
 impl GuestMemfd {
     /// `ioctl(vm, KVM_CREATE_GUEST_MEMFD, {size, flags})`: a new
     /// guest_memfd of `size` bytes for the VM `vm` (a [`Vm`](super::Vm) or
-    /// any borrowed VM file descriptor). The file is close-on-exec.
+    /// any borrowed VM file descriptor). The file is close-on-exec: KVM
+    /// creates it without `O_CLOEXEC` (the ioctl takes no file flags), so
+    /// `create` sets `FD_CLOEXEC` right after the ioctl. A thread that
+    /// forks and execs between the two calls can still pass it on.
     ///
     /// # Errors
     ///
     /// `InvalidArgument` when `size` is not a non-zero multiple of the page
     /// size. `EINVAL` from the kernel, with a hint naming the flags this VM
     /// advertises when `flags` has others; `ENOTTY` when `vm` is not a VM
-    /// of a kernel with guest_memfd.
+    /// of a kernel with guest_memfd. The `fcntl` errno if setting
+    /// `FD_CLOEXEC` fails (the new file is closed).
     ///
     /// # References
     ///
@@ -452,6 +456,8 @@ impl GuestMemfd {
             ),
             _ => Error::os(OP, errno),
         })?;
+        rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
+            .map_err(|e| Error::os("fcntl", rustix_errno(e)))?;
         Ok(GuestMemfd { fd, size, flags })
     }
 

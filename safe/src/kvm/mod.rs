@@ -96,8 +96,9 @@
 //! let slot = Memslot::from_mapping(0, 0, &view)
 //!     .guest_memfd(&gmem, 0)
 //!     .userfault(&bitmap);
-//! // SAFETY: `view`, `gmem` and `bitmap` outlive the VM, and no Rust
-//! // reference points into `view`.
+//! // SAFETY: `view`, `gmem` and `bitmap` stay alive until the VM is
+//! // closed (`drop(vm)` at the end; declared after it, they would
+//! // otherwise be dropped first), and no Rust reference points into `view`.
 //! unsafe { slot.set(vm.as_fd())? };
 //!
 //! // 5. vCPU loop (vCPUs from kvm-ioctls or the VMM's own code). A memory
@@ -119,6 +120,9 @@
 //! // 6. Background fill: resolve every page still set the same way (a
 //! //    resolver that races with a vCPU fault on the same page writes it
 //! //    once), then re-issue the slot without `userfault` to stop trapping.
+//!
+//! // The VM (after its vCPUs) goes before the slot's memory and bitmap.
+//! drop(vm);
 //! # Ok(()) }
 //! ```
 //!

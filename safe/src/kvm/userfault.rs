@@ -252,6 +252,11 @@ impl fmt::Debug for UserfaultBitmap {
 ///
 /// [`KVM_SET_USER_MEMORY_REGION2`](https://docs.kernel.org/virt/kvm/api.html#kvm-set-user-memory-region2)
 pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
+    // The slot's memory and bitmap come first, so that they are dropped
+    // after the VM (locals drop in reverse order).
+    let page = rustix::param::page_size();
+    let memory = Mapping::anonymous(page, Sharing::Private)?;
+    let bitmap = UserfaultBitmap::new(0, page as u64)?;
     let vm = loop {
         match sys::kvm::create_vm(kvm.as_fd(), 0) {
             Ok(vm) => break vm,
@@ -259,13 +264,11 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
             Err(e) => return Err(Error::os("KVM_CREATE_VM", e)),
         }
     };
-    let page = rustix::param::page_size();
-    let memory = Mapping::anonymous(page, Sharing::Private)?;
-    let bitmap = UserfaultBitmap::new(0, page as u64)?;
     let slot = Memslot::from_mapping(0, 0, &memory).userfault(&bitmap);
-    // SAFETY: `memory` and `bitmap` outlive `vm`, which is closed (taking
-    // the slot with it) at the end of this function; nothing references
-    // `memory` and no vCPU exists.
+    // SAFETY: `memory` and `bitmap` outlive `vm`: declared before it, they
+    // are dropped after it is closed (taking the slot with it) at the end
+    // of this function, on every path. Nothing references `memory`, and no
+    // vCPU exists.
     match unsafe { slot.issue(vm.as_fd()) } {
         Ok(()) => Ok(()),
         Err(errno @ Errno::EINVAL) => Err(Error::unsupported(

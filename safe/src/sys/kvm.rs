@@ -30,7 +30,8 @@ pub(crate) fn check_extension(fd: BorrowedFd<'_>, cap: u32) -> Result<i32, Errno
     unsafe { ioctl_val(fd, gmem_sys::KVM_CHECK_EXTENSION, cap.into()) }
 }
 
-/// `ioctl(kvm, KVM_CREATE_VM, vm_type)`: a new VM file descriptor.
+/// `ioctl(kvm, KVM_CREATE_VM, vm_type)`: a new VM file descriptor, which
+/// the kernel makes close-on-exec itself.
 pub(crate) fn create_vm(kvm: BorrowedFd<'_>, vm_type: u64) -> Result<OwnedFd, Errno> {
     // SAFETY: KVM_CREATE_VM takes an integer and returns a new file
     // descriptor, which `owned` takes ownership of at once.
@@ -39,6 +40,10 @@ pub(crate) fn create_vm(kvm: BorrowedFd<'_>, vm_type: u64) -> Result<OwnedFd, Er
 }
 
 /// `ioctl(vm, KVM_CREATE_GUEST_MEMFD, &args)`: a new guest_memfd.
+///
+/// Unlike the VM descriptors of `KVM_CREATE_VM`, the kernel installs it
+/// without `O_CLOEXEC` (`kvm_gmem_create` takes no file flags): the caller
+/// sets `FD_CLOEXEC`.
 pub(crate) fn create_guest_memfd(
     vm: BorrowedFd<'_>,
     mut args: gmem_sys::kvm_create_guest_memfd,
