@@ -87,7 +87,10 @@ pub enum Event {
     /// [`Uffd::wait_events`] into an existing [`EventBuffer`] allocates
     /// nothing, and neither does decoding this event.
     Fork {
-        /// The child's userfaultfd ([`Origin::Fork`]), owned.
+        /// The child's userfaultfd ([`Origin::Fork`]), owned. The kernel
+        /// gives it the `O_CLOEXEC` and `O_NONBLOCK` the parent's
+        /// userfaultfd was created with: it is close-on-exec when the
+        /// parent's is (the default).
         uffd: Uffd,
     },
     /// `UFFD_EVENT_REMAP`: `mremap(2)` moved a registered range; the
@@ -147,6 +150,27 @@ struct Source {
 /// Each record is decoded once. Fork events carry a descriptor the kernel
 /// installed during the read; dropping `Events` closes the descriptors of
 /// fork events not iterated, and empties the buffer.
+///
+/// # Lost wake-ups
+///
+/// **Iterate to the end.** The `read(2)` that produced these events has
+/// already taken them from the kernel: the kernel considers every page
+/// fault in the batch delivered and will not report it again. Dropping
+/// `Events` before the last one (a `break`, a `?` or a panic in the loop
+/// that handles them) discards the remaining records, and the threads that
+/// raised those faults stay blocked until something wakes their range: a
+/// resolution or [`Uffd::wake`] covering the address, unregistering the
+/// range (for MISSING faults), or closing the userfaultfd. A handler that
+/// has to stop early should first drain the iterator and resolve, or
+/// [`Uffd::wake`], every page fault left in it; a woken thread retries the
+/// access and faults again (a new event) if the page is still missing.
+///
+/// The other events are acknowledged by the read as well (the `mremap`,
+/// `madvise`, `munmap` or `fork` they report goes ahead), so dropping one
+/// unread blocks nobody but loses what it reported, and closes a fork
+/// event's descriptor.
+#[must_use = "page faults not iterated are lost: their threads stay blocked until their range is \
+              woken (see `Events`, # Lost wake-ups)"]
 #[derive(Debug)]
 pub struct Events<'a> {
     buf: &'a mut EventBuffer,
@@ -301,6 +325,15 @@ impl Uffd {
     /// non-blocking one it returns no events when none are pending
     /// (`EAGAIN`). `EINTR` is retried. Nothing is allocated.
     ///
+    /// # Lost wake-ups
+    ///
+    /// **Iterate the returned [`Events`] to the end**, or [`wake`](Self::wake)
+    /// the ranges of the page faults you did not handle: the read has
+    /// already taken every event in the batch from the kernel, which will
+    /// not report those faults again, so a fault record dropped unhandled
+    /// (a `break` or `?` in the handler loop) leaves its thread blocked
+    /// until something wakes its range. See [`Events`].
+    ///
     /// # Errors
     ///
     /// [`Error::Os`] with the `read` errno (`EINVAL` if the userfaultfd
@@ -410,6 +443,13 @@ impl Uffd {
     /// [`poll`](Self::poll) for up to `timeout`, then
     /// [`read_events`](Self::read_events): the events that arrived in
     /// time, possibly none.
+    ///
+    /// # Lost wake-ups
+    ///
+    /// As for [`read_events`](Self::read_events): **iterate the returned
+    /// [`Events`] to the end**, or [`wake`](Self::wake) the ranges of the
+    /// page faults you did not handle; a fault record dropped unhandled
+    /// leaves its thread blocked until something wakes its range.
     ///
     /// # Errors
     ///

@@ -46,7 +46,12 @@ impl Registration {
         self.start + self.len
     }
 
-    /// The modes the range was registered with.
+    /// The modes the [`Uffd::register`] call that returned this value asked
+    /// for — not necessarily the modes in effect. Registering a range again
+    /// with a subset of the modes it already has leaves all of them armed
+    /// (see [`Uffd::register`]), so faults of a mode missing here can still
+    /// arrive; nor does an earlier value learn of a later registration
+    /// that changed the modes.
     pub fn mode(&self) -> RegisterMode {
         self.mode
     }
@@ -124,7 +129,20 @@ impl Uffd {
     /// page size for hugetlbfs), and the range must be mapped. Which modes
     /// a memory type accepts: MISSING and WP everywhere userfaultfd works;
     /// MINOR only on shmem and hugetlbfs (not private anonymous memory).
-    /// Registering a range again with another mode replaces the mode.
+    ///
+    /// # Registering a range again
+    ///
+    /// The kernel does not simply replace the modes of a range already
+    /// registered with this userfaultfd. Where `mode` is a subset of the
+    /// modes a mapping already has, the kernel leaves that mapping as it
+    /// is: every mode stays armed, including those `mode` leaves out
+    /// (registering `MISSING | WP`, then `MISSING`, still traps
+    /// write-protect faults). Where `mode` adds a mode, the mapping's modes
+    /// become exactly `mode` (registering `MISSING`, then `WP`, leaves only
+    /// `WP`). To drop a mode, [`unregister`](Self::unregister) the range
+    /// first. The returned [`Registration::mode`] is `mode`, the request,
+    /// in either case; `/proc/<pid>/smaps` shows the modes in effect
+    /// (`VmFlags`: `um` missing, `uw` write-protect, `ui` minor).
     ///
     /// # Safety
     ///

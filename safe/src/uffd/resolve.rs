@@ -681,14 +681,30 @@ fn range(start: usize, len: usize) -> sys::uffdio_range {
 mod tests {
     use super::*;
 
+    /// Reports that `test` cannot run for want of `capability`, as the
+    /// integration tests do: fails the test when `USERFAULT_TEST_REQUIRE`
+    /// (comma separated) names the capability or `all`, and otherwise
+    /// prints `SKIP <test>: <reason>` straight to stderr, past the
+    /// harness's capture.
+    fn skip(test: &str, capability: &str, reason: &str) {
+        use std::io::Write as _;
+        let required = std::env::var("USERFAULT_TEST_REQUIRE").is_ok_and(|list| {
+            list.split(',')
+                .map(str::trim)
+                .any(|c| c == capability || c == "all")
+        });
+        if required {
+            panic!("{test}: required capability {capability} is unavailable: {reason}");
+        }
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+    }
+
     #[test]
     fn refusals_before_the_system_call_come_in_order() {
+        const TEST: &str = "refusals_before_the_system_call_come_in_order";
         let uffd = match Uffd::new() {
             Ok(u) => u,
-            Err(e) => {
-                eprintln!("SKIP refusals_before_the_system_call_come_in_order: {e}");
-                return;
-            }
+            Err(e) => return skip(TEST, "uffd", &e.to_string()),
         };
         let page = page_size_for_tests();
         let reg = Registration {
