@@ -154,6 +154,11 @@
 //! }
 //! ```
 //!
+//! The registration a CONTINUE-only region hands out
+//! ([`Region::registration`]) offers only WAKE, CONTINUE and WRITEPROTECT,
+//! so the raw [`Uffd`] resolutions refuse COPY, ZEROPAGE, MOVE and POISON on
+//! it at run time as well.
+//!
 //! For callers that cannot carry the class in a type (a table of mixed
 //! regions, a plugin interface), [`AnyRegion`] and [`AnyFault`] check the
 //! same rules at run time and return errors instead.
@@ -532,7 +537,12 @@ impl<C: Class, B> Region<C, B> {
             ));
         }
         // SAFETY: forwarded to this function's contract.
-        let reg = unsafe { uffd.register(start, len, mode)? };
+        let mut reg = unsafe { uffd.register(start, len, mode)? };
+        if C::CONTINUE_ONLY {
+            // The class is a promise about the whole range: the raw API must
+            // not resolve it by COPY, ZEROPAGE, MOVE or POISON either.
+            reg = reg.restricted_to(Ioctls::WAKE | Ioctls::CONTINUE | Ioctls::WRITEPROTECT);
+        }
         let region = Region {
             uffd,
             reg,

@@ -476,3 +476,32 @@ fn a_minor_fault_waits_for_a_fill_under_way() {
         });
     })
 }
+
+/// The class holds for the untyped API too: the registration a
+/// CONTINUE-only region hands out does not offer COPY, so the raw
+/// `Uffd::copy` refuses it before the system call.
+#[test]
+fn continue_only_registrations_refuse_copy_through_the_raw_api() {
+    use userfault::uffd::{CopyMode, Ioctls};
+    const TEST: &str = "continue_only_registrations_refuse_copy_through_the_raw_api";
+    let Some(uffd) = open_uffd(TEST) else { return };
+    let page = page_size();
+    let mapping = shmem_mapping(1);
+    // SAFETY: fresh mapping, nothing references it.
+    let region = unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+    let reg = region.registration();
+    assert!(reg.ioctls().contains(Ioctls::CONTINUE | Ioctls::WAKE));
+    assert!(
+        !reg.ioctls()
+            .intersects(Ioctls::COPY | Ioctls::ZEROPAGE | Ioctls::MOVE | Ioctls::POISON)
+    );
+    let err = uffd
+        .copy(
+            reg,
+            mapping.addr(),
+            &source_page(0, page),
+            CopyMode::empty(),
+        )
+        .expect_err("COPY on a CONTINUE-only region");
+    assert!(err.is_unsupported(), "{err}");
+}

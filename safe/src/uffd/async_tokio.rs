@@ -58,6 +58,8 @@ impl AsyncUffd {
 
     /// Waits until at least one event is pending, then reads as many as
     /// `buf` holds ([`Uffd::read_events`] without blocking a thread).
+    /// Iterate the returned events to the end: see "Lost wake-ups" on
+    /// [`Uffd::read_events`].
     ///
     /// # Errors
     ///

@@ -26,6 +26,15 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// The same registration with only the ioctls in `keep` left in its
+    /// mask: the resolutions then refuse the others before the system call.
+    /// Used by CONTINUE-only regions, which must not be resolved by COPY
+    /// even through the untyped API.
+    pub(crate) fn restricted_to(mut self, keep: Ioctls) -> Registration {
+        self.ioctls &= keep;
+        self
+    }
+
     /// The first address.
     pub fn start(&self) -> usize {
         self.start
