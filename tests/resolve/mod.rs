@@ -51,6 +51,23 @@ pub fn shmem_mapping(pages: usize) -> Arc<BackedMapping<Memfd>> {
     Arc::new(BackedMapping::new(memfd, 0, size as usize).expect("mmap memfd"))
 }
 
+/// A userfaultfd, a shmem mapping and a CONTINUE-only region on it.
+pub type Fixture = (
+    Arc<Uffd>,
+    Arc<BackedMapping<Memfd>>,
+    Region<ContinueOnly, Memfd>,
+);
+
+/// A userfaultfd, a shmem mapping of `pages` pages and a CONTINUE-only
+/// region on it; `None` (after a SKIP line) without userfaultfd.
+pub fn continue_only_fixture(test: &str, pages: usize) -> Option<Fixture> {
+    let uffd = open_uffd(test)?;
+    let mapping = shmem_mapping(pages);
+    // SAFETY: a fresh mapping that nothing references.
+    let region = unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+    Some((uffd, mapping, region))
+}
+
 /// Reads one byte through the mapping (faulting if unmapped).
 pub fn touch(mapping: &BackedMapping<Memfd>, offset: usize) -> u8 {
     assert!(offset < mapping.len());

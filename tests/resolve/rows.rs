@@ -8,7 +8,10 @@ use userfault::backing::Backing;
 use userfault::resolve::{AnyRegion, CopyCapable, Fault, Region, Resolution};
 use userfault::uffd::{EventBuffer, FaultKind, RegisterMode};
 
-use super::{next_fault, open_uffd, page_size, poke, read_out, shmem_mapping, source_page, touch};
+use super::{
+    continue_only_fixture, next_fault, open_uffd, page_size, poke, read_out, shmem_mapping,
+    source_page, touch,
+};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -21,12 +24,10 @@ const WAIT: Duration = Duration::from_secs(5);
 fn continue_only_missing_minor_and_vanished_pages() {
     const TEST: &str = "continue_only_missing_minor_and_vanished_pages";
     crate::util::with_deadline(TEST, WAIT * 6, || {
-        let Some(uffd) = open_uffd(TEST) else { return };
+        let Some((uffd, mapping, region)) = continue_only_fixture(TEST, 4) else {
+            return;
+        };
         let page = page_size();
-        let mapping = shmem_mapping(4);
-        // SAFETY: fresh mapping, nothing references it.
-        let region =
-            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
         let mut buf = EventBuffer::with_capacity(4);
 
         std::thread::scope(|s| {
@@ -102,12 +103,10 @@ fn continue_only_missing_minor_and_vanished_pages() {
 fn dropped_faults_wake_their_waiter() {
     const TEST: &str = "dropped_faults_wake_their_waiter";
     crate::util::with_deadline(TEST, WAIT * 6, || {
-        let Some(uffd) = open_uffd(TEST) else { return };
+        let Some((uffd, mapping, region)) = continue_only_fixture(TEST, 1) else {
+            return;
+        };
         let page = page_size();
-        let mapping = shmem_mapping(1);
-        // SAFETY: fresh mapping, nothing references it.
-        let region =
-            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
         let mut buf = EventBuffer::with_capacity(4);
         std::thread::scope(|s| {
             let reader = s.spawn(|| touch(&mapping, 100));
@@ -203,12 +202,10 @@ fn copy_capable_copy_zero_and_exists_then_wake() {
 fn any_fault_refuses_copy_on_continue_only() {
     const TEST: &str = "any_fault_refuses_copy_on_continue_only";
     crate::util::with_deadline(TEST, WAIT * 6, || {
-        let Some(uffd) = open_uffd(TEST) else { return };
+        let Some((uffd, mapping, region)) = continue_only_fixture(TEST, 1) else {
+            return;
+        };
         let page = page_size();
-        let mapping = shmem_mapping(1);
-        // SAFETY: fresh mapping, nothing references it.
-        let region =
-            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
         let any = AnyRegion::ContinueOnly(region);
         let mut buf = EventBuffer::with_capacity(4);
         std::thread::scope(|s| {
@@ -240,12 +237,10 @@ fn any_fault_refuses_copy_on_continue_only() {
 fn wrong_sized_data_is_refused() {
     const TEST: &str = "wrong_sized_data_is_refused";
     crate::util::with_deadline(TEST, WAIT * 6, || {
-        let Some(uffd) = open_uffd(TEST) else { return };
+        let Some((uffd, mapping, region)) = continue_only_fixture(TEST, 1) else {
+            return;
+        };
         let page = page_size();
-        let mapping = shmem_mapping(1);
-        // SAFETY: fresh mapping, nothing references it.
-        let region =
-            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
         let mut buf = EventBuffer::with_capacity(4);
         std::thread::scope(|s| {
             let reader = s.spawn(|| touch(&mapping, 3));
@@ -274,12 +269,10 @@ fn wrong_sized_data_is_refused() {
 fn a_duplicate_missing_fault_never_overwrites_the_guest() {
     const TEST: &str = "a_duplicate_missing_fault_never_overwrites_the_guest";
     crate::util::with_deadline(TEST, WAIT * 6, || {
-        let Some(uffd) = open_uffd(TEST) else { return };
+        let Some((uffd, mapping, region)) = continue_only_fixture(TEST, 1) else {
+            return;
+        };
         let page = page_size();
-        let mapping = shmem_mapping(1);
-        // SAFETY: fresh mapping, nothing references it.
-        let region =
-            unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
         let mut buf = EventBuffer::with_capacity(4);
         std::thread::scope(|s| {
             let first = s.spawn(|| touch(&mapping, 1));
