@@ -593,6 +593,7 @@ impl<C: Class, B> Region<C, B> {
 
     /// Turns a page-fault event at `address` of `kind` into a typed fault of
     /// this region; `None` when the address is not in the region.
+    #[inline(always)]
     pub fn fault(&self, address: usize, kind: FaultKind) -> Option<Fault<'_, C, B>> {
         if !self.reg.contains(address, 1) {
             return None;
@@ -712,6 +713,7 @@ struct RawFault<'r, C: Class, B> {
 }
 
 impl<C: Class, B> Drop for RawFault<'_, C, B> {
+    #[inline]
     fn drop(&mut self) {
         if !self.done {
             // An unresolved fault wakes its waiter: it retries and faults
@@ -802,6 +804,7 @@ fault_accessors!(MinorFault);
 fault_accessors!(WpFault);
 
 impl<C: Class, B> MissingFault<'_, C, B> {
+    #[inline]
     fn check_page(&self, op: &'static str, data: &[u8]) -> Result<()> {
         let page = self.raw.region.page_size;
         if data.len() != page {
@@ -823,6 +826,7 @@ impl<B> MissingFault<'_, CopyCapable, B> {
     /// refuses `UFFDIO_COPY` with `EINVAL` although the range's mask offered
     /// it; other errnos after the waiter was woken.
     #[doc(alias = "UFFDIO_COPY")]
+    #[inline(always)]
     pub fn copy(mut self, data: &[u8]) -> Result<Resolution> {
         self.check_page("UFFDIO_COPY", data)?;
         self.raw.done = true;

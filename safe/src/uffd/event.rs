@@ -20,6 +20,9 @@ const MSG: usize = std::mem::size_of::<sys::uffd_msg>();
 pub struct EventBuffer {
     msgs: Box<[[u8; MSG]]>,
     filled: usize,
+    /// What decoding needs of the userfaultfd last read into this buffer
+    /// (rewritten only when a different one reads into it).
+    source: Source,
 }
 
 impl EventBuffer {
@@ -28,6 +31,13 @@ impl EventBuffer {
         EventBuffer {
             msgs: vec![[0; MSG]; capacity.max(1)].into_boxed_slice(),
             filled: 0,
+            source: Source {
+                // Userfaultfd ids start at 1: the first read always sets it.
+                id: 0,
+                features: Features::empty(),
+                api: KernelApi::new(Features::empty(), crate::uffd::Ioctls::empty()),
+                user_mode_only: false,
+            },
         }
     }
 
@@ -175,7 +185,6 @@ struct Source {
 pub struct Events<'a> {
     buf: &'a mut EventBuffer,
     next: usize,
-    source: Source,
 }
 
 impl Events<'_> {
@@ -194,7 +203,7 @@ impl Events<'_> {
 impl Iterator for Events<'_> {
     type Item = Event;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<Event> {
         if self.next >= self.buf.filled {
             return None;
@@ -202,9 +211,9 @@ impl Iterator for Events<'_> {
         let msg = &self.buf.msgs[self.next];
         self.next += 1;
         if msg[0] != sys::UFFD_EVENT_PAGEFAULT {
-            return Some(decode_other(msg, &self.source));
+            return Some(decode_other(msg, &self.buf.source));
         }
-        Some(decode_fault(msg, &self.source))
+        Some(decode_fault(msg, &self.buf.source))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -343,7 +352,7 @@ impl Uffd {
     ///
     /// - [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html) ("Reading from the userfaultfd structure")
     #[doc(alias = "read")]
-    #[inline]
+    #[inline(always)]
     pub fn read_events<'b>(&self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
         self.read_raw(buf).or_else(|e| {
             if e == Errno::EAGAIN {
@@ -374,16 +383,15 @@ impl Uffd {
 
     #[inline]
     pub(super) fn events<'b>(&self, buf: &'b mut EventBuffer) -> Events<'b> {
-        Events {
-            buf,
-            next: 0,
-            source: Source {
+        if buf.source.id != self.id() {
+            buf.source = Source {
                 id: self.id(),
                 features: self.features(),
                 api: self.kernel_api(),
                 user_mode_only: self.is_user_mode_only(),
-            },
+            };
         }
+        Events { buf, next: 0 }
     }
 
     /// `poll({uffd, POLLIN}, timeout)`—waits until an event can be read or

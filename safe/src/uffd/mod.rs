@@ -262,6 +262,7 @@ impl Uffd {
 }
 
 impl AsFd for Uffd {
+    #[inline]
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
