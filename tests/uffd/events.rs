@@ -418,3 +418,53 @@ fn closing_the_userfaultfd_releases_waiting_threads() {
         );
     }
 }
+
+/// Events dropped before they are all iterated wake the page faults left
+/// in the batch: their threads fault again (new events) instead of staying
+/// blocked on faults the kernel already considers delivered.
+#[test]
+fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
+    const TEST: &str = "dropping_events_early_wakes_the_faults_left_in_the_batch";
+    let uffd = require!(TEST, "uffd", fixtures::open(Features::empty()));
+    let mem = Mem::new(Kind::AnonPrivate, 3).expect("memory");
+    // SAFETY: the mapping is only accessed through raw pointers.
+    let reg =
+        unsafe { uffd.register(mem.addr(), mem.len(), RegisterMode::MISSING) }.expect("register");
+    let touches: Vec<Touch> = (0..3).map(|i| Touch::read(mem.page_addr(i), 8)).collect();
+    fixtures::wait_pending(&uffd, 3);
+    let mut buf = EventBuffer::with_capacity(3);
+    let handled = {
+        let mut events = uffd.read_events(&mut buf).expect("read");
+        assert_eq!(events.len(), 3, "one read takes all three faults");
+        let Some(Event::PageFault { address, .. }) = events.next() else {
+            panic!("expected a page fault")
+        };
+        address
+        // `events` is dropped here with two faults not iterated.
+    };
+    assert_eq!(
+        ok(uffd.zeropage(&reg, handled, fixtures::page(), false)),
+        Ok(fixtures::page())
+    );
+    // The two others were woken, retried and faulted again.
+    fixtures::wait_pending(&uffd, 2);
+    let again: Vec<usize> = uffd
+        .read_events(&mut buf)
+        .expect("read")
+        .map(|e| match e {
+            Event::PageFault { address, .. } => address,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(again.len(), 2);
+    assert!(!again.contains(&handled));
+    for address in again {
+        assert_eq!(
+            ok(uffd.zeropage(&reg, address, fixtures::page(), false)),
+            Ok(fixtures::page())
+        );
+    }
+    for touch in touches {
+        assert_eq!(touch.wait().data, vec![0; 8]);
+    }
+}

@@ -58,13 +58,13 @@ impl AsyncUffd {
 
     /// Waits until at least one event is pending, then reads as many as
     /// `buf` holds ([`Uffd::read_events`] without blocking a thread).
-    /// Iterate the returned events to the end: see "Lost wake-ups" on
-    /// [`Uffd::read_events`].
+    /// Page faults left un-iterated when the events are dropped are woken
+    /// (see [`Events`]).
     ///
     /// # Errors
     ///
     /// As [`Uffd::read_events`], and reactor errors.
-    pub async fn read_events<'b>(&self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
+    pub async fn read_events<'b>(&'b self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
         loop {
             let mut guard = self
                 .fd
@@ -89,7 +89,7 @@ impl AsyncUffd {
     ///
     /// As [`read_events`](Self::read_events).
     pub fn poll_read_events<'b>(
-        &self,
+        &'b self,
         cx: &mut Context<'_>,
         buf: &'b mut EventBuffer,
     ) -> Poll<Result<Events<'b>>> {

@@ -1,7 +1,7 @@
 //! Reading events: `read(2)` of `uffd_msg` records into a caller-owned
 //! buffer, decoded into typed [`Event`]s; readiness with `poll(2)`.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use uffd_sys as sys;
@@ -161,30 +161,27 @@ struct Source {
 /// installed during the read; dropping `Events` closes the descriptors of
 /// fork events not iterated, and empties the buffer.
 ///
-/// # Lost wake-ups
+/// # Early drops
 ///
-/// **Iterate to the end.** The `read(2)` that produced these events has
-/// already taken them from the kernel: the kernel considers every page
-/// fault in the batch delivered and will not report it again. Dropping
-/// `Events` before the last one (a `break`, a `?` or a panic in the loop
-/// that handles them) discards the remaining records, and the threads that
-/// raised those faults stay blocked until something wakes their range: a
-/// resolution or [`Uffd::wake`] covering the address, unregistering the
-/// range (for MISSING faults), or closing the userfaultfd. A handler that
-/// has to stop early should first drain the iterator and resolve, or
-/// [`Uffd::wake`], every page fault left in it; a woken thread retries the
-/// access and faults again (a new event) if the page is still missing.
+/// The `read(2)` that produced these events has already taken them from
+/// the kernel: it considers every page fault in the batch delivered and
+/// will not report it again. Dropping `Events` before the last one (a
+/// `break`, a `?` or a panic in the loop that handles them) therefore wakes
+/// the thread of every page fault not yet iterated (`UFFDIO_WAKE` of its
+/// page): it retries the access and, if the page is still missing, faults
+/// again — a new event — instead of staying blocked. Events iterated but
+/// not resolved are the handler's to resolve or wake.
 ///
 /// The other events are acknowledged by the read as well (the `mremap`,
 /// `madvise`, `munmap` or `fork` they report goes ahead), so dropping one
-/// unread blocks nobody but loses what it reported, and closes a fork
-/// event's descriptor.
-#[must_use = "page faults not iterated are lost: their threads stay blocked until their range is \
-              woken (see `Events`, # Lost wake-ups)"]
+/// unread loses what it reported, and closes a fork event's descriptor.
+#[must_use = "events not iterated are acknowledged unhandled (page faults are woken to fault again)"]
 #[derive(Debug)]
 pub struct Events<'a> {
     buf: &'a mut EventBuffer,
     next: usize,
+    /// The userfaultfd read from, to wake faults dropped un-iterated.
+    fd: BorrowedFd<'a>,
 }
 
 impl Events<'_> {
@@ -226,12 +223,39 @@ impl ExactSizeIterator for Events<'_> {}
 impl Drop for Events<'_> {
     #[inline]
     fn drop(&mut self) {
-        // Decoding takes ownership of fork descriptors; dropping the
-        // decoded events closes them. No record may be decoded twice.
         if self.next < self.buf.filled {
-            for _ in self.by_ref() {}
+            self.drop_rest();
         }
         self.buf.filled = 0;
+    }
+}
+
+impl Events<'_> {
+    /// Records left when `Events` is dropped early: each page fault's
+    /// thread is woken (it faults again if the page is still missing) and
+    /// each other event is decoded and dropped, which closes a fork event's
+    /// descriptor. No record is decoded twice.
+    #[cold]
+    #[inline(never)]
+    fn drop_rest(&mut self) {
+        let page = super::register::page_size();
+        while self.next < self.buf.filled {
+            let msg = self.buf.msgs[self.next];
+            self.next += 1;
+            if msg[0] == sys::UFFD_EVENT_PAGEFAULT {
+                let start = u64_at(&msg, ARG1) & !(page as u64 - 1);
+                let mut range = sys::uffdio_range {
+                    start,
+                    len: page as u64,
+                };
+                // SAFETY: UFFDIO_WAKE reads one `uffdio_range` (`range`) and
+                // only wakes threads waiting on faults of this userfaultfd.
+                // A failure leaves nothing to undo.
+                let _ = unsafe { crate::sys::ioctl_mut(self.fd, sys::UFFDIO_WAKE, &mut range) };
+            } else {
+                drop(decode_other(&msg, &self.buf.source));
+            }
+        }
     }
 }
 
@@ -334,14 +358,10 @@ impl Uffd {
     /// non-blocking one it returns no events when none are pending
     /// (`EAGAIN`). `EINTR` is retried. Nothing is allocated.
     ///
-    /// # Lost wake-ups
-    ///
-    /// **Iterate the returned [`Events`] to the end**, or [`wake`](Self::wake)
-    /// the ranges of the page faults you did not handle: the read has
-    /// already taken every event in the batch from the kernel, which will
-    /// not report those faults again, so a fault record dropped unhandled
-    /// (a `break` or `?` in the handler loop) leaves its thread blocked
-    /// until something wakes its range. See [`Events`].
+    /// The read takes every event in the batch from the kernel, which will
+    /// not report those faults again: page faults left un-iterated when the
+    /// [`Events`] are dropped (a `break` or `?` in the handler loop) are
+    /// woken so that their threads fault again; see [`Events`].
     ///
     /// # Errors
     ///
@@ -353,7 +373,7 @@ impl Uffd {
     /// - [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html) ("Reading from the userfaultfd structure")
     #[doc(alias = "read")]
     #[inline(always)]
-    pub fn read_events<'b>(&self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
+    pub fn read_events<'b>(&'b self, buf: &'b mut EventBuffer) -> Result<Events<'b>> {
         self.read_raw(buf).or_else(|e| {
             if e == Errno::EAGAIN {
                 buf.filled = 0;
@@ -382,7 +402,7 @@ impl Uffd {
     }
 
     #[inline]
-    pub(super) fn events<'b>(&self, buf: &'b mut EventBuffer) -> Events<'b> {
+    pub(super) fn events<'b>(&'b self, buf: &'b mut EventBuffer) -> Events<'b> {
         if buf.source.id != self.id() {
             buf.source = Source {
                 id: self.id(),
@@ -391,7 +411,11 @@ impl Uffd {
                 user_mode_only: self.is_user_mode_only(),
             };
         }
-        Events { buf, next: 0 }
+        Events {
+            buf,
+            next: 0,
+            fd: self.as_fd(),
+        }
     }
 
     /// `poll({uffd, POLLIN}, timeout)`—waits until an event can be read or
@@ -452,19 +476,15 @@ impl Uffd {
     /// [`read_events`](Self::read_events): the events that arrived in
     /// time, possibly none.
     ///
-    /// # Lost wake-ups
-    ///
-    /// As for [`read_events`](Self::read_events): **iterate the returned
-    /// [`Events`] to the end**, or [`wake`](Self::wake) the ranges of the
-    /// page faults you did not handle; a fault record dropped unhandled
-    /// leaves its thread blocked until something wakes its range.
+    /// Page faults left un-iterated when the [`Events`] are dropped are
+    /// woken, as for [`read_events`](Self::read_events).
     ///
     /// # Errors
     ///
     /// As [`poll`](Self::poll) (the userfaultfd must be non-blocking) and
     /// [`read_events`](Self::read_events).
     pub fn wait_events<'b>(
-        &self,
+        &'b self,
         buf: &'b mut EventBuffer,
         timeout: Option<Duration>,
     ) -> Result<Events<'b>> {
