@@ -13,6 +13,25 @@
 //! | `hugetlb` | reserved huge pages (`vm.nr_hugepages`) and hugetlbfs memfds |
 //! | `c-headers` | a C compiler and the system's `<linux/*.h>` headers |
 //! | `root` | running as root (to switch to an unprivileged user) |
+//! | `uffd-minor-shmem` | MINOR faults on shmem (`UFFD_FEATURE_MINOR_SHMEM`, Linux 5.14) |
+//! | `uffd-minor-hugetlb` | MINOR faults on hugetlbfs (`UFFD_FEATURE_MINOR_HUGETLBFS`, Linux 5.13) |
+//! | `uffd-wp-shmem` | write protection on shmem and hugetlbfs (`UFFD_FEATURE_WP_HUGETLBFS_SHMEM`, Linux 5.19) |
+//! | `uffd-wp-async` | asynchronous write protection (`UFFD_FEATURE_WP_ASYNC`, Linux 6.7) |
+//! | `uffd-continue-wp` | `UFFDIO_CONTINUE_MODE_WP` (Linux 6.4) |
+//! | `uffd-poison` | `UFFDIO_POISON` (Linux 6.6) |
+//! | `uffd-move` | `UFFDIO_MOVE` (Linux 6.8) |
+//! | `uffd-rwp` | read-write protection: `UFFD_FEATURE_RWP`, `UFFDIO_RWPROTECT` (Linux 7.3) |
+//! | `uffd-rwp-async` | `UFFD_FEATURE_RWP_ASYNC` and `UFFDIO_SET_MODE` (Linux 7.3) |
+//! | `pagemap-scan` | the `PAGEMAP_SCAN` ioctl on `/proc/self/pagemap` (Linux 6.7) |
+//! | `headers-7.3` | Linux 7.3's uAPI headers (Debian's `linux-libc-dev` 7.3) for the RWP ABI comparison |
+//! | `kvm-memslot2` | `KVM_SET_USER_MEMORY_REGION2` (Linux 6.8) |
+//! | `gmem-slot` | a guest_memfd usable as a memslot on the default VM type |
+//! | `gmem-mmap` | `GUEST_MEMFD_FLAG_MMAP` and `GUEST_MEMFD_FLAG_INIT_SHARED` (Linux 6.18) |
+//! | `gmem-uffd` | userfaultfd registration on a guest_memfd mapping (posted series) |
+//! | `gmem-uffd-copy` | `UFFDIO_COPY` into a guest_memfd mapping (posted series) |
+//! | `gmem-continue-only` | a guest_memfd range the kernel makes CONTINUE-only (the `7.3-oot` kernel's `kvm.gmem_uffd_copy=N`) |
+//! | `gmem-write` | populating a guest_memfd with `write()` (posted series) |
+//! | `kvm-userfault` | `KVM_MEM_USERFAULT` memslots and `KVM_MEMORY_EXIT_FLAG_USERFAULT` exits (posted series) |
 
 use std::io::Write as _;
 
@@ -26,6 +45,25 @@ pub const CAPABILITIES: &[&str] = &[
     "hugetlb",
     "c-headers",
     "root",
+    "uffd-minor-shmem",
+    "uffd-minor-hugetlb",
+    "uffd-wp-shmem",
+    "uffd-wp-async",
+    "uffd-continue-wp",
+    "uffd-poison",
+    "uffd-move",
+    "uffd-rwp",
+    "uffd-rwp-async",
+    "pagemap-scan",
+    "headers-7.3",
+    "kvm-memslot2",
+    "gmem-slot",
+    "gmem-mmap",
+    "gmem-uffd",
+    "gmem-uffd-copy",
+    "gmem-continue-only",
+    "gmem-write",
+    "kvm-userfault",
 ];
 
 /// True when `USERFAULT_TEST_REQUIRE` names `capability` (or `all`).
