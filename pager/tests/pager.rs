@@ -849,3 +849,144 @@ fn assert_no_fault_served(vmm: &Vmm) {
         .unwrap();
     assert_eq!(reader.join().unwrap(), 0xee);
 }
+
+#[test]
+fn library_serves_a_forked_child_from_the_parents_state() {
+    const TEST: &str = "library_serves_a_forked_child_from_the_parents_state";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_FORK) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
+    }
+    const PAGES: usize = 256;
+    let dir = scratch_dir("lib-fork");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(&file).unwrap()),
+        Config {
+            threads: 2,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let base = guest.addr();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        // The parent has the first half; a balloon took pages 10..20.
+        for i in 0..PAGES / 2 {
+            assert_eq!(read_page(base, i), file_page(&bytes, i));
+        }
+        balloon(base + 10 * PAGE, 10 * PAGE);
+        // SAFETY: the child only reads memory, compares and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // The child: its second half faults into the child's
+            // userfaultfd, served from the state the parent had.
+            let ok = (0..PAGES).all(|i| {
+                let page = read_page(base, i);
+                if (10..20).contains(&i) {
+                    page.iter().all(|&b| b == 0)
+                } else {
+                    page == file_page(&bytes, i)
+                }
+            });
+            // SAFETY: ends the child without running the parent's
+            // destructors or atexit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child saw wrong contents (status {status:#x})"
+        );
+    });
+    let report = server.shutdown();
+    assert_eq!(report.stats.forks, 1);
+    assert_eq!(report.stats.removed_pages, 10);
+}
+
+#[test]
+fn firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time() {
+    const TEST: &str = "firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time";
+    const HUGE: usize = 2 << 20;
+    const HUGE_PAGES: usize = 4;
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    // SAFETY: a new anonymous huge-page mapping at an address of the
+    // kernel's choosing.
+    let mapped = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            HUGE_PAGES * HUGE,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::HUGETLB,
+        )
+    };
+    let base = match mapped {
+        Ok(p) => p as usize,
+        Err(e) => return util::skip(TEST, "hugetlb", &format!("MAP_HUGETLB: {e}")),
+    };
+    // SAFETY: the mapping is reached only through raw pointers.
+    unsafe { uffd.register(base, HUGE_PAGES * HUGE, RegisterMode::MISSING) }.unwrap();
+    let pages = HUGE_PAGES * HUGE / PAGE;
+    let dir = scratch_dir("fc-huge");
+    let mem = dir.join("mem");
+    let bytes = snapshot(&mem, pages, 0..0);
+    let socket = dir.join("uffd.sock");
+    let stats = dir.join("stats.json");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--no-prefetch",
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    let json = format!(
+        r#"[{{"base_host_virt_addr":{base},"size":{},"offset":0,"page_size_kib":{HUGE}}}]"#,
+        HUGE_PAGES * HUGE
+    );
+    send_handshake(&stream, &json, Some(uffd.as_fd()));
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let bytes = &bytes;
+                s.spawn(move || {
+                    for k in 0..pages {
+                        let i = (k * (2 * t + 1) + t * 513) % pages;
+                        assert_eq!(read_page(base, i), file_page(bytes, i), "page {i}");
+                    }
+                });
+            }
+        });
+    });
+    drop(stream);
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    // Counted in huge pages, each copied once.
+    assert_eq!(json["total_pages"], HUGE_PAGES as u64);
+    assert_eq!(json["demand_pages"], HUGE_PAGES as u64);
+    assert_eq!(json["copied_bytes"], (HUGE_PAGES * HUGE) as u64);
+    drop(uffd);
+    // SAFETY: unmaps the test's own mapping; nothing refers to it.
+    unsafe { rustix::mm::munmap(base as *mut _, HUGE_PAGES * HUGE) }.unwrap();
+}
