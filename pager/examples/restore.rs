@@ -37,6 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(ws) = &report.recorded {
         ws.save("guest.ws")?;
     }
-    println!("{:?}: {} demand faults", report.exit, report.stats.demand_faults);
+    println!(
+        "{:?}: {} demand faults",
+        report.exit, report.stats.demand_faults
+    );
     Ok(())
 }

@@ -47,6 +47,9 @@ const FILLED: u8 = 2;
 const ZERO: u8 = 3;
 const GONE: u8 = 4;
 
+/// Spans reserved beyond the initial ranges, for remap splits.
+const SPAN_ROOM: usize = 256;
+
 /// The unit of working-set entries.
 pub(crate) const RECORD_PAGE: u64 = 4096;
 
@@ -88,8 +91,13 @@ impl Span {
     }
 }
 
-/// Per-thread buffers, so that resolving allocates nothing once warm.
-#[derive(Debug, Default)]
+/// Per-thread buffers, sized up front so that resolving allocates nothing.
+///
+/// A handler must not allocate while a fork of the served process may be
+/// waiting for its FORK event to be read: glibc's `fork()` holds the malloc
+/// locks meanwhile, so in a process that serves its own memory an
+/// allocation there would deadlock.
+#[derive(Debug)]
 pub(crate) struct Scratch {
     buf: Vec<u8>,
     claimed: Vec<(usize, u8)>,
@@ -246,8 +254,14 @@ impl Resolver {
             seen: (0..source.len().div_ceil(RECORD_PAGE * 64))
                 .map(|_| AtomicU64::new(0))
                 .collect(),
-            order: Mutex::new(Vec::new()),
+            // Sized for every page, so that recording never allocates.
+            order: Mutex::new(Vec::with_capacity(
+                (source.len() / RECORD_PAGE) as usize + 1,
+            )),
         });
+        // Room for the splits remaps make, so that following one does not
+        // allocate.
+        spans.reserve(SPAN_ROOM);
         Ok(Resolver {
             uffd,
             source,
@@ -259,6 +273,16 @@ impl Resolver {
             recorder,
             zeros: vec![0; largest],
         })
+    }
+
+    /// Buffers for one thread: a chunk of the largest page size.
+    pub fn scratch(&self) -> Scratch {
+        let largest = self.zeros.len().max(1);
+        let bytes = self.chunk.max(largest).div_ceil(largest) * largest;
+        Scratch {
+            buf: vec![0; bytes],
+            claimed: Vec::with_capacity(bytes / rustix::param::page_size() + 1),
+        }
     }
 
     /// Pages served, over every range.
@@ -598,16 +622,9 @@ impl Resolver {
     /// Sets every page of `[start, end)` with `to`, waiting out claims;
     /// returns how many pages changed.
     fn set_range(&self, start: usize, end: usize, to: u8) -> u64 {
-        let spans: Vec<Span> = self
-            .spans
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter(|s| s.addr < end && start < s.end())
-            .copied()
-            .collect();
+        let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
         let mut changed = 0;
-        for s in spans {
+        for s in spans.iter().filter(|s| s.addr < end && start < s.end()) {
             let lo = (start.max(s.addr) - s.addr) / s.page;
             let hi = (end.min(s.end()) - s.addr).div_ceil(s.page);
             for p in lo..hi {
@@ -655,10 +672,13 @@ impl Resolver {
     pub fn remap(&self, from: usize, to: usize, len: usize) -> Result<(), Error> {
         let mut spans = self.spans.write().unwrap_or_else(|e| e.into_inner());
         let end = from + len;
-        let mut out = Vec::with_capacity(spans.len() + 2);
-        for s in spans.iter() {
+        // In place, within the capacity reserved at construction (a span
+        // splits into at most three pieces).
+        let mut i = 0;
+        while i < spans.len() {
+            let s = spans[i];
             if s.end() <= from || end <= s.addr {
-                out.push(*s);
+                i += 1;
                 continue;
             }
             let lo = s.addr.max(from);
@@ -668,14 +688,8 @@ impl Resolver {
                 len: b - a,
                 first: s.first + (a - s.addr) / s.page,
                 offset: s.offset + (a - s.addr) as u64,
-                ..*s
+                ..s
             };
-            if s.addr < lo {
-                out.push(piece(s.addr, lo));
-            }
-            if hi < s.end() {
-                out.push(piece(hi, s.end()));
-            }
             let mut moved = piece(lo, hi);
             moved.addr = lo - from + to;
             // SAFETY: the kernel moved this registration with the pages:
@@ -685,10 +699,19 @@ impl Resolver {
             // pages are the same ones the caller registered, under the
             // same contract (no Rust references into them).
             moved.reg = unsafe { self.uffd.register(moved.addr, moved.len, s.reg.mode()) }?;
-            out.push(moved);
+            spans[i] = moved;
+            i += 1;
+            if s.addr < lo {
+                spans.insert(i, piece(s.addr, lo));
+                i += 1;
+            }
+            if hi < s.end() {
+                spans.insert(i, piece(hi, s.end()));
+                i += 1;
+            }
         }
-        out.sort_by_key(|s| s.addr);
-        *spans = out;
+        // Unstable sort: in place, no buffer.
+        spans.sort_unstable_by_key(|s| s.addr);
         Counters::add(&self.counters.remaps, 1);
         Ok(())
     }

@@ -326,6 +326,12 @@ fn peer_closed(fd: BorrowedFd<'_>, revents: PollFlags) -> Option<String> {
     None
 }
 
+/// Events read at once.
+const BATCH: usize = 64;
+
+/// Faults kept for a retry after `EAGAIN` without allocating.
+const MAX_DEFERRED: usize = 1024;
+
 fn timespec(d: Duration) -> Timespec {
     Timespec {
         tv_sec: d.as_secs() as i64,
@@ -344,10 +350,15 @@ fn handler_thread(shared: &Arc<Shared>) {
 /// One handler thread's loop over `resolver`'s userfaultfd.
 fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>) {
     let uffd = resolver.uffd().clone();
-    let mut buf = EventBuffer::with_capacity(64);
-    let mut faults: Vec<usize> = Vec::with_capacity(256);
-    let mut deferred: Vec<usize> = Vec::with_capacity(256);
-    let mut scratch = Scratch::default();
+    // Everything is allocated here, before the first read: from the poll to
+    // the end of applying a batch's events nothing allocates (see
+    // `Scratch`). Deferred faults are bounded by the faulting threads
+    // (each waits on one fault at a time).
+    let mut buf = EventBuffer::with_capacity(BATCH);
+    let mut faults: Vec<usize> = Vec::with_capacity(4 * BATCH + MAX_DEFERRED);
+    let mut deferred: Vec<usize> = Vec::with_capacity(4 * BATCH + MAX_DEFERRED);
+    let mut forks: Vec<Uffd> = Vec::with_capacity(BATCH);
+    let mut scratch = resolver.scratch();
     loop {
         let timeout = (!deferred.is_empty()).then(|| timespec(Duration::from_micros(200)));
         let mut fds = [
@@ -404,10 +415,15 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
                             return;
                         }
                     }
-                    Event::Fork { uffd: child } => spawn_child(shared, resolver, child),
+                    // Served once the order lock is released: setting up a
+                    // child allocates.
+                    Event::Fork { uffd: child } => forks.push(child),
                     _ => Counters::add(&shared.counters.other_events, 1),
                 }
             }
+        }
+        for child in forks.drain(..) {
+            spawn_child(shared, resolver, child);
         }
         if faults.is_empty() {
             continue;
@@ -487,7 +503,7 @@ fn yield_to_demand(shared: &Shared) {
 
 fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: bool) {
     let resolver = &shared.resolver;
-    let mut scratch = Scratch::default();
+    let mut scratch = resolver.scratch();
     let first: Vec<usize> = working_set
         .map(|ws| {
             ws.pages()

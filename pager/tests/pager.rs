@@ -161,8 +161,13 @@ fn library_serves_every_byte_from_four_threads_and_zeros_after_remove() {
     let started = Instant::now();
     util::with_deadline(TEST, Duration::from_secs(120), || {
         touch_all(guest.addr(), PAGES, 4, &bytes);
-        let mid = server.stats();
-        assert_eq!(mid.remaining_pages, 0);
+        // The last resolutions woke their threads before updating the
+        // counters: give them a moment.
+        let settled = Instant::now() + Duration::from_secs(10);
+        while server.stats().remaining_pages != 0 && Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(server.stats().remaining_pages, 0);
         // A balloon takes 1 MiB back: those pages read as zeros afterwards.
         balloon(guest.addr() + 2048 * PAGE, 256 * PAGE);
         for i in 2048..2048 + 256 {
