@@ -484,9 +484,14 @@ fn spawn_child(shared: &Arc<Shared>, parent: &Resolver, child: Uffd) {
     }
 }
 
-/// Waits while demand faults are pending or being resolved.
+/// Gives the CPU to the handler threads while demand faults are pending or
+/// being resolved, for at most `MAX_YIELD` per background step: a guest
+/// that faults without pause must not stop the populator, whose work is
+/// what the guest will need next.
 fn yield_to_demand(shared: &Shared) {
+    const MAX_YIELD: Duration = Duration::from_micros(500);
     let uffd = shared.resolver.uffd();
+    let mut since = None;
     loop {
         if shared.stopped() {
             return;
@@ -497,7 +502,11 @@ fn yield_to_demand(shared: &Shared) {
         if !busy && !pending {
             return;
         }
-        std::thread::sleep(Duration::from_micros(50));
+        let t0 = *since.get_or_insert_with(Instant::now);
+        if t0.elapsed() >= MAX_YIELD {
+            return;
+        }
+        std::thread::yield_now();
     }
 }
 
