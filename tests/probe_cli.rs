@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use uffd_sys as sys;
+use userfault::mem::{Mapping, Sharing};
 
 use crate::util::{self, require};
 
@@ -254,41 +255,6 @@ fn raw_register(uffd: BorrowedFd<'_>, addr: usize, len: usize, mode: u64) -> Res
     Ok(reg.ioctls)
 }
 
-/// A read-write mapping, unmapped on drop.
-struct Map(*mut libc::c_void, usize);
-
-impl Map {
-    fn new(len: usize, flags: i32, fd: Option<BorrowedFd<'_>>) -> Map {
-        Map::try_new(len, flags, fd).expect("mmap")
-    }
-
-    fn try_new(len: usize, flags: i32, fd: Option<BorrowedFd<'_>>) -> Result<Map, String> {
-        let raw = fd.map_or(-1, |fd| fd.as_raw_fd());
-        // SAFETY: a new mapping at an address the kernel chooses.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Map(addr, len))
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.0, self.1) };
-    }
-}
-
 fn memfd(name: &std::ffi::CStr, flags: u32, len: usize) -> OwnedFd {
     // SAFETY: `name` is a valid C string; the result is a new descriptor.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
@@ -312,7 +278,7 @@ fn feature_word_matches_raw_uffdio_api() {
 }
 
 /// Compares one row of the document with raw registrations of `map`.
-fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Map) {
+fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Mapping) {
     let row = document()["memory"]
         .as_array()
         .expect("memory")
@@ -321,7 +287,7 @@ fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Map) {
         .expect("row");
     for ((label, mode), reported) in MODES.iter().zip(row["modes"].as_array().expect("modes")) {
         let ioctls = &reported["ioctls"];
-        match raw_register(uffd, map.0 as usize, map.1, *mode) {
+        match raw_register(uffd, map.addr(), map.len(), *mode) {
             Ok(mask) => {
                 assert_eq!(status_of(ioctls), "supported", "{kind} {label}: {ioctls}");
                 assert_eq!(hex(&ioctls["value"]["bits"]), mask, "{kind} {label}");
@@ -345,18 +311,18 @@ fn masks_match_raw_uffdio_register() {
     compare_row(
         uffd,
         "anon_private",
-        &Map::new(PAGE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
+        &Mapping::anonymous(PAGE, Sharing::Private).expect("mmap"),
     );
     compare_row(
         uffd,
         "anon_shared",
-        &Map::new(PAGE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, None),
+        &Mapping::anonymous(PAGE, Sharing::Shared).expect("mmap"),
     );
     let shmem = memfd(c"probe-cli-shmem", libc::MFD_CLOEXEC, PAGE);
     compare_row(
         uffd,
         "memfd_shmem",
-        &Map::new(PAGE, libc::MAP_SHARED, Some(shmem.as_fd())),
+        &Mapping::file(shmem.as_fd(), 0, PAGE, Sharing::Shared).expect("mmap"),
     );
 
     let hugetlb = document()["memory"][3].clone();
@@ -376,9 +342,9 @@ fn masks_match_raw_uffdio_register() {
         );
         // The pool is shared with other users of the machine: it may have
         // run dry since the probe ran.
-        match Map::try_new(huge, libc::MAP_SHARED, Some(fd.as_fd())) {
+        match Mapping::file(fd.as_fd(), 0, huge, Sharing::Shared) {
             Ok(map) => compare_row(uffd, "hugetlb_memfd", &map),
-            Err(e) => util::skip(&format!("{TEST} (hugetlb row)"), "hugetlb", &e),
+            Err(e) => util::skip(&format!("{TEST} (hugetlb row)"), "hugetlb", &e.to_string()),
         }
     } else {
         util::skip(
@@ -397,7 +363,7 @@ fn masks_match_raw_uffdio_register() {
     compare_row(
         uffd,
         "guest_memfd",
-        &Map::new(PAGE, libc::MAP_SHARED, Some(gmem.as_fd())),
+        &Mapping::file(gmem.as_fd(), 0, PAGE, Sharing::Shared).expect("mmap"),
     );
 }
 

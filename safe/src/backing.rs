@@ -17,7 +17,7 @@
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use crate::error::{Errno, Error, Result};
+use crate::error::{Errno, Error, Result, rustix_errno};
 use crate::mem::{Mapping, Sharing};
 
 /// A file whose page cache user space can fill, mapped as guest memory.
@@ -85,10 +85,6 @@ pub(crate) fn check_span<B: Backing + ?Sized>(
             ),
         )),
     }
-}
-
-pub(crate) fn rustix_errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_raw(e.raw_os_error())
 }
 
 /// `pwrite(2)` until every byte is written; `EINTR` is retried and a short

@@ -2,7 +2,9 @@
 
 use std::future::poll_fn;
 
-use userfault::uffd::{AsyncUffd, CopyMode, Event, EventBuffer, Features, RegisterMode};
+use userfault::uffd::{
+    AsyncUffd, CopyMode, Event, EventBuffer, Features, RegisterMode, ZeropageMode,
+};
 
 use super::fixtures::{self, Kind, Mem, TIMEOUT, Touch, ok, pattern};
 use crate::util::require;
@@ -60,7 +62,9 @@ fn async_reader_delivers_faults() {
         .expect("one event");
         assert!(matches!(event, Event::PageFault { address, .. } if address == mem.page_addr(1)));
         assert_eq!(
-            ok(uffd.get_ref().zeropage(&reg, mem.page_addr(1), ps, false)),
+            ok(uffd
+                .get_ref()
+                .zeropage(&reg, mem.page_addr(1), ps, ZeropageMode::empty())),
             Ok(ps)
         );
         assert_eq!(touch.wait().data, vec![0; 32]);

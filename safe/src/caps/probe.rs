@@ -8,7 +8,8 @@ use super::{
     HugePages, KVM_CAPABILITIES, KvmCap, KvmCaps, MemoryKind, MemoryRow, ModeMask, NodeInfo,
     REGISTER_MODES, RangeClass, Status, UffdSource, UserfaultfdCaps, reason_of,
 };
-use crate::backing::{HugePageSize, Memfd, rustix_errno};
+use crate::backing::{HugePageSize, Memfd};
+use crate::error::rustix_errno;
 use crate::error::{Errno, Result};
 use crate::kvm::{GmemFlags, GmemFlavour, GuestMemfd, Kvm, Vm, probe_userfault};
 use crate::mem::{Mapping, Sharing};

@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use gmem_sys::firecracker_6_18 as fc;
 use gmem_sys::upstream::gmem_write_v7 as write_v7;
 
-use crate::backing::{Backing, check_span, pwrite_all, rustix_errno};
+use crate::backing::{Backing, check_span, pwrite_all};
+use crate::error::rustix_errno;
 use crate::error::{Errno, Error, Result};
 use crate::mem::{Mapping, Sharing};
 use crate::sys;

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use crate::backing::rustix_errno;
+use crate::error::rustix_errno;
 use crate::error::{Errno, Error, Result};
 use crate::sys;
 

@@ -8,7 +8,7 @@ use uffd_sys as sys;
 
 use super::open::{KernelApi, Origin};
 use super::{FaultFlags, Features, Uffd};
-use crate::backing::rustix_errno;
+use crate::error::rustix_errno;
 use crate::error::{Errno, Error, Result};
 
 /// Size of one `struct uffd_msg`.
@@ -347,6 +347,8 @@ fn child(fd: OwnedFd, source: &Source) -> Uffd {
         source.api,
         source.user_mode_only,
         Some(source.id),
+        // Not known without asking: the first poll reads the flags.
+        false,
     )
 }
 
@@ -431,15 +433,17 @@ impl Uffd {
     /// [`Error::InvalidArgument`] on a blocking userfaultfd: the kernel
     /// reports `POLLERR` for those (`poll` never guarantees that `read`
     /// will not block); use [`UffdBuilder::non_blocking`](super::UffdBuilder::non_blocking)
-    /// or [`set_nonblocking`](Self::set_nonblocking). [`Error::Os`] from
-    /// `fcntl` or `poll`.
+    /// or [`set_nonblocking`](Self::set_nonblocking) (the mode set through
+    /// those is remembered; a descriptor of unknown mode is asked with
+    /// `fcntl` until it is non-blocking). [`Error::Os`] from `fcntl` or
+    /// `poll`.
     ///
     /// # References
     ///
     /// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html), [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         use rustix::event::{PollFd, PollFlags, Timespec};
-        if !self.is_nonblocking()? {
+        if !self.known_nonblocking()? {
             return Err(Error::invalid(
                 "poll",
                 "a blocking userfaultfd always polls as POLLERR: create it non-blocking or call \

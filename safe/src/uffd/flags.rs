@@ -172,6 +172,40 @@ bitflags! {
     }
 }
 
+bitflags! {
+    /// `UFFDIO_ZEROPAGE_MODE_*`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct ZeropageMode: u64 {
+        /// Do not wake the waiting threads (`UFFDIO_ZEROPAGE_MODE_DONTWAKE`);
+        /// wake them later with [`Uffd::wake`](super::Uffd::wake).
+        const DONTWAKE = sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// `UFFDIO_POISON_MODE_*`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct PoisonMode: u64 {
+        /// Do not wake the waiting threads (`UFFDIO_POISON_MODE_DONTWAKE`).
+        const DONTWAKE = sys::UFFDIO_POISON_MODE_DONTWAKE;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// The modes of removing write protection
+    /// ([`Uffd::write_unprotect`](super::Uffd::write_unprotect)):
+    /// `UFFDIO_WRITEPROTECT` without `UFFDIO_WRITEPROTECT_MODE_WP`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct UnprotectMode: u64 {
+        /// Do not wake the threads waiting on write-protect faults
+        /// (`UFFDIO_WRITEPROTECT_MODE_DONTWAKE`).
+        const DONTWAKE = sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+        const _ = !0;
+    }
+}
+
 impl Ioctls {
     /// The `Ioctls` bit of an ioctl named by its kernel name
     /// (`"UFFDIO_COPY"`), if this crate knows it.

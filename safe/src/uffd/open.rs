@@ -201,6 +201,7 @@ impl UffdBuilder {
             api,
             self.user_mode_only,
             None,
+            self.non_blocking,
         ))
     }
 
@@ -254,7 +255,7 @@ impl UffdBuilder {
     fn open_device(&self, flags: libc::c_int) -> Result<OwnedFd, (&'static str, Errno)> {
         use rustix::fs::{Mode, OFlags};
         let dev = rustix::fs::open(&self.device, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| ("open", crate::backing::rustix_errno(e)))?;
+            .map_err(|e| ("open", crate::error::rustix_errno(e)))?;
         crate::sys::uffd::userfaultfd_from_device(dev.as_fd(), flags)
             .map_err(|e| ("USERFAULTFD_IOC_NEW", e))
     }
