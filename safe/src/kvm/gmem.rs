@@ -407,8 +407,13 @@ impl GuestMemfd {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` when `size` is not a non-zero multiple of the page
-    /// size. `EINVAL` from the kernel, with a hint naming the flags this VM
+    /// `InvalidArgument` when `vm` is not a KVM VM (checked with `readlink`
+    /// of `/proc/thread-self/fd/<fd>`, which must name `anon_inode:kvm-vm`:
+    /// only a VM's answer to the ioctl can be trusted to be a new
+    /// descriptor; `Unsupported` when `/proc` is not mounted, see
+    /// [`Vm::create_guest_memfd`](super::Vm::create_guest_memfd)) or when
+    /// `size` is not a non-zero multiple of the page size. `EINVAL` from
+    /// the kernel, with a hint naming the flags this VM
     /// advertises when `flags` has others; `ENOTTY` when `vm` is not a VM
     /// of a kernel with guest_memfd. The `fcntl` errno if setting
     /// `FD_CLOEXEC` fails (the new file is closed).
@@ -418,6 +423,22 @@ impl GuestMemfd {
     /// [`KVM_CREATE_GUEST_MEMFD`](https://docs.kernel.org/virt/kvm/api.html#kvm-create-guest-memfd)
     #[doc(alias = "KVM_CREATE_GUEST_MEMFD")]
     pub fn create(vm: impl AsFd, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
+        let vm = vm.as_fd();
+        sys::kvm::check_vm("KVM_CREATE_GUEST_MEMFD", vm)?;
+        // SAFETY: `vm` was just checked to be a VM.
+        unsafe { GuestMemfd::create_on_vm(vm, size, flags) }
+    }
+
+    /// [`create`](GuestMemfd::create) on a descriptor known to be a VM.
+    ///
+    /// # Safety
+    ///
+    /// `vm` must be a KVM VM file descriptor.
+    pub(crate) unsafe fn create_on_vm(
+        vm: BorrowedFd<'_>,
+        size: u64,
+        flags: GmemFlags,
+    ) -> Result<GuestMemfd> {
         const OP: &str = "KVM_CREATE_GUEST_MEMFD";
         let page = rustix::param::page_size() as u64;
         if size == 0 || !size.is_multiple_of(page) {
@@ -426,13 +447,13 @@ impl GuestMemfd {
                 format!("size {size:#x} must be a non-zero multiple of the page size {page:#x}"),
             ));
         }
-        let vm = vm.as_fd();
         let args = gmem_sys::kvm_create_guest_memfd {
             size,
             flags: flags.bits(),
             reserved: [0; 6],
         };
-        let fd = sys::kvm::create_guest_memfd(vm, args).map_err(|errno| match errno {
+        // SAFETY: `vm` is a VM (this function's contract).
+        let fd = unsafe { sys::kvm::create_guest_memfd(vm, args) }.map_err(|errno| match errno {
             Errno::EINVAL => {
                 let advertised =
                     sys::kvm::check_extension(vm, gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS).unwrap_or(0);

@@ -288,8 +288,9 @@ impl fmt::Debug for UserfaultBitmap {
 /// # Errors
 ///
 /// `Unsupported` with the errno when the kernel refuses the flag (`EINVAL`
-/// on kernels without the series); the errno of `KVM_CREATE_VM` or `mmap`
-/// when the probe cannot run.
+/// on kernels without the series); `InvalidArgument` when `kvm` is not the
+/// KVM device (checked with `fstat`: character device 10:232); the errno of
+/// `KVM_CREATE_VM` or `mmap` when the probe cannot run.
 ///
 /// # References
 ///
@@ -300,8 +301,11 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
     let page = rustix::param::page_size();
     let memory = Mapping::anonymous(page, Sharing::Private)?;
     let bitmap = UserfaultBitmap::new(0, page as u64)?;
+    let kvm = kvm.as_fd();
+    sys::kvm::check_kvm_device("KVM_CREATE_VM", kvm)?;
     let vm = loop {
-        match sys::kvm::create_vm(kvm.as_fd(), 0) {
+        // SAFETY: `kvm` was just checked to be /dev/kvm.
+        match unsafe { sys::kvm::create_vm(kvm, 0) } {
             Ok(vm) => break vm,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::os("KVM_CREATE_VM", e)),
