@@ -32,7 +32,10 @@ fn foreign() -> Vec<(&'static str, OwnedFd)> {
 fn assert_refused(e: &Error, what: &str, op: &str) {
     assert!(matches!(e, Error::InvalidArgument { .. }), "{op}: {e}");
     let text = e.to_string();
-    assert!(text.contains(what), "{op}: the error names the file: {text}");
+    assert!(
+        text.contains(what),
+        "{op}: the error names the file: {text}"
+    );
 }
 
 #[test]

@@ -453,31 +453,33 @@ impl GuestMemfd {
             reserved: [0; 6],
         };
         // SAFETY: `vm` is a VM (this function's contract).
-        let fd = unsafe { sys::kvm::create_guest_memfd(vm, args) }.map_err(|errno| match errno {
-            Errno::EINVAL => {
-                let advertised =
-                    sys::kvm::check_extension(vm, gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS).unwrap_or(0);
-                let extra = flags.bits() & !(advertised as u64);
-                if extra != 0 {
-                    Error::os_hint(
-                        OP,
-                        errno,
-                        format!(
-                            "this VM does not take flag bits {extra:#x} of {flags:?} \
+        let fd =
+            unsafe { sys::kvm::create_guest_memfd(vm, args) }.map_err(|errno| match errno {
+                Errno::EINVAL => {
+                    let advertised =
+                        sys::kvm::check_extension(vm, gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS)
+                            .unwrap_or(0);
+                    let extra = flags.bits() & !(advertised as u64);
+                    if extra != 0 {
+                        Error::os_hint(
+                            OP,
+                            errno,
+                            format!(
+                                "this VM does not take flag bits {extra:#x} of {flags:?} \
                              (KVM_CAP_GUEST_MEMFD_FLAGS = {advertised:#x})"
-                        ),
-                    )
-                } else {
-                    Error::os(OP, errno)
+                            ),
+                        )
+                    } else {
+                        Error::os(OP, errno)
+                    }
                 }
-            }
-            Errno::ENOTTY => Error::os_hint(
-                OP,
-                errno,
-                "not a VM file descriptor, or a kernel without guest_memfd (Linux 6.8+)",
-            ),
-            _ => Error::os(OP, errno),
-        })?;
+                Errno::ENOTTY => Error::os_hint(
+                    OP,
+                    errno,
+                    "not a VM file descriptor, or a kernel without guest_memfd (Linux 6.8+)",
+                ),
+                _ => Error::os(OP, errno),
+            })?;
         rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
             .map_err(|e| Error::os("fcntl", rustix_errno(e)))?;
         Ok(GuestMemfd { fd, size, flags })

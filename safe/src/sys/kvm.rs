@@ -48,7 +48,8 @@ fn describe(fd: BorrowedFd<'_>) -> String {
 /// `InvalidArgument` naming what `fd` is instead; the `fstat` errno.
 pub(crate) fn check_kvm_device(op: &'static str, fd: BorrowedFd<'_>) -> Result<()> {
     let st = rustix::fs::fstat(fd).map_err(|e| Error::os("fstat", rustix_errno(e)))?;
-    let chr = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice;
+    let chr =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice;
     let dev = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
     if chr && dev == KVM_DEVICE {
         return Ok(());

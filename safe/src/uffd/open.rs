@@ -256,7 +256,10 @@ impl UffdBuilder {
         use rustix::fs::{Mode, OFlags};
         let dev = rustix::fs::open(&self.device, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| ("open", crate::error::rustix_errno(e)))?;
-        crate::sys::uffd::userfaultfd_from_device(dev.as_fd(), flags)
+        crate::sys::uffd::check_userfaultfd_device(dev.as_fd())
+            .map_err(|e| ("USERFAULTFD_IOC_NEW", e))?;
+        // SAFETY: `dev` was just checked to be the userfaultfd device.
+        unsafe { crate::sys::uffd::userfaultfd_from_device(dev.as_fd(), flags) }
             .map_err(|e| ("USERFAULTFD_IOC_NEW", e))
     }
 
@@ -298,6 +301,11 @@ impl UffdBuilder {
                 format!("{path} is not backed by the userfaultfd driver").into()
             }
             ("open", _) => format!("{path} could not be opened").into(),
+            ("USERFAULTFD_IOC_NEW", Errno::ENODEV) => format!(
+                "{path} is not a userfaultfd device (the misc character device that \
+                 /sys/dev/char or /proc/misc names userfaultfd), so the ioctl was not issued"
+            )
+            .into(),
             (_, Errno::EINVAL) if self.user_mode_only => USER_MODE_ONLY_UNKNOWN.into(),
             (_, Errno::ENOTTY | Errno::EINVAL) => {
                 format!("{path} does not answer USERFAULTFD_IOC_NEW: not a userfaultfd device")
