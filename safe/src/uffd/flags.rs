@@ -206,6 +206,23 @@ bitflags! {
     }
 }
 
+/// The names of the set bits of `flags` joined by `|` (`"MISSING|MINOR"`),
+/// unnamed bits as one hexadecimal number, `"none"` when empty: flag sets
+/// as operators read them, not as `Debug` shows them.
+pub(crate) fn flag_names<F: bitflags::Flags<Bits = u64>>(flags: F) -> String {
+    let mut parts: Vec<String> = flags.iter_names().map(|(n, _)| n.to_string()).collect();
+    let named = flags.iter_names().fold(0, |a, (_, f)| a | f.bits());
+    let unknown = flags.bits() & !named;
+    if unknown != 0 {
+        parts.push(format!("{unknown:#x}"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join("|")
+    }
+}
+
 impl Ioctls {
     /// The `Ioctls` bit of an ioctl named by its kernel name
     /// (`"UFFDIO_COPY"`), if this crate knows it.
@@ -218,6 +235,19 @@ impl Ioctls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_names_read_as_operators_write_them() {
+        assert_eq!(
+            flag_names(RegisterMode::MISSING | RegisterMode::MINOR),
+            "MISSING|MINOR"
+        );
+        assert_eq!(
+            flag_names(RegisterMode::from_bits_retain(1 | 1 << 9)),
+            "MISSING|0x200"
+        );
+        assert_eq!(flag_names(Ioctls::empty()), "none");
+    }
 
     #[test]
     fn unknown_bits_are_kept_and_shown() {

@@ -118,9 +118,9 @@ fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
              registered"
         )
         .into(),
-        (_, Errno::ENOENT) => {
-            "the range is no longer registered with this userfaultfd (unmapped or remapped)".into()
-        }
+        (_, Errno::ENOENT) => "no mapping registered with this userfaultfd is there: the range \
+             was unmapped or remapped, or lies in a hole the registration spanned"
+            .into(),
         (_, Errno::ESRCH) => "the process whose memory the range is has exited".into(),
         (_, Errno::ENOMEM) => "the kernel ran out of memory".into(),
         _ => format!("{op} failed").into(),
@@ -148,8 +148,8 @@ fn unoffered_error(op: &'static str, reg: &Registration) -> Error {
         format!("{op} on the range {:#x}+{:#x}", reg.start, reg.len),
         None,
         format!(
-            "the kernel's ioctl mask for the registration is {:?} ({:#x})",
-            reg.ioctls,
+            "the kernel's ioctl mask for the registration is {} ({:#x})",
+            super::flags::flag_names(reg.ioctls),
             reg.ioctls.bits()
         ),
     )
