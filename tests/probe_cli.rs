@@ -460,6 +460,83 @@ fn table_version_and_help() {
     assert!(help.lines().all(|l| l.chars().count() <= 100));
 }
 
+/// Text meant for operators carries no Rust `Debug` rendering of a flag
+/// set or an option, and no two lines in a row say only "(as above)".
+fn reads_as_prose(what: &str, text: &str) {
+    for debug in [
+        "GmemFlags(",
+        "RegisterMode(",
+        "Features(",
+        "Ioctls(",
+        "FaultFlags(",
+        "ContinueOnly",
+        "CopyCapable",
+        "Some(",
+    ] {
+        assert!(!text.contains(debug), "{what} shows {debug:?}:\n{text}");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        assert!(
+            !(pair[0].contains("(as above)") && pair[1].contains("(as above)")),
+            "{what}: \"(as above)\" on consecutive lines:\n{}\n{}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// Every string value of the JSON document whose key is `reason` or `why`.
+fn reasons(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Value::String(s) if k == "reason" || k == "why" => out.push(s.clone()),
+                    _ => reasons(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| reasons(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn reasons_read_as_prose() {
+    let table = run(&[]);
+    reads_as_prose("the table", &text(&table.stdout));
+    let mut all = Vec::new();
+    reasons(document(), &mut all);
+    assert!(!all.is_empty());
+    reads_as_prose("the JSON reasons", &all.join("\n\n"));
+}
+
+#[test]
+fn capability_list_wraps_under_the_meanings() {
+    let out = run(&["--list-capabilities"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list = text(&out.stdout);
+    const COLUMN: usize = 28;
+    let mut continued = 0;
+    for line in list.lines() {
+        assert!(line.chars().count() <= 100, "{line}");
+        let indent = line.len() - line.trim_start().len();
+        if indent > 0 {
+            continued += 1;
+            assert_eq!(
+                indent, COLUMN,
+                "a continuation line under the meaning: {line:?}"
+            );
+        } else {
+            let (name, rest) = line.split_once(' ').expect("name and meaning");
+            let meaning_at = line.len() - rest.trim_start().len();
+            assert_eq!(meaning_at, COLUMN.max(name.len() + 1), "{line:?}");
+        }
+    }
+    assert!(continued > 0, "no meaning wraps, so nothing was checked");
+}
+
 #[test]
 fn unprivileged_run_is_clean() {
     const TEST: &str = "unprivileged_run_is_clean";
@@ -491,6 +568,7 @@ fn unprivileged_run_is_clean() {
     let table = as_nobody(&[]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(table.status.code(), Some(0), "{}", text(&table.stderr));
+    reads_as_prose("the table as nobody", &text(&table.stdout));
     assert!(
         text(&table.stdout)
             .lines()
@@ -501,6 +579,9 @@ fn unprivileged_run_is_clean() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     check_statuses("$", &doc);
+    let mut all = Vec::new();
+    reasons(&doc, &mut all);
+    reads_as_prose("the JSON reasons as nobody", &all.join("\n\n"));
     assert_eq!(doc["host"]["euid"], NOBODY);
     assert_eq!(doc["host"]["cap_sys_ptrace"], false);
 

@@ -419,7 +419,10 @@ fn gmem_uffd(uffd: &Uffd, view: &Mapping) -> GmemUffd {
     let copy = if !mask.contains(Ioctls::COPY) {
         Status::unsupported(
             None,
-            format!("the range's ioctl mask {mask:?} does not offer UFFDIO_COPY"),
+            format!(
+                "the range's ioctl mask {} does not offer UFFDIO_COPY",
+                crate::uffd::flag_names(mask)
+            ),
         )
     } else {
         let page = vec![0u8; view.len()];

@@ -125,8 +125,10 @@ impl BitOrAssign for GmemFlags {
     }
 }
 
-impl fmt::Debug for GmemFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl GmemFlags {
+    /// The names of the set flags, `|`-joined (`"MMAP|INIT_SHARED"`), bits
+    /// without a known name as one number, `"no flags"` when empty.
+    fn names(&self) -> String {
         let mut names = Vec::new();
         let mut rest = self.bits;
         for (bit, name) in [
@@ -144,9 +146,51 @@ impl fmt::Debug for GmemFlags {
             names.push(format!("{rest:#x}"));
         }
         if names.is_empty() {
-            names.push("empty".to_string());
+            return "no flags".to_string();
         }
-        write!(f, "GmemFlags({})", names.join(" | "))
+        names.join("|")
+    }
+}
+
+/// Why `KVM_CREATE_GUEST_MEMFD` refused `flags`, of which the VM does not
+/// advertise `extra`.
+fn refused_flags_hint(flags: GmemFlags, extra: u64, advertised: u64) -> String {
+    let mainline = gmem_sys::GUEST_MEMFD_FLAG_MMAP | gmem_sys::GUEST_MEMFD_FLAG_INIT_SHARED;
+    let refused = if extra == flags.bits() {
+        flags.to_string()
+    } else {
+        format!("{} of {flags}", GmemFlags::from_raw(extra))
+    };
+    let mut text = format!(
+        "this VM does not take the guest_memfd flags {refused}: it advertises {} in \
+         KVM_CAP_GUEST_MEMFD_FLAGS",
+        if advertised == 0 {
+            "none".to_string()
+        } else {
+            GmemFlags::from_raw(advertised).to_string()
+        }
+    );
+    if extra & mainline != 0 {
+        text.push_str("; MMAP and INIT_SHARED need Linux 6.18");
+    } else {
+        text.push_str("; the other bits are those of out-of-tree series (see GmemFlavour::probe)");
+    }
+    text
+}
+
+/// `MMAP|INIT_SHARED`: the flags as an operator writes them.
+impl fmt::Display for GmemFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names())
+    }
+}
+
+impl fmt::Debug for GmemFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.bits == 0 {
+            return f.write_str("GmemFlags(empty)");
+        }
+        write!(f, "GmemFlags({})", self.names().replace('|', " | "))
     }
 }
 
@@ -464,10 +508,7 @@ impl GuestMemfd {
                         Error::os_hint(
                             OP,
                             errno,
-                            format!(
-                                "this VM does not take flag bits {extra:#x} of {flags:?} \
-                             (KVM_CAP_GUEST_MEMFD_FLAGS = {advertised:#x})"
-                            ),
+                            refused_flags_hint(flags, extra, advertised as u64),
                         )
                     } else {
                         Error::os(OP, errno)
@@ -584,7 +625,7 @@ fn write_error(flags: GmemFlags, errno: Errno) -> Error {
              populate through a shared mapping instead"
             .into(),
         Errno::ENODEV => format!(
-            "this guest_memfd was created with {flags:?}, without the WRITE flag \
+            "this guest_memfd was created with {flags}, without the WRITE flag \
              (see GmemFlavour::write)"
         )
         .into(),
@@ -636,6 +677,23 @@ mod tests {
     #[test]
     fn flags_name_their_bits() {
         assert_eq!(format!("{:?}", GmemFlags::empty()), "GmemFlags(empty)");
+        assert_eq!(GmemFlags::empty().to_string(), "no flags");
+        assert_eq!(
+            (GmemFlags::MMAP | GmemFlags::INIT_SHARED).to_string(),
+            "MMAP|INIT_SHARED"
+        );
+        let both = GmemFlags::MMAP | GmemFlags::INIT_SHARED;
+        let hint = refused_flags_hint(both, both.bits(), 0);
+        assert_eq!(
+            hint,
+            "this VM does not take the guest_memfd flags MMAP|INIT_SHARED: it advertises none \
+             in KVM_CAP_GUEST_MEMFD_FLAGS; MMAP and INIT_SHARED need Linux 6.18"
+        );
+        let hint = refused_flags_hint(GmemFlags::from_raw(1 | 1 << 2), 1 << 2, 1);
+        assert!(
+            hint.contains("flags 0x4 of MMAP|0x4: it advertises MMAP"),
+            "{hint}"
+        );
         let write = GmemFlags {
             bits: 8,
             write: 8,

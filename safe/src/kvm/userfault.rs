@@ -288,7 +288,8 @@ impl fmt::Debug for UserfaultBitmap {
 /// # Errors
 ///
 /// `Unsupported` with the errno when the kernel refuses the flag (`EINVAL`
-/// on kernels without the series); `InvalidArgument` when `kvm` is not the
+/// on kernels without the series), and without an errno when it has no
+/// `KVM_SET_USER_MEMORY_REGION2` (before Linux 6.8); `InvalidArgument` when `kvm` is not the
 /// KVM device (checked with `fstat`: character device 10:232); the errno of
 /// `KVM_CREATE_VM` or `mmap` when the probe cannot run.
 ///
@@ -311,6 +312,14 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
             Err(e) => return Err(Error::os("KVM_CREATE_VM", e)),
         }
     };
+    // KVM_MEM_USERFAULT is a flag of KVM_SET_USER_MEMORY_REGION2: without
+    // that ioctl (KVM_CAP_USER_MEMORY2, Linux 6.8) there is nothing to try.
+    if !matches!(
+        sys::kvm::check_extension(vm.as_fd(), gmem_sys::KVM_CAP_USER_MEMORY2),
+        Ok(v) if v > 0
+    ) {
+        return Err(no_memory_region2(None));
+    }
     let slot = Memslot::from_mapping(0, 0, &memory).userfault(&bitmap);
     // SAFETY: `memory` and `bitmap` outlive `vm`: declared before it, they
     // are dropped after it is closed (taking the slot with it) at the end
@@ -324,8 +333,19 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
             "KVM_SET_USER_MEMORY_REGION2 refused KVM_MEM_USERFAULT on a one-page scratch slot: \
              this kernel lacks the posted KVM userfault series",
         )),
+        Err(errno @ Errno::ENOTTY) => Err(no_memory_region2(Some(errno))),
         Err(errno) => Err(Error::os("KVM_SET_USER_MEMORY_REGION2", errno)),
     }
+}
+
+/// KVM userfault on a kernel without `KVM_SET_USER_MEMORY_REGION2`.
+fn no_memory_region2(errno: Option<Errno>) -> Error {
+    Error::unsupported(
+        "KVM userfault (KVM_MEM_USERFAULT)",
+        errno,
+        "this kernel has no KVM_SET_USER_MEMORY_REGION2 (KVM_CAP_USER_MEMORY2), which KVM \
+         userfault memslots need: run Linux 6.8 or newer with the posted KVM userfault series",
+    )
 }
 
 /// [`probe_userfault`] on a freshly opened `/dev/kvm`.
@@ -350,6 +370,15 @@ mod tests {
         // allocated here: one page past the limit is refused instead).
         let e = UserfaultBitmap::new(0, (UserfaultBitmap::MAX_SLOT_PAGES + 1) * page).unwrap_err();
         assert!(e.to_string().contains("split the memory"), "{e}");
+    }
+
+    #[test]
+    fn without_memory_region2_the_reason_names_linux_6_8() {
+        let e = no_memory_region2(Some(Errno::ENOTTY));
+        assert!(e.is_unsupported(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("KVM_SET_USER_MEMORY_REGION2"), "{text}");
+        assert!(text.contains("Linux 6.8 or newer"), "{text}");
     }
 
     #[test]

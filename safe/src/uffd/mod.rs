@@ -133,6 +133,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[cfg(feature = "tokio")]
 pub use async_tokio::AsyncUffd;
 pub use event::{Event, EventBuffer, Events, FaultKind};
+pub(crate) use flags::flag_names;
 pub use flags::{
     ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, PoisonMode, RegisterMode,
     UnprotectMode, ZeropageMode,

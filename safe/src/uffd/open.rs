@@ -340,9 +340,9 @@ impl UffdBuilder {
             let missing = required.difference(offered);
             if !missing.is_empty() {
                 return Err(Error::unsupported(
-                    format!("userfaultfd features {missing:?}"),
+                    format!("userfaultfd features {}", super::flag_names(missing)),
                     Some(errno),
-                    format!("the kernel offers only {offered:?}"),
+                    format!("the kernel offers only {}", super::flag_names(offered)),
                 ));
             }
             if errno == Errno::EPERM && want.contains(Features::EVENT_FORK) {
@@ -361,7 +361,10 @@ impl UffdBuilder {
                 return Err(Error::os_hint(
                     "UFFDIO_API",
                     errno,
-                    format!("the kernel refused the features {want:?}"),
+                    format!(
+                        "the kernel refused the features {}",
+                        super::flag_names(want)
+                    ),
                 ));
             }
             want = narrowed;
@@ -369,7 +372,10 @@ impl UffdBuilder {
         Err(Error::os_hint(
             "UFFDIO_API",
             Errno::EINVAL,
-            format!("the kernel refused every subset of the features {want:?} tried"),
+            format!(
+                "the kernel refused every subset of the features {} tried",
+                super::flag_names(want)
+            ),
         ))
     }
 }
