@@ -38,11 +38,21 @@ pub(crate) fn check_userfaultfd_device(dev: BorrowedFd<'_>) -> Result<(), Errno>
         return if named { Ok(()) } else { Err(Errno::ENODEV) };
     }
     let misc = std::fs::read_to_string("/proc/misc").map_err(|_| Errno::ENODEV)?;
-    let listed = misc.lines().any(|line| {
+    if misc_lists_userfaultfd(&misc, minor) {
+        Ok(())
+    } else {
+        Err(Errno::ENODEV)
+    }
+}
+
+/// True when `/proc/misc` text (`<minor> <name>` lines) names `minor`
+/// `userfaultfd`.
+pub(crate) fn misc_lists_userfaultfd(misc: &str, minor: u32) -> bool {
+    misc.lines().any(|line| {
         let mut words = line.split_whitespace();
-        words.next() == Some(minor.to_string().as_str()) && words.next() == Some("userfaultfd")
-    });
-    if listed { Ok(()) } else { Err(Errno::ENODEV) }
+        words.next().and_then(|m| m.parse::<u32>().ok()) == Some(minor)
+            && words.next() == Some("userfaultfd")
+    })
 }
 
 /// `ioctl(dev, USERFAULTFD_IOC_NEW, flags)` on an open `/dev/userfaultfd`:

@@ -422,12 +422,16 @@ fn eperm_hint() -> String {
 pub(crate) fn has_cap_sys_ptrace() -> Option<bool> {
     const CAP_SYS_PTRACE: u32 = 19;
     let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    Some(cap_eff(&status)? & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// The `CapEff:` mask of `/proc/<pid>/status` text.
+pub(super) fn cap_eff(status: &str) -> Option<u64> {
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))?
         .trim();
-    let caps = u64::from_str_radix(hex, 16).ok()?;
-    Some(caps & (1 << CAP_SYS_PTRACE) != 0)
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// `ioctl(fd, UFFDIO_API, {UFFD_API, features})`.
@@ -461,4 +465,39 @@ pub(super) fn next_id() -> u64 {
 /// As [`UffdBuilder::create`] and [`UffdBuilder::query`].
 pub fn query_kernel() -> Result<KernelApi> {
     UffdBuilder::new().query()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/proc/<pid>/status` text: `CapEff` is read from well-formed text
+    /// and nothing panics on mutated text; `/proc/misc` likewise.
+    #[test]
+    fn hostile_status_and_misc_text() {
+        crate::fuzzing::run("/proc/self/status CapEff", |g| {
+            let caps = g.edgy_u64();
+            let text = format!(
+                "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{caps:016x}\nCapBnd:\t{:x}\n",
+                g.u64()
+            );
+            assert_eq!(cap_eff(&text), Some(caps));
+            let mut bytes = text.into_bytes();
+            g.mutate(&mut bytes);
+            let _ = cap_eff(&String::from_utf8_lossy(&bytes));
+        });
+        crate::fuzzing::run("/proc/misc", |g| {
+            let minor = g.below(1 << 20) as u32;
+            let text = format!(" 61 loop-control\n{minor} userfaultfd\n232 kvm\n");
+            assert!(crate::sys::uffd::misc_lists_userfaultfd(&text, minor));
+            assert!(!crate::sys::uffd::misc_lists_userfaultfd(
+                &text,
+                minor ^ 1 << 21
+            ));
+            let mut bytes = text.into_bytes();
+            g.mutate(&mut bytes);
+            let _ =
+                crate::sys::uffd::misc_lists_userfaultfd(&String::from_utf8_lossy(&bytes), minor);
+        });
+    }
 }
