@@ -100,7 +100,7 @@ fn optional_features_the_kernel_lacks_are_left_out() {
     assert_eq!(err.errno(), Some(Errno::EINVAL));
     let text = err.to_string();
     assert!(
-        text.starts_with("userfaultfd features Features(0x10000000000) is not supported"),
+        text.starts_with("userfaultfd features 0x10000000000 is not supported"),
         "names only the missing bit: {text}"
     );
 }
