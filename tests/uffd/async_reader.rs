@@ -90,6 +90,18 @@ fn async_reader_serves_a_continue_only_region() {
     const TEST: &str = "async_reader_serves_a_continue_only_region";
     const PAGES: usize = 8;
     const FILLED: usize = 3;
+    let kernel = require!(
+        TEST,
+        "uffd",
+        userfault::uffd::query_kernel().map_err(|e| e.to_string())
+    );
+    if !kernel.features().contains(Features::MINOR_SHMEM) {
+        return crate::util::skip(
+            TEST,
+            "uffd-minor-shmem",
+            "no MINOR faults on shmem (UFFD_FEATURE_MINOR_SHMEM, Linux 5.14)",
+        );
+    }
     let Some((uffd, mapping, region)) = continue_only_fixture(TEST, PAGES) else {
         return;
     };

@@ -458,8 +458,8 @@ impl GuestMemfd {
     /// [`Vm::create_guest_memfd`](super::Vm::create_guest_memfd)) or when
     /// `size` is not a non-zero multiple of the page size. `EINVAL` from
     /// the kernel, with a hint naming the flags this VM
-    /// advertises when `flags` has others; `ENOTTY` when `vm` is not a VM
-    /// of a kernel with guest_memfd. The `fcntl` errno if setting
+    /// advertises when `flags` has others; `ENOTTY` on a kernel without
+    /// guest_memfd (before Linux 6.8). The `fcntl` errno if setting
     /// `FD_CLOEXEC` fails (the new file is closed).
     ///
     /// # References
@@ -517,7 +517,7 @@ impl GuestMemfd {
                 Errno::ENOTTY => Error::os_hint(
                     OP,
                     errno,
-                    "not a VM file descriptor, or a kernel without guest_memfd (Linux 6.8+)",
+                    "this kernel has no guest_memfd (KVM_CREATE_GUEST_MEMFD needs Linux 6.8 or newer)",
                 ),
                 _ => Error::os(OP, errno),
             })?;
