@@ -476,3 +476,47 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
         assert_eq!(touch.wait().data, vec![0; 8]);
     }
 }
+
+/// Sets or clears `O_NONBLOCK` on `uffd` without telling it.
+fn set_flag_behind_its_back(uffd: &Uffd, nonblocking: bool) {
+    let mut fl = rustix::fs::fcntl_getfl(uffd).expect("F_GETFL");
+    fl.set(rustix::fs::OFlags::NONBLOCK, nonblocking);
+    rustix::fs::fcntl_setfl(uffd, fl).expect("F_SETFL");
+}
+
+/// `poll` remembers the non-blocking mode it was created or set with
+/// instead of asking `fcntl` each time: a mode cleared behind its back
+/// shows as the kernel's POLLERR, explained; after that, and for a
+/// descriptor of unknown mode, it asks again.
+#[test]
+fn poll_remembers_the_non_blocking_mode() {
+    const TEST: &str = "poll_remembers_the_non_blocking_mode";
+    require!(
+        TEST,
+        "uffd",
+        userfault::uffd::query_kernel().map_err(|e| e.to_string())
+    );
+    let uffd = Uffd::builder()
+        .non_blocking(true)
+        .create()
+        .expect("userfaultfd");
+    assert_eq!(ok(uffd.poll(Some(Duration::ZERO))), Ok(false));
+    set_flag_behind_its_back(&uffd, false);
+    let e = uffd
+        .poll(Some(Duration::ZERO))
+        .expect_err("a blocking userfaultfd");
+    assert!(e.to_string().contains("O_NONBLOCK was cleared"), "{e}");
+    // The kernel's answer made it forget the mode: now fcntl says so
+    // before any poll.
+    let e = uffd.poll(Some(Duration::ZERO)).expect_err("still blocking");
+    assert!(e.to_string().contains("create it non-blocking"), "{e}");
+    uffd.set_nonblocking(true).expect("F_SETFL");
+    assert_eq!(ok(uffd.poll(Some(Duration::ZERO))), Ok(false));
+
+    // Created blocking and switched behind its back: found by asking.
+    let blocking = Uffd::new().expect("userfaultfd");
+    let e = blocking.poll(Some(Duration::ZERO)).expect_err("blocking");
+    assert!(e.to_string().contains("create it non-blocking"), "{e}");
+    set_flag_behind_its_back(&blocking, true);
+    assert_eq!(ok(blocking.poll(Some(Duration::ZERO))), Ok(false));
+}

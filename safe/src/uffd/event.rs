@@ -463,10 +463,7 @@ impl Uffd {
                 Ok(_) => {
                     let revents = fds[0].revents();
                     if revents.intersects(PollFlags::ERR | PollFlags::NVAL) {
-                        return Err(Error::invalid(
-                            "poll",
-                            format!("the userfaultfd polled as {revents:?}"),
-                        ));
+                        return Err(self.poll_error(revents.contains(PollFlags::NVAL)));
                     }
                     return Ok(revents.contains(PollFlags::IN));
                 }
@@ -474,6 +471,22 @@ impl Uffd {
                 Err(e) => return Err(Error::os("poll", rustix_errno(e))),
             }
         }
+    }
+
+    /// The error of a poll that reported `POLLERR` (or `POLLNVAL`).
+    #[cold]
+    fn poll_error(&self, nval: bool) -> Error {
+        if nval {
+            return Error::invalid("poll", "the userfaultfd polled as POLLNVAL (not open)");
+        }
+        // The kernel's only POLLERR for a userfaultfd: it is blocking.
+        self.nonblocking
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        Error::invalid(
+            "poll",
+            "the userfaultfd polled as POLLERR because it is blocking (O_NONBLOCK was cleared \
+             without set_nonblocking): call set_nonblocking(true)",
+        )
     }
 
     /// [`poll`](Self::poll) for up to `timeout`, then
