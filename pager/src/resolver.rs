@@ -33,7 +33,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use userfault::uffd::{CopyMode, Registration, Uffd};
+use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
 use userfault::{Errno, Error as UffdError};
 
 use crate::error::Error;
@@ -448,8 +448,12 @@ impl Resolver {
                     // this fault): EEXIST, and the thread is woken. Absent
                     // means it was dropped without a REMOVE event: zeros.
                     let r = if span.zeropage {
-                        self.uffd
-                            .zeropage_or_wake(&span.reg, addr, span.page, false)
+                        self.uffd.zeropage_or_wake(
+                            &span.reg,
+                            addr,
+                            span.page,
+                            ZeropageMode::empty(),
+                        )
                     } else {
                         self.uffd.copy_or_wake(
                             &span.reg,
@@ -547,7 +551,9 @@ impl Resolver {
                 Some(src) => self
                     .uffd
                     .copy(&span.reg, addr, &src[at * ps..], CopyMode::empty()),
-                None => self.uffd.zeropage(&span.reg, addr, len, false),
+                None => self
+                    .uffd
+                    .zeropage(&span.reg, addr, len, ZeropageMode::empty()),
             };
             match r {
                 Ok(_) => {

@@ -404,8 +404,10 @@ fn library_follows_a_remap_and_an_unmap() {
 /// The binary under test; `USERFAULT_PAGER_BIN` overrides the path Cargo
 /// built it at (for a copy of both binaries run under another kernel).
 fn pager_bin() -> PathBuf {
-    std::env::var_os("USERFAULT_PAGER_BIN")
-        .map_or_else(|| env!("CARGO_BIN_EXE_userfault-pager").into(), PathBuf::from)
+    std::env::var_os("USERFAULT_PAGER_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_userfault-pager").into(),
+        PathBuf::from,
+    )
 }
 
 struct Pager {

@@ -69,6 +69,9 @@ impl Uffd {
             api,
             false,
             None,
+            // Not known: asked with fcntl when it matters (the flag is
+            // shared with the sender's copy, which may change it).
+            false,
         ))
     }
 }
