@@ -7,8 +7,10 @@
 //!     [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
 //! ```
 //!
-//! Exit status: 0 when the VMM closed its connection or every page was
-//! served; 1 when serving failed; 2 for a usage error or a bad handshake.
+//! Exit status: 0 when the VMM closed its connection, every page was
+//! served, or SIGTERM/SIGINT/SIGHUP stopped it (counters printed, the
+//! recorded working set saved); 1 when serving failed; 2 for a usage error
+//! or a bad handshake.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::os::fd::OwnedFd;
@@ -16,6 +18,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use userfault_pager::source::{FileSource, LayeredSource};
@@ -133,6 +136,60 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
 /// Why the program stops with a failure: the message and exit status.
 struct Failure(String, u8);
 
+/// SIGTERM, SIGINT and SIGHUP: blocked in every thread, taken by one
+/// thread with `sigwait(3)`, so that a stop request ends the server
+/// cleanly (counters printed, the recorded working set saved).
+mod signals {
+    use std::mem::MaybeUninit;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+    /// What the watcher saw, and whether the server is running.
+    #[derive(Debug, Default)]
+    pub struct Stop {
+        pub signal: AtomicI32,
+        pub serving: AtomicBool,
+    }
+
+    fn set() -> libc::sigset_t {
+        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: sigemptyset initialises the set it is given; sigaddset
+        // adds valid signal numbers to an initialised set.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+                libc::sigaddset(set.as_mut_ptr(), sig);
+            }
+            set.assume_init()
+        }
+    }
+
+    /// Blocks the stop signals in this thread (and so in every thread it
+    /// spawns afterwards), and starts the thread that waits for them.
+    /// Before the server runs, a stop removes `socket` and exits.
+    pub fn watch(socket: PathBuf) -> Arc<Stop> {
+        let set = set();
+        // SAFETY: changes only this thread's signal mask, to a valid set.
+        unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+        let stop = Arc::new(Stop::default());
+        let seen = stop.clone();
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            // SAFETY: waits on a valid set of signals blocked in every
+            // thread; writes one int.
+            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            if !seen.serving.load(Ordering::Acquire) {
+                let _ = std::fs::remove_file(&socket);
+                eprintln!("userfault-pager: stopped by signal {sig} before serving anything");
+                std::process::exit(0);
+            }
+            seen.signal.store(sig, Ordering::Release);
+        });
+        stop
+    }
+}
+
 fn main() -> ExitCode {
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(a) => a,
@@ -199,6 +256,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         Some(p) => Some(WorkingSet::load(p).map_err(|e| Failure(e.to_string(), 2))?),
         None => None,
     };
+    let stop = signals::watch(args.socket.clone());
     let listener = bind(&args.socket)?;
     let _socket_file = SocketFile(&args.socket);
     eprintln!(
@@ -252,9 +310,15 @@ fn run(args: &Args) -> Result<(), Failure> {
     let started = Instant::now();
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)
         .map_err(|e| Failure(format!("{e}; nothing was served"), 1))?;
+    stop.serving.store(true, Ordering::Release);
     let progress = args.prefetch && std::io::stderr().is_terminal();
     let mut printed = false;
+    let mut signal = 0;
     while !server.wait_timeout(Duration::from_millis(200)) {
+        signal = stop.signal.load(Ordering::Acquire);
+        if signal != 0 {
+            break;
+        }
         if progress && !server.is_prefetched() {
             let s = server.stats();
             let done = s.total_pages - s.remaining_pages;
@@ -271,7 +335,11 @@ fn run(args: &Args) -> Result<(), Failure> {
     if printed {
         eprintln!();
     }
-    let report = server.wait();
+    let report = if signal != 0 {
+        server.shutdown()
+    } else {
+        server.wait()
+    };
     let elapsed = started.elapsed();
     print_stats(&report.stats, elapsed);
     if let Some(path) = &args.stats_json {
@@ -307,7 +375,14 @@ fn run(args: &Args) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Exit::Shutdown => Ok(()),
+        Exit::Shutdown => {
+            eprintln!(
+                "userfault-pager: stopped by signal {signal}; {left} of {} pages were never \
+                 served, and the VMM's faults on them now wait forever: stop the VMM too",
+                report.stats.total_pages
+            );
+            Ok(())
+        }
         Exit::Failed(e) => Err(Failure(
             format!(
                 "serving failed: {e} (the VMM's faults in unserved pages now wait forever: stop it)"

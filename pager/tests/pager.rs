@@ -1000,3 +1000,51 @@ fn firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time() {
     // SAFETY: unmaps the test's own mapping; nothing refers to it.
     unsafe { rustix::mm::munmap(base as *mut _, HUGE_PAGES * HUGE) }.unwrap();
 }
+
+#[test]
+fn firecracker_sigterm_stops_cleanly_and_saves_the_recording() {
+    const TEST: &str = "firecracker_sigterm_stops_cleanly_and_saves_the_recording";
+    let Some(vmm) = Vmm::new(TEST, &[256 * PAGE]) else {
+        return;
+    };
+    let dir = scratch_dir("fc-sigterm");
+    let mem = dir.join("mem");
+    let bytes = snapshot(&mem, 256, 0..0);
+    let socket = dir.join("uffd.sock");
+    let ws = dir.join("ws");
+    let stats = dir.join("stats.json");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--no-prefetch",
+            "--chunk",
+            "4K",
+            "--record-working-set",
+            ws.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        for i in [9, 3, 200, 77] {
+            assert_eq!(read_page(vmm.regions[0].addr(), i), file_page(&bytes, i));
+        }
+    });
+    // SAFETY: signals the pager process this test spawned.
+    let r = unsafe { libc::kill(pager.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("stopped by signal 15"), "{text}");
+    assert_eq!(WorkingSet::load(&ws).unwrap().pages(), &[9, 3, 200, 77]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["demand_faults"], 4);
+    drop(stream);
+}
