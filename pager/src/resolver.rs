@@ -29,6 +29,12 @@
 //! kernel itself never overwrites a present page (`EEXIST`), so a guest's
 //! writes survive any race; the state keeps removed pages zero and the
 //! populator from working twice.
+//!
+//! One race is beyond what a handler can see: a fault read *before* a
+//! REMOVE (by another handler thread) whose `UFFDIO_COPY` lands after the
+//! kernel dropped the pages leaves that one page holding snapshot data
+//! inside the removed range. The kernel reports no order between the two,
+//! and a handler cannot drop pages in the VMM's address space.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
