@@ -4,7 +4,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Kvm, Memslot};
+use super::Memslot;
 use crate::error::{Errno, Error, Result};
 use crate::mem::{Mapping, Sharing};
 use crate::sys;
@@ -235,7 +235,7 @@ impl fmt::Debug for UserfaultBitmap {
 }
 
 /// Does the kernel take `KVM_MEM_USERFAULT`? Decided by trying: creates a
-/// scratch VM (type 0) on `kvm` (a [`Kvm`] or a borrowed `/dev/kvm`) and
+/// scratch VM (type 0) on `kvm` (a [`Kvm`](super::Kvm) or a borrowed `/dev/kvm`) and
 /// sets a one-page memslot with `KVM_MEM_USERFAULT` and a bitmap. Capability
 /// numbers are not consulted: `KVM_CAP_USERFAULT` was 243 in the upstream
 /// v3 posting and 245 in Firecracker's stack, and mainline gave both to
@@ -245,7 +245,8 @@ impl fmt::Debug for UserfaultBitmap {
 /// # Errors
 ///
 /// `Unsupported` with the errno when the kernel refuses the flag (`EINVAL`
-/// on kernels without the series); the errno of `KVM_CREATE_VM` or `mmap`
+/// on kernels without the series, `ENOTTY` on kernels without
+/// `KVM_SET_USER_MEMORY_REGION2`, before Linux 6.8); the errno of `KVM_CREATE_VM` or `mmap`
 /// when the probe cannot run.
 ///
 /// # References
@@ -277,11 +278,13 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
             "KVM_SET_USER_MEMORY_REGION2 refused KVM_MEM_USERFAULT on a one-page scratch slot: \
              this kernel lacks the posted KVM userfault series",
         )),
+        Err(errno @ Errno::ENOTTY) => Err(Error::unsupported(
+            "KVM userfault (KVM_MEM_USERFAULT)",
+            Some(errno),
+            "this kernel has no KVM_SET_USER_MEMORY_REGION2 (Linux 6.8+), which carries the \
+             userfault bitmap; KVM userfault also needs the posted series \"KVM: Introduce KVM \
+             Userfault\"",
+        )),
         Err(errno) => Err(Error::os("KVM_SET_USER_MEMORY_REGION2", errno)),
     }
-}
-
-/// [`probe_userfault`] on a freshly opened `/dev/kvm`.
-pub(super) fn open_and_probe_userfault() -> Result<()> {
-    probe_userfault(Kvm::open()?)
 }
