@@ -25,7 +25,7 @@ TARGET=x86_64-unknown-linux-gnu
 # kvm-memory-attributes (the default VM type answers 0 on every kernel here).
 base="uffd,kvm,hugetlb,root"
 req_5_10="$base"
-req_6_1="$base,uffd-dev,uffd-minor-shmem,uffd-minor-hugetlb,uffd-wp-shmem"
+req_6_1="$base,uffd-dev,uffd-user-mode-only,uffd-minor-shmem,uffd-minor-hugetlb,uffd-wp-shmem"
 req_6_12="$req_6_1,uffd-wp-async,uffd-continue-wp,uffd-poison,uffd-move,pagemap-scan,kvm-memslot2,gmem"
 req_7_3="$req_6_12,gmem-slot,gmem-mmap,uffd-rwp,uffd-rwp-async"
 req_7_3_oot="$req_7_3,gmem-uffd,gmem-uffd-copy,gmem-continue-only,gmem-write,kvm-userfault"

@@ -257,7 +257,9 @@ fn cap_values(system: &Status<i32>, vm: &Status<i32>) -> String {
     match (system, vm) {
         (Status::Supported(s), Status::Supported(v)) => format!("system {s}, VM {v}"),
         (Status::Supported(s), Status::NotProbed { .. }) => format!("system {s}"),
-        (Status::Supported(s), other) => format!("system {s}, VM {}", status(other, i32::to_string)),
+        (Status::Supported(s), other) => {
+            format!("system {s}, VM {}", status(other, i32::to_string))
+        }
         (other, _) => status(other, i32::to_string),
     }
 }
@@ -353,7 +355,10 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
         out.field("features", &bit_names(names, f.bits(), known));
         let i = api.ioctls();
         let names = i.iter_names().map(|(n, _)| n.to_string()).collect();
-        out.field("ioctls", &bit_names(names, i.bits(), named_bits::<Ioctls>()));
+        out.field(
+            "ioctls",
+            &bit_names(names, i.bits(), named_bits::<Ioctls>()),
+        );
     }
 
     // Registration matrix.

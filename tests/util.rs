@@ -13,6 +13,7 @@
 //! | `hugetlb` | reserved huge pages (`vm.nr_hugepages`) and hugetlbfs memfds |
 //! | `c-headers` | a C compiler and the system's `<linux/*.h>` headers |
 //! | `root` | running as root (to switch to an unprivileged user) |
+//! | `uffd-user-mode-only` | `UFFD_USER_MODE_ONLY` (Linux 5.11) |
 //! | `uffd-minor-shmem` | MINOR faults on shmem (`UFFD_FEATURE_MINOR_SHMEM`, Linux 5.14) |
 //! | `uffd-minor-hugetlb` | MINOR faults on hugetlbfs (`UFFD_FEATURE_MINOR_HUGETLBFS`, Linux 5.13) |
 //! | `uffd-wp-shmem` | write protection on shmem and hugetlbfs (`UFFD_FEATURE_WP_HUGETLBFS_SHMEM`, Linux 5.19) |
@@ -45,6 +46,7 @@ pub const CAPABILITIES: &[&str] = &[
     "hugetlb",
     "c-headers",
     "root",
+    "uffd-user-mode-only",
     "uffd-minor-shmem",
     "uffd-minor-hugetlb",
     "uffd-wp-shmem",
@@ -161,18 +163,19 @@ fn feature_of(capability: &str) -> Option<(u64, &'static str)> {
     })
 }
 
-/// Whether the kernel offers the feature behind `capability` (a name of
-/// [`feature_of`]); `Err` with the reason when it does not.
+/// Whether the kernel offers the feature behind `capability` (`uffd`, or a
+/// name of [`feature_of`]); `Err` with the reason when it does not.
 pub fn has_feature(capability: &str) -> Result<(), String> {
+    if capability == "uffd" {
+        return uffd_features().map(drop);
+    }
     let (bit, what) = feature_of(capability)
         .unwrap_or_else(|| panic!("{capability} is not decided by a feature bit"));
     let word = uffd_features()?;
     if word & bit == bit {
         Ok(())
     } else {
-        Err(format!(
-            "the kernel's feature word {word:#x} lacks {what}"
-        ))
+        Err(format!("the kernel's feature word {word:#x} lacks {what}"))
     }
 }
 

@@ -395,6 +395,9 @@ fn closing_the_userfaultfd_releases_waiting_threads() {
         let Some(mem) = Mem::for_test(TEST, kind, 1) else {
             continue;
         };
+        if !fixtures::supports(TEST, kind, RegisterMode::MISSING | RegisterMode::WP) {
+            continue;
+        }
         // SAFETY: the mapping is only accessed through raw pointers.
         unsafe {
             uffd.register(

@@ -28,7 +28,10 @@ const FIXED: &[(&str, &str)] = &[
         "a hugetlb memfd of the default huge page size can be mapped",
     ),
     ("kvm", "/dev/kvm opens and KVM_CREATE_VM works"),
-    ("gmem", "KVM_CREATE_GUEST_MEMFD works (creating one, not using it)"),
+    (
+        "gmem",
+        "KVM_CREATE_GUEST_MEMFD works (creating one, not using it)",
+    ),
     (
         "gmem-slot",
         "a guest_memfd is accepted as a memslot of a default-type VM",

@@ -133,8 +133,11 @@ impl<'a> Memslot<'a> {
     /// with `KVM_EXIT_MEMORY_FAULT`. The bitmap must have been made for
     /// this slot's guest physical range. Only kernels with the posted KVM
     /// userfault series accept it; [`set`](Memslot::set) reports the others
-    /// as `Unsupported`. Re-issuing an existing slot with or without this is
-    /// how the series enables and disables userfault.
+    /// with `EINVAL` (see [`set`](Memslot::set)). Re-issuing an existing
+    /// slot with or without this is how the series enables and disables
+    /// userfault; one port of the series to Linux 7.3 refuses that change
+    /// on guest_memfd slots (`EINVAL`) while taking it on other slots, so a
+    /// guest_memfd slot that is to trap is best created with it.
     pub fn userfault(mut self, bitmap: &'a UserfaultBitmap) -> Memslot<'a> {
         self.flags |= MemslotFlags::USERFAULT;
         self.userfault = Some(bitmap);
@@ -323,7 +326,8 @@ impl<'a> Memslot<'a> {
                 errno,
                 "the kernel may lack KVM_MEM_USERFAULT (posted series \"KVM: Introduce KVM \
                  Userfault\"; probe_userfault decides); with it, a guest_memfd slot may change \
-                 only its KVM_MEM_USERFAULT flag and the guest_memfd must belong to this VM",
+                 only its KVM_MEM_USERFAULT flag (some ports refuse even that), and the \
+                 guest_memfd must belong to this VM",
             ),
             Errno::EINVAL if self.flags.contains(MemslotFlags::GUEST_MEMFD) => Error::os_hint(
                 OP,
@@ -401,7 +405,9 @@ fn explain_plain(op: &'static str, errno: Errno) -> Error {
              READONLY needs KVM_CAP_READONLY_MEM; the slot id must be below \
              KVM_CAP_NR_MEMSLOTS",
         ),
-        Errno::EEXIST => Error::os_hint(op, errno, "the guest physical range overlaps another slot"),
+        Errno::EEXIST => {
+            Error::os_hint(op, errno, "the guest physical range overlaps another slot")
+        }
         _ => Error::os(op, errno),
     }
 }
