@@ -144,20 +144,24 @@ fn guest_memfd_continue_only_when_the_caller_asks() {
         return;
     };
     let gmem = Arc::new(GuestMemfd::create(vm, (PAGES * PAGE) as u64, flags).expect("gmem"));
-    continue_only_serving(TEST, gmem);
+    let mapping = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
+    continue_only_serving(TEST, gmem, mapping);
 }
 
-/// A CONTINUE-only region over `gmem`: a MISSING fault is served by
+/// A CONTINUE-only region over `mapping` of `gmem`: a MISSING fault is served by
 /// write() then CONTINUE, a MINOR fault (page written before the read) by
 /// CONTINUE alone; every byte read equals what was written.
-fn continue_only_serving(test: &str, gmem: Arc<GuestMemfd>) -> Option<Ioctls> {
+fn continue_only_serving(
+    test: &str,
+    gmem: Arc<GuestMemfd>,
+    mapping: Arc<BackedMapping<GuestMemfd>>,
+) -> Option<Ioctls> {
     let uffd = Arc::new(
         Uffd::builder()
             .non_blocking(true)
             .create()
             .expect("userfaultfd"),
     );
-    let mapping = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
     // SAFETY: read only through raw pointers by the reader thread.
     let region = match unsafe { Region::continue_only(uffd.clone(), mapping.clone()) } {
         Ok(region) => region,
@@ -234,9 +238,12 @@ fn guest_memfd_continue_only_because_the_kernel_says_so() {
     let Some(flags) = writable_flags(TEST, vm) else {
         return;
     };
-    let switch = require!(TEST, "gmem-continue-only", CopySwitch::off());
-    // Created while the switch is N: its mappings are CONTINUE-only.
     let gmem = Arc::new(GuestMemfd::create(vm, (PAGES * PAGE) as u64, flags).expect("gmem"));
+    let switch = require!(TEST, "gmem-continue-only", CopySwitch::off());
+    // Mapped while the switch is N: these mappings are CONTINUE-only (the
+    // switch is read at mmap time, not when the guest_memfd is created).
+    let mapping = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
+    let served = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
     let probed = Capabilities::probe().expect("probe");
     drop(switch);
     assert_eq!(
@@ -258,7 +265,6 @@ fn guest_memfd_continue_only_because_the_kernel_says_so() {
             .create()
             .expect("userfaultfd"),
     );
-    let mapping = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
     // SAFETY: nothing touches the mapping while this registration lives.
     let any = unsafe { AnyRegion::register(uffd.clone(), mapping.clone()) }.expect("register");
     assert_eq!(any.class_name(), "CONTINUE-only");
@@ -277,7 +283,7 @@ fn guest_memfd_continue_only_because_the_kernel_says_so() {
     assert!(e.is_unsupported(), "{e}");
     drop(any);
     // A typed CONTINUE-only region serves it.
-    let mask = continue_only_serving(TEST, gmem).expect("a CONTINUE-only region");
+    let mask = continue_only_serving(TEST, gmem, served).expect("a CONTINUE-only region");
     assert!(!mask.contains(Ioctls::COPY), "{mask:?}");
 }
 
@@ -338,28 +344,32 @@ fn vcpu_takes_kvm_userfault_exits_and_resumes_after_write_and_clear() {
     let (mut faults, mut outs) = (Vec::new(), Vec::new());
     let done = AtomicBool::new(false);
     for _ in 0..32 {
-        match vcpu.run() {
+        // KVM_RUN fails EFAULT with KVM_EXIT_MEMORY_FAULT; kvm-ioctls
+        // returns that as `Ok(VcpuExit::MemoryFault)`.
+        let reported = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, bytes)) => {
                 assert_eq!(port, super::guest::PORT);
                 outs.push(bytes[0]);
+                continue;
             }
             Ok(VcpuExit::Hlt) => {
                 done.store(true, Ordering::Relaxed);
                 break;
             }
+            Ok(VcpuExit::MemoryFault { flags, gpa, size }) => MemoryFault::new(flags, gpa, size),
             Ok(other) => panic!("unexpected exit {other:?}"),
-            Err(e) if e.errno() == libc::EFAULT => {
-                let exit = MemoryFault::from_kvm_run(vcpu.get_kvm_run())
-                    .expect("EFAULT with KVM_EXIT_MEMORY_FAULT");
-                let fault = resolver
-                    .fault(&exit)
-                    .unwrap_or_else(|| panic!("not a userfault of the slot: {exit:?}"));
-                let page = fault.page() as usize;
-                faults.push((exit.gpa(), exit.flags().bits()));
-                fault.resolve(&page_data(page)).expect("write + clear");
-            }
             Err(e) => panic!("KVM_RUN: {e}"),
-        }
+        };
+        // The crate's own decoding of the same kvm_run.
+        let exit = MemoryFault::from_kvm_run(vcpu.get_kvm_run())
+            .expect("KVM_EXIT_MEMORY_FAULT in kvm_run");
+        assert_eq!(exit, reported, "kvm-ioctls and the crate decode alike");
+        let fault = resolver
+            .fault(&exit)
+            .unwrap_or_else(|| panic!("not a userfault of the slot: {exit:?}"));
+        let page = fault.page() as usize;
+        faults.push((exit.gpa(), exit.flags().bits()));
+        fault.resolve(&page_data(page)).expect("write + clear");
     }
     assert!(
         done.load(Ordering::Relaxed),

@@ -536,8 +536,9 @@ fn kvm(page: usize) -> KvmProbe {
         c.vm_value = Status::from_result(vm.check_extension(c.number));
     }
     let plain = GuestMemfd::create(&vm, page as u64, GmemFlags::empty());
+    let vm_gmem_cap = vm.check_extension(gmem_sys::KVM_CAP_GUEST_MEMFD).ok();
     let guest_memfd_slot = match &plain {
-        Ok(gmem) => gmem_slot(&vm, gmem, page),
+        Ok(gmem) => gmem_slot(&vm, gmem, page, vm_gmem_cap),
         Err(_) => Status::not_probed("no guest_memfd could be created"),
     };
     let guest_memfd = Status::from_result(plain.map(drop));
@@ -575,7 +576,7 @@ fn kvm(page: usize) -> KvmProbe {
 
 /// `gmem` (one page, of `vm`) as slot 0 of `vm`, at guest address 0 over
 /// a scratch anonymous page, then deleted.
-fn gmem_slot(vm: &Vm, gmem: &GuestMemfd, page: usize) -> Status {
+fn gmem_slot(vm: &Vm, gmem: &GuestMemfd, page: usize, vm_gmem_cap: Option<i32>) -> Status {
     let memory = match Mapping::anonymous(page, Sharing::Private) {
         Ok(m) => m,
         Err(e) => return Status::from_result(Err(e)),
@@ -587,6 +588,14 @@ fn gmem_slot(vm: &Vm, gmem: &GuestMemfd, page: usize) -> Status {
         Ok(()) => {
             let _ = Memslot::delete(vm, 0, 0);
             Status::Supported(())
+        }
+        Err(e) if e.errno() == Some(Errno::EINVAL) && vm_gmem_cap == Some(0) => {
+            Status::unsupported(
+                Some(Errno::EINVAL),
+                "KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD: the default VM type \
+             creates guest_memfds but does not take them as memslots (it answers \
+             KVM_CAP_GUEST_MEMFD = 0; Linux 6.12 does this); other VM types may",
+            )
         }
         Err(e) => Status::from_result(Err(e)),
     }

@@ -293,7 +293,7 @@ impl<'a> Memslot<'a> {
                  still work through KVM_SET_USER_MEMORY_REGION",
             ));
         }
-        let raw = self.to_raw_v1();
+        let raw = self.raw_v1();
         // SAFETY: forwarded to the caller's contract (the same slot).
         match unsafe { sys::kvm::set_user_memory_region(vm, &raw) } {
             Ok(()) => Ok(()),
@@ -307,7 +307,7 @@ impl<'a> Memslot<'a> {
     }
 
     /// The slot in the layout of `KVM_SET_USER_MEMORY_REGION`.
-    fn to_raw_v1(&self) -> kvm_bindings::kvm_userspace_memory_region {
+    fn raw_v1(&self) -> kvm_bindings::kvm_userspace_memory_region {
         kvm_bindings::kvm_userspace_memory_region {
             slot: u32::from(self.address_space) << 16 | u32::from(self.slot),
             flags: self.flags.bits(),
@@ -375,7 +375,7 @@ impl<'a> Memslot<'a> {
         // removes the slot.
         let (op, result) = match unsafe { sys::kvm::set_user_memory_region2(vm.as_fd(), &raw) } {
             Err(Errno::ENOTTY) => {
-                let raw = slot_id.to_raw_v1();
+                let raw = slot_id.raw_v1();
                 // SAFETY: as above, through the older request.
                 let r = unsafe { sys::kvm::set_user_memory_region(vm.as_fd(), &raw) };
                 (OP_V1, r)
