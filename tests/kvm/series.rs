@@ -17,7 +17,7 @@ use userfault::kvm::{
 };
 use userfault::mem::{Mapping, Sharing};
 use userfault::resolve::{AnyFault, AnyRegion, Fault, Region};
-use userfault::uffd::{CopyMode, EventBuffer, Ioctls, Uffd};
+use userfault::uffd::{CopyMode, EventBuffer, Ioctls, RegisterMode, Uffd};
 
 use super::PAGE;
 use crate::util::{self, require};
@@ -265,6 +265,28 @@ fn guest_memfd_continue_only_because_the_kernel_says_so() {
             .create()
             .expect("userfaultfd"),
     );
+    // The kernel's own mask for the range: no COPY, no ZEROPAGE.
+    // SAFETY: nothing touches the mapping while it is registered; it is
+    // unregistered right below.
+    let raw = unsafe {
+        uffd.register(
+            mapping.addr(),
+            mapping.len(),
+            RegisterMode::MISSING | RegisterMode::MINOR,
+        )
+    }
+    .expect("UFFDIO_REGISTER MISSING|MINOR");
+    let kernel_mask = raw.ioctls();
+    uffd.unregister(&raw).expect("unregister");
+    assert!(kernel_mask.contains(Ioctls::CONTINUE), "{kernel_mask:?}");
+    assert!(
+        !kernel_mask.intersects(Ioctls::COPY | Ioctls::ZEROPAGE),
+        "{kernel_mask:?}"
+    );
+    util::report(&format!(
+        "kvm: with gmem_uffd_copy=N the kernel's mask is {:#x} (no COPY, no ZEROPAGE)",
+        kernel_mask.bits()
+    ));
     // SAFETY: nothing touches the mapping while this registration lives.
     let any = unsafe { AnyRegion::register(uffd.clone(), mapping.clone()) }.expect("register");
     assert_eq!(any.class_name(), "CONTINUE-only");
