@@ -531,3 +531,21 @@ pub fn list() -> String {
     }
     out.0
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_bits_are_named_as_such() {
+        let ioctls = named_bits::<Ioctls>();
+        // A bit no kernel uses yet (Linux 7.3's fd ioctl bit 10 shows the
+        // same way until it has a name here).
+        let bits = Ioctls::API.bits() | 1 << 50;
+        let names = vec!["API".to_string()];
+        assert_eq!(bit_names(names, bits, ioctls), "API bit50(unknown)");
+        let features = named_bits::<userfault::uffd::Features>();
+        assert_eq!(features & (1 << 40), 0);
+        assert_eq!(bit_names(Vec::new(), 1 << 40, features), "bit40(unknown)");
+    }
+}
