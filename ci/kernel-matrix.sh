@@ -54,12 +54,16 @@ for k in "${kernels[@]}"; do require_of "$k" >/dev/null; done
 
 echo "== build: static test binary and probe ($TARGET)"
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
-test_bin=$(cargo test --target $TARGET --test integration --no-run --message-format=json 2>/dev/null |
-	sed -n 's/.*"executable":"\([^"]*integration[^"]*\)".*/\1/p' | tail -n1)
+mkdir -p "$OUT"
+if ! cargo test --target $TARGET --test integration --no-run --message-format=json \
+	>"$OUT/build.json" 2>"$OUT/build.err"; then
+	cat "$OUT/build.err" >&2
+	exit 2
+fi
+test_bin=$(sed -n 's/.*"executable":"\([^"]*integration[^"]*\)".*/\1/p' "$OUT/build.json" | tail -n1)
 cargo build --target $TARGET --bin userfault-probe
 probe_bin=$ROOT/target/$TARGET/debug/userfault-probe
-[ -x "$test_bin" ] && [ -x "$probe_bin" ] || { echo "build failed" >&2; exit 2; }
-mkdir -p "$OUT"
+[ -x "$test_bin" ] && [ -x "$probe_bin" ] || { echo "build failed: no test binary" >&2; exit 2; }
 cp "$test_bin" "$OUT/integration"
 cp "$probe_bin" "$OUT/userfault-probe"
 
@@ -68,8 +72,12 @@ cat >"$OUT/matrix-run" <<'EOF'
 #!/bin/sh
 echo "== userfault-probe (kernel $(uname -r))"
 ./userfault-probe
-echo "== userfault-probe exit status $?"
+probe=$?
+echo "== userfault-probe exit status $probe"
 ./integration --test-threads=1 "$@"
+tests=$?
+[ "$tests" = 0 ] || exit "$tests"
+exit "$probe"
 EOF
 chmod +x "$OUT/matrix-run"
 
