@@ -109,7 +109,7 @@ for k in "${kernels[@]}"; do
 	log=$OUT/$k.log
 	passed=$(sed -n 's/^test result: .* \([0-9]*\) passed.*/\1/p' "$log" | tail -n1)
 	nfail=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | tail -n1)
-	skips=$(grep -c 'SKIP [a-z_0-9]*:' "$log" || true)
+	skips=$(grep -c 'SKIP [a-z_0-9]*\( \[[A-Za-z]*\]\)\?:' "$log" || true)
 	status=ok
 	[ "$rc" = 0 ] || { status="rc=$rc"; failed=1; }
 	printf '%-8s %-6s %6s %6s %6s %6s  %s\n' "$k" "$status" "${passed:-?}" "${nfail:-?}" "$skips" "$secs" "$(require_of "$k")"

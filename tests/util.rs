@@ -83,14 +83,14 @@ pub fn required(capability: &str) -> bool {
 
 /// Reports that `test` cannot run for want of `capability`.
 ///
-/// Prints `SKIP <test>: <reason>` straight to the process's stderr (past the
-/// test harness's capture) and returns, or fails the test when the
-/// capability is required.
+/// Prints `SKIP <test>: <reason> [<capability>]` straight to the process's
+/// stderr (past the test harness's capture) and returns, or fails the test
+/// when the capability is required.
 pub fn skip(test: &str, capability: &str, reason: &str) {
     if required(capability) {
         panic!("{test}: required capability {capability} is unavailable: {reason}");
     }
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason} [{capability}]");
 }
 
 /// The kernel's userfaultfd feature word, from a raw `UFFDIO_API` with no
