@@ -288,9 +288,10 @@ impl<'a> Memslot<'a> {
             return Err(Error::unsupported(
                 what,
                 Some(Errno::ENOTTY),
-                "this kernel has no KVM_SET_USER_MEMORY_REGION2 (Linux 6.8+), the only \
-                 memslot ioctl that takes a guest_memfd or a userfault bitmap; plain slots \
-                 still work through KVM_SET_USER_MEMORY_REGION",
+                "KVM_SET_USER_MEMORY_REGION2 failed ENOTTY: this kernel lacks it (it came in \
+                 Linux 6.8; it is the only memslot ioctl that takes a guest_memfd or a \
+                 userfault bitmap, while plain slots still work through \
+                 KVM_SET_USER_MEMORY_REGION), or the descriptor is not a KVM VM",
             ));
         }
         let raw = self.raw_v1();
