@@ -3,7 +3,7 @@
 //!
 //! Everything else in the crate (handler threads, the populator, event
 //! handling) calls the few methods of [`Resolver`]: [`fault`](Resolver::fault),
-//! [`prefetch`](Resolver::prefetch), [`remove`](Resolver::remove),
+//! [`prefetch_run`](Resolver::prefetch_run), [`remove`](Resolver::remove),
 //! [`unmap`](Resolver::unmap), [`remap`](Resolver::remap),
 //! [`fork`](Resolver::fork) and [`finish`](Resolver::finish). Replacing the
 //! state kept here by another implementation of the same contract changes
@@ -283,8 +283,14 @@ impl Resolver {
 
     /// Buffers for one thread: a chunk of the largest page size.
     pub fn scratch(&self) -> Scratch {
+        self.scratch_for(self.chunk)
+    }
+
+    /// Buffers for one thread resolving up to `bytes` at once (at least a
+    /// chunk; rounded up to the largest page size).
+    pub fn scratch_for(&self, bytes: usize) -> Scratch {
         let largest = self.zeros.len().max(1);
-        let bytes = self.chunk.max(largest).div_ceil(largest) * largest;
+        let bytes = bytes.max(self.chunk).max(largest).div_ceil(largest) * largest;
         Scratch {
             buf: vec![0; bytes],
             claimed: Vec::with_capacity(bytes / rustix::param::page_size() + 1),
@@ -365,14 +371,25 @@ impl Resolver {
         self.resolve_window(&span, lo, hi, Some(p), scratch)
     }
 
-    /// Resolves the unresolved pages of the chunk holding page `index`
-    /// (background work: removed pages stay unbacked).
-    pub fn prefetch(&self, index: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
+    /// Resolves the unresolved pages among `pages` consecutive pages from
+    /// `index` (clipped to its range and to `scratch`'s buffer) with one
+    /// source read and one `UFFDIO_COPY` per stretch of data pages:
+    /// background work, in extents larger than a chunk. Returns the
+    /// outcome and how many pages the extent covered (at least 1), so
+    /// that a caller walking an extent list can go on from there.
+    pub fn prefetch_run(
+        &self,
+        index: usize,
+        pages: usize,
+        scratch: &mut Scratch,
+    ) -> (Result<Outcome, Error>, usize) {
         let Some(span) = self.span_of_index(index) else {
-            return Ok(Outcome::Gone);
+            return (Ok(Outcome::Gone), 1);
         };
-        let (lo, hi) = self.window(&span, index - span.first);
-        self.resolve_window(&span, lo, hi, None, scratch)
+        let p = index - span.first;
+        let room = (scratch.buf.len() / span.page).max(1);
+        let hi = (p + pages.clamp(1, room)).min(span.pages());
+        (self.resolve_window(&span, p, hi, None, scratch), hi - p)
     }
 
     fn resolve_window(

@@ -510,28 +510,54 @@ fn yield_to_demand(shared: &Shared) {
     }
 }
 
+/// Bytes the populator resolves per step at most: one source read and one
+/// `UFFDIO_COPY` per extent of consecutive pending pages. Large enough that
+/// the per-call costs vanish; small enough that a demand fault on a page
+/// the populator holds waits well under a millisecond.
+const EXTENT: usize = 512 << 10;
+
+/// The working set as extents of consecutive state indices, in the order
+/// of their first page.
+fn extents(resolver: &Resolver, ws: &WorkingSet, max: usize) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for &p in ws.pages() {
+        let Some(index) = p
+            .checked_mul(u64::from(ws.page_size()))
+            .and_then(|off| resolver.index_of_offset(off))
+        else {
+            continue;
+        };
+        match out.last_mut() {
+            Some((start, len)) if *start + *len == index && *len < max => *len += 1,
+            // The same page again (a working set in a unit smaller than
+            // the range's pages).
+            Some((start, len)) if (*start..*start + *len).contains(&index) => {}
+            _ => out.push((index, 1)),
+        }
+    }
+    out
+}
+
 fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: bool) {
     let resolver = &shared.resolver;
-    let mut scratch = resolver.scratch();
-    let first: Vec<usize> = working_set
-        .map(|ws| {
-            ws.pages()
-                .iter()
-                .filter_map(|&p| {
-                    p.checked_mul(u64::from(ws.page_size()))
-                        .and_then(|off| resolver.index_of_offset(off))
-                })
-                .collect()
-        })
+    let mut scratch = resolver.scratch_for(EXTENT);
+    let max = (EXTENT / rustix::param::page_size()).max(1);
+    let first = working_set
+        .map(|ws| extents(resolver, ws, max))
         .unwrap_or_default();
-    let prefetch = |index: usize, scratch: &mut Scratch| -> bool {
-        loop {
+    // Resolves the pending pages of `[start, start + len)`, extent by
+    // extent, giving way to demand faults before each.
+    let prefetch = |start: usize, len: usize, scratch: &mut Scratch| -> bool {
+        let end = start + len;
+        let mut at = start;
+        while at < end {
             if shared.stopped() {
                 return false;
             }
             yield_to_demand(shared);
-            match resolver.prefetch(index, scratch) {
-                Ok(Outcome::Done | Outcome::Gone) => return true,
+            let (outcome, covered) = resolver.prefetch_run(at, end - at, scratch);
+            match outcome {
+                Ok(Outcome::Done | Outcome::Gone) => at += covered,
                 Ok(Outcome::Again) => {
                     Counters::add(&shared.counters.retries, 1);
                     std::thread::sleep(Duration::from_micros(100));
@@ -548,19 +574,24 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
                 }
             }
         }
+        true
     };
-    for &index in &first {
-        if resolver.is_pending(index) && !prefetch(index, &mut scratch) {
+    for &(start, len) in &first {
+        if !prefetch(start, len, &mut scratch) {
             return;
         }
     }
     // Sequential passes until nothing is left (a claim given back after
     // EAGAIN, or held by a handler thread, is found on the next pass).
     while resolver.remaining() > 0 {
-        for index in 0..resolver.total() {
-            if resolver.is_pending(index) && !prefetch(index, &mut scratch) {
+        let total = resolver.total();
+        let mut at = 0;
+        while at < total {
+            let n = max.min(total - at);
+            if (at..at + n).any(|i| resolver.is_pending(i)) && !prefetch(at, n, &mut scratch) {
                 return;
             }
+            at += n;
         }
         if resolver.remaining() > 0 {
             std::thread::sleep(Duration::from_millis(1));

@@ -58,14 +58,22 @@ impl<T: PageSource + ?Sized> PageSource for Arc<T> {
 }
 
 /// A snapshot file read with `pread(2)`.
+///
+/// Where its holes are is read once, when it is opened
+/// (`lseek(SEEK_DATA/SEEK_HOLE)` over the whole file), so that asking
+/// whether a range is zero costs no system call while serving: a snapshot
+/// file must not change while it is served.
 #[derive(Debug)]
 pub struct FileSource {
     file: File,
     len: u64,
+    /// The extents `[start, end)` that hold data, in order.
+    data: Vec<(u64, u64)>,
 }
 
 impl FileSource {
-    /// `open(path, O_RDONLY)` and `fstat`: serves the file as it is now.
+    /// `open(path, O_RDONLY)`, `fstat` and a walk of its holes: serves the
+    /// file as it is now.
     ///
     /// # Errors
     ///
@@ -76,14 +84,33 @@ impl FileSource {
         FileSource::new(file).map_err(|e| context(e, format!("fstat {}", path.display())))
     }
 
-    /// Serves an open file (its length as `fstat` reports it now).
+    /// Serves an open file (its length as `fstat` reports it now, its holes
+    /// as `lseek(SEEK_DATA/SEEK_HOLE)` finds them now).
     ///
     /// # Errors
     ///
     /// The `fstat` error.
     pub fn new(file: File) -> io::Result<FileSource> {
         let len = file.metadata()?.len();
-        Ok(FileSource { file, len })
+        let mut data = Vec::new();
+        let mut at = 0;
+        while at < len {
+            let start = match rustix::fs::seek(&file, rustix::fs::SeekFrom::Data(at)) {
+                Ok(start) => start,
+                Err(rustix::io::Errno::NXIO) => break,
+                // A file system without SEEK_DATA: all data.
+                Err(_) => {
+                    data = vec![(0, len)];
+                    break;
+                }
+            };
+            let end = rustix::fs::seek(&file, rustix::fs::SeekFrom::Hole(start))
+                .unwrap_or(len)
+                .clamp(start + 1, len.max(start + 1));
+            data.push((start, end));
+            at = end;
+        }
+        Ok(FileSource { file, len, data })
     }
 
     /// The file.
@@ -91,21 +118,21 @@ impl FileSource {
         &self.file
     }
 
-    /// `lseek(SEEK_DATA)` from `offset`: the first offset at or after it
-    /// that holds data, or `None` when only holes follow.
+    /// The first offset at or after `offset` that holds data, or `None`
+    /// when only holes follow.
     fn next_data(&self, offset: u64) -> Option<u64> {
-        match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(offset)) {
-            Ok(at) => Some(at),
-            Err(rustix::io::Errno::NXIO) => None,
-            // A file system without SEEK_DATA: all data.
-            Err(_) => Some(offset),
-        }
+        let i = self.data.partition_point(|e| e.1 <= offset);
+        self.data.get(i).map(|e| e.0.max(offset))
     }
 
-    /// `lseek(SEEK_HOLE)` from `offset` (the end of the file counts as a
+    /// The first hole at or after `offset` (the end of the file counts as a
     /// hole).
     fn next_hole(&self, offset: u64) -> u64 {
-        rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(offset)).unwrap_or(self.len)
+        let i = self.data.partition_point(|e| e.1 <= offset);
+        match self.data.get(i) {
+            Some(&(start, end)) if start <= offset => end,
+            _ => offset.min(self.len),
+        }
     }
 }
 
@@ -126,13 +153,10 @@ impl PageSource for FileSource {
     }
 
     fn is_zero(&self, offset: u64, len: u64) -> bool {
-        if offset >= self.len {
-            return true;
-        }
-        match self.next_data(offset) {
-            None => true,
-            Some(at) => at >= offset.saturating_add(len),
-        }
+        offset >= self.len
+            || self
+                .next_data(offset)
+                .is_none_or(|at| at >= offset.saturating_add(len))
     }
 }
 
