@@ -15,7 +15,11 @@ use userfault::mem::{Mapping, Sharing};
 use userfault::resolve::{CopyCapable, Region};
 use userfault::uffd::{CopyMode, Event, EventBuffer, OpenMethod, RegisterMode, Registration, Uffd};
 
-use crate::harness::{self, Options, PAGE, pwrite_run, source, verify};
+use std::time::Duration;
+
+use crate::harness::{
+    self, Options, PAGE, pwrite_pages, pwrite_run, source, verify, with_deadline,
+};
 use crate::{raw, safe};
 
 /// Variants, with the function callgrind counts.
@@ -34,6 +38,11 @@ const VARIANTS: &[(&str, &str, &str)] = &[
         "safe-uffd",
         "userfault_bench_cost_safe_uffd",
         "Uffd::read_events, Uffd::copy_or_wake",
+    ),
+    (
+        "pager",
+        "*userfault_pager::server::handle_batch*",
+        "userfault-pager's handler pass (1 thread, 4 KiB chunks, no prefetch), from a snapshot file with pread",
     ),
 ];
 
@@ -80,8 +89,52 @@ pub fn child(variant: &str, faults: usize) {
         "raw" => raw::cost_child(faults),
         "safe" => safe_child(faults, false),
         "safe-uffd" => safe_child(faults, true),
+        "pager" => pager_child(faults),
         other => panic!("unknown cost variant {other}"),
     }
+}
+
+/// The page server in per-page mode, serving a snapshot file.
+fn pager_child(faults: usize) {
+    use userfault_pager::source::FileSource;
+    use userfault_pager::{Config, Range, Server};
+    let len = faults * PAGE;
+    let src = source(len);
+    let path = std::env::temp_dir().join(format!("userfault-cost-pager-{}", std::process::id()));
+    std::fs::write(&path, &src).expect("write the snapshot");
+    let file = FileSource::open(&path).expect("open the snapshot");
+    let _ = std::fs::remove_file(&path);
+    let uffd = Uffd::builder()
+        .open_method(OpenMethod::Device)
+        .non_blocking(true)
+        .create()
+        .expect("/dev/userfaultfd");
+    let mem = Mapping::anonymous(len, Sharing::Private).expect("mmap");
+    // SAFETY: a fresh mapping that only raw pointers reach.
+    let reg = unsafe { uffd.register(mem.addr(), len, RegisterMode::MISSING) }.expect("register");
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(file),
+        Config {
+            threads: 1,
+            chunk: PAGE,
+            prefetch: false,
+            finish_when_complete: false,
+            ..Config::default()
+        },
+    )
+    .expect("start the server");
+    with_deadline("pager cost run", Duration::from_secs(300), || {
+        pwrite_pages(mem.addr(), len)
+    });
+    let report = server.shutdown();
+    assert_eq!(
+        report.stats.demand_faults, faults as u64,
+        "every fault served once"
+    );
+    // SAFETY: every page is present; no reference into it.
+    unsafe { verify("pager cost", mem.addr(), &src) };
 }
 
 fn safe_child(faults: usize, uffd_level: bool) {

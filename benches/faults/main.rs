@@ -101,6 +101,7 @@ fn main() {
             ("demand", "fc-raw"),
             ("prefetch", "fc-raw"),
             ("replay", "fc-raw"),
+            ("replay-0", "fc-raw"),
         ]);
     }
     if o.wants("cost") {

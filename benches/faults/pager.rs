@@ -5,9 +5,15 @@
 //! A guest stand-in (one thread, a vCPU) touches a realistic working set: a
 //! fixed subset of the snapshot's pages in a fixed order (clusters of
 //! consecutive pages, as code and data are laid out), then a tail of random
-//! pages. Timed from the moment the handler is ready (the baseline's
-//! `MAP_POPULATE` of the snapshot is not counted) to the guest's last
-//! access. Every page the guest touched is verified afterwards.
+//! pages. Every page the guest touched is verified afterwards.
+//!
+//! The clock starts at the handshake: the moment the handler has the
+//! userfaultfd and the ranges (for the baseline, once its `MAP_POPULATE`
+//! of the snapshot is done, which is not counted). The guest resumes
+//! [`RESUME_GAP`] later, as a restored microVM does once the VMM has
+//! restored its devices and vCPUs after handing the memory over, and the
+//! clock stops at the guest's last access. Every variant waits the same
+//! gap; only a handler that works before the guest asks gains from it.
 //!
 //! | variant | handler |
 //! |---|---|
@@ -15,6 +21,7 @@
 //! | `demand` | the server, 1 thread, 64 KiB chunks, no prefetch |
 //! | `prefetch` | the same with the background populator |
 //! | `replay` | the same, prefetching the recorded working set first |
+//! | `replay-0` | `replay` with the guest resuming at the handshake (no gap) |
 //!
 //! `pages/s` is the guest's touched pages over its time, so each ratio is
 //! the baseline's time over the variant's.
@@ -32,6 +39,27 @@ use userfault_pager::{Config, Range, Server, WorkingSet};
 use crate::harness::{self, Interleaved, Options, PAGE, Sample, with_deadline};
 use crate::raw;
 use crate::sys;
+
+/// From the handshake to the guest's first access, unless
+/// `USERFAULT_BENCH_RESUME_GAP_MS` says otherwise.
+pub const RESUME_GAP: Duration = Duration::from_millis(5);
+
+fn resume_gap() -> Duration {
+    std::env::var("USERFAULT_BENCH_RESUME_GAP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(RESUME_GAP, Duration::from_millis)
+}
+
+/// Per server run: the variant, the guest's time in its working set and
+/// tail (ms), and the pages the populator filled.
+static SPLITS: std::sync::Mutex<Vec<Split>> = std::sync::Mutex::new(Vec::new());
+
+/// One server run's variant, guest time split (ms) and prefetched pages.
+type Split = (String, (f64, f64), u64);
+
+/// The server's chunk in every variant but `page`.
+const CHUNK: usize = 64 << 10;
 
 /// The guest's accesses: the working set (in order), then the random tail.
 struct Guest {
@@ -74,15 +102,26 @@ impl Guest {
         Guest { working_set, tail }
     }
 
+    /// The guest's time (ms) in its working set and in its tail, from the
+    /// per-access latencies.
+    fn split(&self, lat: &[u32]) -> (f64, f64) {
+        let (ws, tail) = lat.split_at(self.working_set.len());
+        let ms = |l: &[u32]| l.iter().map(|&x| f64::from(x)).sum::<f64>() / 1e6;
+        (ms(ws), ms(tail))
+    }
+
     fn touched(&self) -> usize {
         self.working_set.len() + self.tail.len()
     }
 
-    /// Touches every page (one read each): the time taken, and each
-    /// access's latency (ns).
-    fn run(&self, base: usize) -> (Duration, Vec<u32>) {
+    /// Waits until `gap` after `t0` (the handshake), then touches every
+    /// page (one read each): the time from `t0` to the last access, and
+    /// each access's latency (ns).
+    fn run(&self, base: usize, t0: Instant, gap: Duration) -> (Duration, Vec<u32>) {
         let mut lat = Vec::with_capacity(self.touched());
-        let t0 = Instant::now();
+        if let Some(left) = gap.checked_sub(t0.elapsed()) {
+            std::thread::sleep(left);
+        }
         let mut sum = 0u64;
         for &p in self.working_set.iter().chain(&self.tail) {
             let t = Instant::now();
@@ -139,6 +178,7 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
     let ws = WorkingSet::from_pages(PAGE as u32, guest.working_set.iter().map(|&p| p as u64))
         .expect("working set");
     let src = &src[..len];
+    let gap = resume_gap();
     let report = Interleaved::new(format!(
         "snapshot restore, {} MiB, guest touches {} pages ({} working set + {} random), 1 vCPU",
         len >> 20,
@@ -146,26 +186,71 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
         guest.working_set.len(),
         guest.tail.len()
     ))
-    .variant("fc-raw", || fc_raw(&snapshot, &guest, src))
-    .variant("demand", || server(&snapshot, &guest, src, false, None))
-    .variant("prefetch", || server(&snapshot, &guest, src, true, None))
+    .variant("fc-raw", || fc_raw(&snapshot, &guest, src, gap))
+    .variant("page", || {
+        server("page", &snapshot, &guest, src, false, None, gap, PAGE)
+    })
+    .variant("demand", || {
+        server("demand", &snapshot, &guest, src, false, None, gap, CHUNK)
+    })
+    .variant("prefetch", || {
+        server("prefetch", &snapshot, &guest, src, true, None, gap, CHUNK)
+    })
     .variant("replay", || {
-        server(&snapshot, &guest, src, true, Some(ws.clone()))
+        server(
+            "replay",
+            &snapshot,
+            &guest,
+            src,
+            true,
+            Some(ws.clone()),
+            gap,
+            CHUNK,
+        )
+    })
+    .variant("replay-0", || {
+        server(
+            "replay-0",
+            &snapshot,
+            &guest,
+            src,
+            true,
+            Some(ws.clone()),
+            Duration::ZERO,
+            CHUNK,
+        )
     })
     .run(o.rounds);
+    let splits = std::mem::take(&mut *SPLITS.lock().unwrap());
     for s in &report.series {
         let mut faults: Vec<f64> = s.samples.iter().map(|x| x.faults as f64).collect();
+        // The warm-up round's runs come first: keep the counted rounds.
+        let runs: Vec<_> = splits.iter().filter(|x| x.0 == s.name).collect();
+        let runs = &runs[runs.len().saturating_sub(s.samples.len())..];
+        let mut ws: Vec<f64> = runs.iter().map(|x| x.1.0).collect();
+        let mut tail: Vec<f64> = runs.iter().map(|x| x.1.1).collect();
+        let mut pre: Vec<f64> = runs.iter().map(|x| x.2 as f64).collect();
+        let median = |v: &mut Vec<f64>| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                harness::median(v)
+            }
+        };
         println!(
-            "demand faults {}: median {:.0}",
+            "{}: demand faults median {:.0}; guest ms in working set {:.1}, in tail {:.1}; pages prefetched {:.0}",
             s.name,
-            harness::median(&mut faults)
+            harness::median(&mut faults),
+            median(&mut ws),
+            median(&mut tail),
+            median(&mut pre),
         );
     }
     report
 }
 
 /// The baseline: Firecracker's example handler, one 4 KiB COPY per fault.
-fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8]) -> Sample {
+fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8], gap: Duration) -> Sample {
     let file = std::fs::File::open(&snapshot.path).expect("open the snapshot");
     // SAFETY: a new private read-only mapping of the whole file.
     let backing = unsafe {
@@ -198,6 +283,7 @@ fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8]) -> Sample {
         missing: raw::Missing::Copy { unit: PAGE },
     };
     let touched = guest.touched();
+    let t0 = Instant::now();
     let (time, lat) = with_deadline("fc-raw", Duration::from_secs(300), || {
         std::thread::scope(|s| {
             s.spawn(|| {
@@ -207,7 +293,7 @@ fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8]) -> Sample {
                     served += h.serve(&mut msgs);
                 }
             });
-            guest.run(mem.addr)
+            guest.run(mem.addr, t0, gap)
         })
     });
     raw::unregister(fd, mem.addr, snapshot.len);
@@ -218,12 +304,16 @@ fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8]) -> Sample {
 }
 
 /// The page server over the same memory.
+#[allow(clippy::too_many_arguments)]
 fn server(
+    name: &str,
     snapshot: &Snapshot,
     guest: &Guest,
     src: &[u8],
     prefetch: bool,
     working_set: Option<WorkingSet>,
+    gap: Duration,
+    chunk: usize,
 ) -> Sample {
     let source = Arc::new(FileSource::open(&snapshot.path).expect("open the snapshot"));
     let mem = Mapping::anonymous(snapshot.len, Sharing::Private).expect("guest memory");
@@ -235,12 +325,14 @@ fn server(
     // SAFETY: guest memory is reached only through raw pointers.
     let reg =
         unsafe { uffd.register(mem.addr(), mem.len(), RegisterMode::MISSING) }.expect("register");
+    let t0 = Instant::now();
     let server = Server::start(
         Arc::new(uffd),
         &[Range::new(reg, 0)],
         source,
         Config {
             threads: 1,
+            chunk,
             prefetch,
             working_set,
             finish_when_complete: false,
@@ -248,8 +340,15 @@ fn server(
         },
     )
     .expect("start the server");
-    let (time, lat) = with_deadline("pager", Duration::from_secs(300), || guest.run(mem.addr()));
+    let (time, lat) = with_deadline("pager", Duration::from_secs(300), || {
+        guest.run(mem.addr(), t0, gap)
+    });
     let report = server.shutdown();
+    let split = guest.split(&lat);
+    SPLITS
+        .lock()
+        .unwrap()
+        .push((name.to_string(), split, report.stats.prefetch_pages));
     guest.verify("pager", mem.addr(), src);
     Sample::new(
         guest.touched(),

@@ -418,12 +418,22 @@ impl Resolver {
             }
         }
         let mut claimed = std::mem::take(&mut scratch.claimed);
+        // The faulting page goes first, on its own: its copy wakes the
+        // faulting thread, which runs on while the rest of the chunk is
+        // filled (the pages after it first, where it most likely goes next).
+        let first = fault.and_then(|f| claimed.iter().position(|c| c.0 == f));
+        if let Some(k) = first.filter(|&k| k > 0) {
+            claimed.rotate_left(k);
+        }
         let mut outcome = Ok(Outcome::Done);
         let mut i = 0;
         while i < claimed.len() {
             let start = i;
             i += 1;
-            while i < claimed.len() && claimed[i].0 == claimed[i - 1].0 + 1 {
+            while i < claimed.len()
+                && !(start == 0 && first.is_some())
+                && claimed[i].0 == claimed[i - 1].0 + 1
+            {
                 i += 1;
             }
             match self.fill_run(span, &claimed[start..i], fault.is_some(), &mut scratch.buf) {
@@ -436,7 +446,7 @@ impl Resolver {
                 }
             }
         }
-        let ours = fault.is_some_and(|f| claimed.iter().any(|c| c.0 == f));
+        let ours = first.is_some();
         claimed.clear();
         scratch.claimed = claimed;
         match (outcome, fault) {

@@ -2,7 +2,7 @@
 //! populator.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,7 +25,8 @@ pub struct Config {
     /// aligned chunk holding the page (rounded up to the page size).
     pub chunk: usize,
     /// Fill every page in the background (working set first, then in
-    /// order); demand faults always go first.
+    /// order, the rest at a lower scheduling priority); demand faults
+    /// always go first.
     pub prefetch: bool,
     /// Pages to prefetch first, in this order.
     pub working_set: Option<WorkingSet>,
@@ -93,8 +94,6 @@ struct Shared {
     stopping: AtomicBool,
     exit: Mutex<Option<Exit>>,
     finished: Condvar,
-    /// Handler threads resolving demand faults right now.
-    busy: AtomicUsize,
     /// Held while reading events and applying the non-fault ones, so that
     /// a fault read after a REMOVE sees the removal applied.
     read_lock: Mutex<()>,
@@ -186,7 +185,6 @@ impl Server {
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             finished: Condvar::new(),
-            busy: AtomicUsize::new(0),
             read_lock: Mutex::new(()),
             peer: config.peer,
             prefetch_done: AtomicBool::new(false),
@@ -354,13 +352,15 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
     // the end of applying a batch's events nothing allocates (see
     // `Scratch`). Deferred faults are bounded by the faulting threads
     // (each waits on one fault at a time).
-    let mut buf = EventBuffer::with_capacity(BATCH);
-    let mut faults: Vec<usize> = Vec::with_capacity(4 * BATCH + MAX_DEFERRED);
-    let mut deferred: Vec<usize> = Vec::with_capacity(4 * BATCH + MAX_DEFERRED);
-    let mut forks: Vec<Uffd> = Vec::with_capacity(BATCH);
-    let mut scratch = resolver.scratch();
+    let mut b = Batch {
+        buf: EventBuffer::with_capacity(BATCH),
+        faults: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
+        deferred: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
+        forks: Vec::with_capacity(BATCH),
+        scratch: resolver.scratch(),
+    };
     loop {
-        let timeout = (!deferred.is_empty()).then(|| timespec(Duration::from_micros(200)));
+        let timeout = (!b.deferred.is_empty()).then(|| timespec(Duration::from_micros(200)));
         let mut fds = [
             PollFd::new(&uffd, PollFlags::IN),
             PollFd::new(&shared.stop, PollFlags::IN),
@@ -393,70 +393,116 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
             ))));
             return;
         }
-        faults.clear();
-        faults.append(&mut deferred);
-        if readable.contains(PollFlags::IN) {
-            let _order = shared.read_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let events = match uffd.read_events(&mut buf) {
-                Ok(events) => events,
-                Err(e) => {
-                    shared.finish(Exit::Failed(e.into()));
-                    return;
-                }
-            };
-            for event in events {
-                match event {
-                    Event::PageFault { address, .. } => faults.push(address),
-                    Event::Remove { start, end } => resolver.remove(start, end),
-                    Event::Unmap { start, end } => resolver.unmap(start, end),
-                    Event::Remap { from, to, len } => {
-                        if let Err(e) = resolver.remap(from, to, len) {
-                            shared.finish(Exit::Failed(e));
-                            return;
-                        }
-                    }
-                    // Served once the order lock is released: setting up a
-                    // child allocates.
-                    Event::Fork { uffd: child } => forks.push(child),
-                    _ => Counters::add(&shared.counters.other_events, 1),
-                }
+        let mut readable = readable.contains(PollFlags::IN);
+        // Read again at once while events keep coming: a thread woken by a
+        // resolution often faults again before the next poll, and reading
+        // straight away saves that poll.
+        loop {
+            match handle_batch(shared, resolver, &uffd, readable, &mut b) {
+                Pass::Stop => return,
+                Pass::Idle => break,
+                Pass::Busy if shared.stopped() => return,
+                Pass::Busy => readable = true,
             }
         }
-        for child in forks.drain(..) {
-            spawn_child(shared, resolver, child);
-        }
-        if faults.is_empty() {
-            continue;
-        }
-        let read_at = Instant::now();
-        shared.busy.fetch_add(1, Ordering::AcqRel);
-        for &addr in &faults {
-            match resolver.fault(addr, &mut scratch) {
-                Ok(Outcome::Done) => {
-                    Counters::add(&shared.counters.demand_faults, 1);
-                    shared.counters.record_latency(read_at.elapsed());
-                }
-                Ok(Outcome::Again) => {
-                    Counters::add(&shared.counters.retries, 1);
-                    deferred.push(addr);
-                }
-                Ok(Outcome::Gone) => Counters::add(&shared.counters.other_events, 1),
-                Ok(Outcome::PeerGone) => {
-                    shared.busy.fetch_sub(1, Ordering::AcqRel);
-                    shared.finish(Exit::PeerClosed {
-                        reason: "the process whose memory is served has exited".into(),
-                    });
-                    return;
-                }
-                Err(e) => {
-                    shared.busy.fetch_sub(1, Ordering::AcqRel);
-                    shared.finish(Exit::Failed(e));
-                    return;
-                }
-            }
-        }
-        shared.busy.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// What one pass of a handler thread found.
+enum Pass {
+    /// The server stops.
+    Stop,
+    /// Nothing was read.
+    Idle,
+    /// Events were read and applied.
+    Busy,
+}
+
+/// One handler thread's buffers, allocated before its first read.
+struct Batch {
+    buf: EventBuffer,
+    faults: Vec<usize>,
+    deferred: Vec<usize>,
+    forks: Vec<Uffd>,
+    scratch: Scratch,
+}
+
+/// One pass of a handler thread once `poll` returned: reads the events
+/// (when `readable`), applies the non-fault ones, then resolves the faults
+/// read and those deferred after `EAGAIN`.
+///
+/// Not inlined: the benchmarks count the instructions spent here per fault.
+#[inline(never)]
+fn handle_batch(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    uffd: &Uffd,
+    readable: bool,
+    b: &mut Batch,
+) -> Pass {
+    b.faults.clear();
+    b.faults.append(&mut b.deferred);
+    let mut read_any = false;
+    if readable {
+        let _order = shared.read_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let events = match uffd.read_events(&mut b.buf) {
+            Ok(events) => events,
+            Err(e) => {
+                shared.finish(Exit::Failed(e.into()));
+                return Pass::Stop;
+            }
+        };
+        for event in events {
+            read_any = true;
+            match event {
+                Event::PageFault { address, .. } => b.faults.push(address),
+                Event::Remove { start, end } => resolver.remove(start, end),
+                Event::Unmap { start, end } => resolver.unmap(start, end),
+                Event::Remap { from, to, len } => {
+                    if let Err(e) = resolver.remap(from, to, len) {
+                        shared.finish(Exit::Failed(e));
+                        return Pass::Stop;
+                    }
+                }
+                // Served once the order lock is released: setting up a
+                // child allocates.
+                Event::Fork { uffd: child } => b.forks.push(child),
+                _ => Counters::add(&shared.counters.other_events, 1),
+            }
+        }
+    }
+    for child in b.forks.drain(..) {
+        spawn_child(shared, resolver, child);
+    }
+    let pass = if read_any { Pass::Busy } else { Pass::Idle };
+    if b.faults.is_empty() {
+        return pass;
+    }
+    let read_at = Instant::now();
+    for &addr in &b.faults {
+        match resolver.fault(addr, &mut b.scratch) {
+            Ok(Outcome::Done) => {
+                Counters::add(&shared.counters.demand_faults, 1);
+                shared.counters.record_latency(read_at.elapsed());
+            }
+            Ok(Outcome::Again) => {
+                Counters::add(&shared.counters.retries, 1);
+                b.deferred.push(addr);
+            }
+            Ok(Outcome::Gone) => Counters::add(&shared.counters.other_events, 1),
+            Ok(Outcome::PeerGone) => {
+                shared.finish(Exit::PeerClosed {
+                    reason: "the process whose memory is served has exited".into(),
+                });
+                return Pass::Stop;
+            }
+            Err(e) => {
+                shared.finish(Exit::Failed(e));
+                return Pass::Stop;
+            }
+        }
+    }
+    pass
 }
 
 /// Serves a forked child's copy of the ranges on its own thread, from the
@@ -484,22 +530,23 @@ fn spawn_child(shared: &Arc<Shared>, parent: &Resolver, child: Uffd) {
     }
 }
 
-/// Gives the CPU to the handler threads while demand faults are pending or
-/// being resolved, for at most `MAX_YIELD` per background step: a guest
-/// that faults without pause must not stop the populator, whose work is
-/// what the guest will need next.
+/// Gives the CPU to the handler threads while demand faults wait unread,
+/// for at most `MAX_YIELD` per background step: a fault is read before the
+/// populator takes its next extent. A handler thread already resolving one
+/// is not waited for: it has its CPU, and the populator's next extent is
+/// what the guest will need next (a guest that faults without pause must
+/// not stop the populator).
 fn yield_to_demand(shared: &Shared) {
-    const MAX_YIELD: Duration = Duration::from_micros(500);
+    const MAX_YIELD: Duration = Duration::from_micros(200);
     let uffd = shared.resolver.uffd();
     let mut since = None;
     loop {
         if shared.stopped() {
             return;
         }
-        let busy = shared.busy.load(Ordering::Acquire) > 0;
         let mut fds = [PollFd::new(uffd, PollFlags::IN)];
         let pending = matches!(rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))), Ok(n) if n > 0);
-        if !busy && !pending {
+        if !pending {
             return;
         }
         let t0 = *since.get_or_insert_with(Instant::now);
@@ -515,6 +562,9 @@ fn yield_to_demand(shared: &Shared) {
 /// the per-call costs vanish; small enough that a demand fault on a page
 /// the populator holds waits well under a millisecond.
 const EXTENT: usize = 512 << 10;
+
+/// The populator's nice value once the working set is in.
+const BACKGROUND_NICE: i32 = 10;
 
 /// The working set as extents of consecutive state indices, in the order
 /// of their first page.
@@ -581,6 +631,11 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             return;
         }
     }
+    // What is left is background work: from here the populator runs at
+    // nice `BACKGROUND_NICE` (`setpriority(2)` changes the calling thread
+    // on Linux), so the scheduler gives handler threads and vCPUs the CPU
+    // first. Failing to lower it only costs that preference.
+    let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
     // Sequential passes until nothing is left (a claim given back after
     // EAGAIN, or held by a handler thread, is found on the next pass).
     while resolver.remaining() > 0 {
