@@ -14,7 +14,6 @@
 use std::fmt;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -144,11 +143,32 @@ impl PageSource for FileSource {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let avail = self.len.saturating_sub(offset);
         let n = buf.len().min(usize::try_from(avail).unwrap_or(usize::MAX));
-        let (head, tail) = buf.split_at_mut(n);
-        self.file
-            .read_exact_at(head, offset)
-            .map_err(|e| context(e, format!("pread {} bytes at {offset:#x}", head.len())))?;
-        tail.fill(0);
+        let (mut head, tail) = buf.split_at_mut(n);
+        let mut at = offset;
+        while !head.is_empty() {
+            match rustix::io::pread(&self.file, &mut *head, at) {
+                Ok(0) => {
+                    return Err(context(
+                        io::ErrorKind::UnexpectedEof.into(),
+                        format!("pread {} bytes at {at:#x}: the file shrank", head.len()),
+                    ));
+                }
+                Ok(got) => {
+                    head = &mut head[got..];
+                    at += got as u64;
+                }
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    return Err(context(
+                        e.into(),
+                        format!("pread {} bytes at {at:#x}", head.len()),
+                    ));
+                }
+            }
+        }
+        if !tail.is_empty() {
+            tail.fill(0);
+        }
         Ok(())
     }
 
