@@ -293,6 +293,7 @@ fn context(e: io::Error, what: String) -> io::Error {
 mod tests {
     use super::*;
     use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
 
     fn temp(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("userfault-pager-src-{}", std::process::id()));
