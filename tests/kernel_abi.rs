@@ -130,6 +130,16 @@ fn bit(nr: u32) -> u64 {
     1 << nr
 }
 
+/// The ioctls `UFFDIO_API` offers on the fd: `UFFD_API_IOCTLS`, without
+/// `UFFDIO_SET_MODE` on kernels before 7.3 (which have no RWP either).
+fn fd_ioctls(features: u64) -> u64 {
+    if features & uffd::UFFD_FEATURE_RWP != 0 {
+        uffd::UFFD_API_IOCTLS
+    } else {
+        uffd::UFFD_API_IOCTLS & !bit(uffd::_UFFDIO_SET_MODE)
+    }
+}
+
 #[test]
 fn userfaultfd_accepts_every_request_number() {
     const TEST: &str = "userfaultfd_accepts_every_request_number";
@@ -137,7 +147,7 @@ fn userfaultfd_accepts_every_request_number() {
     let all = handshake(probe.as_raw_fd(), 0).expect("UFFDIO_API with no features");
     assert_eq!(
         all.ioctls,
-        uffd::UFFD_API_IOCTLS,
+        fd_ioctls(all.features),
         "UFFDIO_API reports the fd's ioctls"
     );
     // A second handshake on the same fd is refused: the request was understood.
@@ -304,7 +314,7 @@ fn dev_userfaultfd_accepts_ioc_new() {
         ioctl_int(dev.as_raw_fd(), uffd::USERFAULTFD_IOC_NEW, flags).expect("USERFAULTFD_IOC_NEW");
     let fd = owned(fd as i64).expect("new uffd");
     let api = handshake(fd.as_raw_fd(), 0).expect("UFFDIO_API on a /dev/userfaultfd uffd");
-    assert_eq!(api.ioctls, uffd::UFFD_API_IOCTLS);
+    assert_eq!(api.ioctls, fd_ioctls(api.features));
     assert_ne!(api.features & uffd::UFFD_FEATURE_MISSING_SHMEM, 0);
 }
 

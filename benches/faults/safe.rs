@@ -32,6 +32,8 @@ pub fn serve_region<C: Class, B>(
             }
             Some(Fault::Minor(f)) => f.map(),
             Some(Fault::WriteProtect(f)) => panic!("unexpected WP fault at {:#x}", f.page()),
+            Some(Fault::Rwp(f)) => panic!("unexpected RWP fault at {:#x}", f.page()),
+            Some(Fault::Unknown(f)) => panic!("unexpected fault kind at {:#x}", f.page()),
             None => panic!("fault at {address:#x} outside the region"),
         };
         resolved.expect("resolution");

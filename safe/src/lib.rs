@@ -13,6 +13,8 @@
 //! | [`kvm`] | `/dev/kvm`, VMs, guest_memfd, memslots, KVM userfault and stage-2 faults |
 //! | [`resolve`] | the typestate: copy-capable and CONTINUE-only regions, typed faults |
 //! | [`uffd`] | the userfaultfd object: open, negotiate, register, resolve, read events |
+//! | [`pagemap`] | `PAGEMAP_SCAN`: pages by category (written, accessed, present, …) as typed runs |
+//! | [`workingset`] | which pages of a range a guest touched: RWP_ASYNC, WP_ASYNC or fault order, whichever the kernel has |
 //! | [`caps`] | [`Capabilities::probe`](caps::Capabilities::probe): everything the running kernel offers, as one value |
 //!
 //! The raw bindings are re-exported so that a user of this crate can reach
@@ -23,9 +25,11 @@ pub mod caps;
 pub mod error;
 pub mod kvm;
 pub mod mem;
+pub mod pagemap;
 pub mod resolve;
 mod sys;
 pub mod uffd;
+pub mod workingset;
 
 pub use error::{Errno, Error, Result};
 pub use gmem_sys;

@@ -5,10 +5,14 @@
 //!
 //! A [`Region`] is a registered range that knows its class, `C`:
 //!
-//! | class | how a region gets it | MISSING fault offers | MINOR fault offers | WP fault offers |
-//! |---|---|---|---|---|
-//! | [`CopyCapable`] | the kernel's ioctl mask has `UFFDIO_COPY` and the caller did not ask for CONTINUE-only | [`copy`](MissingFault::copy), [`zero`](MissingFault::zero) | [`map`](MinorFault::map) (`UFFDIO_CONTINUE`) | [`unprotect`](WpFault::unprotect) |
-//! | [`ContinueOnly`] | the mask has `UFFDIO_CONTINUE` but not `UFFDIO_COPY`, or the caller asked for it on a file-backed range | [`write_then_continue`](MissingFault::write_then_continue) only | [`map`](MinorFault::map) | — (registered without WP) |
+//! | class | how a region gets it | MISSING fault offers | MINOR fault offers | WP fault offers | RWP fault offers |
+//! |---|---|---|---|---|---|
+//! | [`CopyCapable`] | the kernel's ioctl mask has `UFFDIO_COPY` and the caller did not ask for CONTINUE-only | [`copy`](MissingFault::copy), [`zero`](MissingFault::zero) | [`map`](MinorFault::map) (`UFFDIO_CONTINUE`) | [`unprotect`](WpFault::unprotect) | [`unprotect`](RwpFault::unprotect) (`UFFDIO_RWPROTECT`) |
+//! | [`ContinueOnly`] | the mask has `UFFDIO_CONTINUE` but not `UFFDIO_COPY`, or the caller asked for it on a file-backed range | [`write_then_continue`](MissingFault::write_then_continue) only | [`map`](MinorFault::map) | — (registered without WP) | — (registered without RWP) |
+//!
+//! An RWP fault (Linux 7.3) is never resolved by COPY or CONTINUE: its page
+//! is present, only protected. A fault of a mode this crate does not know
+//! is an [`UnknownFault`], which can only be woken.
 //!
 //! A CONTINUE-only region can only be made from a [`BackedMapping`] — a
 //! mapping of a file whose page cache can be filled — and is always
@@ -98,8 +102,11 @@
 //!             Fault::Minor(f) => {
 //!                 f.map()?;
 //!             }
-//!             // Never raised: a CONTINUE-only region is not registered WP.
+//!             // Never raised: a CONTINUE-only region is registered
+//!             // neither WP nor RWP.
 //!             Fault::WriteProtect(f) => f.wake()?,
+//!             Fault::Rwp(f) => f.wake()?,
+//!             Fault::Unknown(f) => f.wake()?,
 //!         }
 //!     }
 //! }
@@ -170,6 +177,10 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+
+mod rwp;
+
+pub use rwp::{RwpFault, UnknownFault};
 
 use crate::backing::{BackedMapping, Backing};
 use crate::error::{Errno, Error, Result};
@@ -608,6 +619,8 @@ impl<C: Class, B> Region<C, B> {
             FaultKind::Missing => Fault::Missing(MissingFault { raw }),
             FaultKind::Minor => Fault::Minor(MinorFault { raw }),
             FaultKind::WriteProtect => Fault::WriteProtect(WpFault { raw }),
+            FaultKind::Rwp => Fault::Rwp(RwpFault { raw }),
+            FaultKind::Unknown => Fault::Unknown(UnknownFault { raw }),
         })
     }
 
@@ -733,6 +746,10 @@ pub enum Fault<'r, C: Class, B> {
     Minor(MinorFault<'r, C, B>),
     /// A write to a write-protected page.
     WriteProtect(WpFault<'r, C, B>),
+    /// A read or write of a read-write-protected page (Linux 7.3).
+    Rwp(RwpFault<'r, C, B>),
+    /// A fault of a mode this crate does not know.
+    Unknown(UnknownFault<'r, C, B>),
 }
 
 macro_rules! fault_accessors {

@@ -55,6 +55,8 @@ fn serve(region: Served<'_>, uffd: &Uffd, image: &[u8], stop: &AtomicBool) -> us
                     }
                     Fault::Minor(f) => f.map(),
                     Fault::WriteProtect(f) => panic!("WP fault at {:#x}", f.page()),
+                    Fault::Rwp(f) => panic!("RWP fault at {:#x}", f.page()),
+                    Fault::Unknown(f) => panic!("unknown fault at {:#x}", f.page()),
                 },
                 Served::ContinueOnly(r) => match r.fault(address, kind).expect("fault in the slot")
                 {
@@ -64,6 +66,8 @@ fn serve(region: Served<'_>, uffd: &Uffd, image: &[u8], stop: &AtomicBool) -> us
                     }
                     Fault::Minor(f) => f.map(),
                     Fault::WriteProtect(f) => panic!("WP fault at {:#x}", f.page()),
+                    Fault::Rwp(f) => panic!("RWP fault at {:#x}", f.page()),
+                    Fault::Unknown(f) => panic!("unknown fault at {:#x}", f.page()),
                 },
             };
             result.expect("resolution");

@@ -146,6 +146,8 @@ pub fn serve(
                 }
                 Fault::Minor(f) => f.map(),
                 Fault::WriteProtect(f) => panic!("unexpected WP fault at {:#x}", f.page()),
+                Fault::Rwp(f) => panic!("unexpected RWP fault at {:#x}", f.page()),
+                Fault::Unknown(f) => panic!("unexpected fault kind at {:#x}", f.page()),
             };
             result.expect("resolution");
             served += 1;

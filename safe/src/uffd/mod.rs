@@ -126,13 +126,17 @@ mod flags;
 mod open;
 mod register;
 mod resolve;
+mod rwp;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 #[cfg(feature = "tokio")]
 pub use async_tokio::AsyncUffd;
 pub use event::{Event, EventBuffer, Events, FaultKind};
-pub use flags::{ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, RegisterMode};
+pub use flags::{
+    ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, RegisterMode, RwprotectMode,
+};
 pub(crate) use open::has_cap_sys_ptrace;
 pub use open::{DEVICE_PATH, KernelApi, OpenMethod, Origin, UffdBuilder, query_kernel};
 pub use register::Registration;
@@ -150,7 +154,8 @@ pub struct Uffd {
     fd: OwnedFd,
     id: u64,
     origin: Origin,
-    features: Features,
+    /// The enabled features' bits; [`Uffd::set_mode`] changes the async ones.
+    features: AtomicU64,
     api: KernelApi,
     user_mode_only: bool,
     parent: Option<u64>,
@@ -185,7 +190,7 @@ impl Uffd {
             fd,
             id: open::next_id(),
             origin,
-            features,
+            features: AtomicU64::new(features.bits()),
             api,
             user_mode_only,
             parent,
@@ -210,9 +215,10 @@ impl Uffd {
         self.parent
     }
 
-    /// The features enabled on this userfaultfd.
+    /// The features enabled on this userfaultfd (as negotiated, then as
+    /// changed by [`set_mode`](Self::set_mode)).
     pub fn features(&self) -> Features {
-        self.features
+        Features::from_bits_retain(self.features.load(Ordering::Relaxed))
     }
 
     /// Every feature the kernel offers (its whole `UFFDIO_API` feature

@@ -137,7 +137,10 @@ impl Uffd {
     /// `start` and `len` must be multiples of the page size (of the huge
     /// page size for hugetlbfs), and the range must be mapped. Which modes
     /// a memory type accepts: MISSING and WP everywhere userfaultfd works;
-    /// MINOR only on shmem and hugetlbfs (not private anonymous memory).
+    /// MINOR only on shmem and hugetlbfs (not private anonymous memory);
+    /// RWP (Linux 7.3, with [`Features::RWP`](super::Features::RWP)
+    /// enabled) on anonymous, shmem and hugetlbfs memory, never together
+    /// with WP.
     ///
     /// # Registering a range again
     ///
@@ -169,7 +172,8 @@ impl Uffd {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range
-    /// (checked before the system call); [`Error::Os`] from the kernel:
+    /// or for `WP | RWP` (checked before the system call); [`Error::Os`]
+    /// from the kernel:
     /// `EINVAL` (part of the range is not mapped, the memory type does not
     /// support `mode`, a hugetlbfs range is not huge-page aligned), `EBUSY`
     /// (registered with another userfaultfd), `EPERM` (a read-only
@@ -191,6 +195,12 @@ impl Uffd {
         check_range(OP, start, len)?;
         if mode.is_empty() {
             return Err(Error::invalid(OP, "the register mode is empty"));
+        }
+        if mode.contains(RegisterMode::WP | RegisterMode::RWP) {
+            return Err(Error::invalid(
+                OP,
+                "WP and RWP cannot be combined on one range (the kernel refuses the pair with                  EINVAL: both use the page tables' userfaultfd bit)",
+            ));
         }
         let mut arg = sys::uffdio_register {
             range: sys::uffdio_range {
@@ -332,6 +342,11 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
                 "part of the range is not mapped, or its memory type does not support ",
             );
             text.push_str(&format!("{mode:?}"));
+            if mode.contains(RegisterMode::RWP) {
+                text.push_str(
+                    " (RWP needs Linux 7.3 and UFFD_FEATURE_RWP enabled on the userfaultfd, and                      cannot join WP on one mapping)",
+                );
+            }
             if mode.contains(RegisterMode::MINOR) {
                 text.push_str(
                     " (MINOR needs shmem or hugetlbfs; private anonymous memory has no page \
