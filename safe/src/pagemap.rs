@@ -64,7 +64,7 @@ bitflags! {
         const HUGE = sys::PAGE_IS_HUGE;
         /// Soft-dirty (`PAGE_IS_SOFT_DIRTY`).
         const SOFT_DIRTY = sys::PAGE_IS_SOFT_DIRTY;
-        /// A guard region (`PAGE_IS_GUARD`, Linux 6.15).
+        /// Part of a guard region installed with `MADV_GUARD_INSTALL` (`PAGE_IS_GUARD`).
         const GUARD = sys::PAGE_IS_GUARD;
         /// Not read-write protected by userfaultfd: accessed since protected
         /// (`PAGE_IS_ACCESSED`, Linux 7.3).

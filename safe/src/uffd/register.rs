@@ -171,12 +171,14 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range
-    /// or for `WP | RWP` (checked before the system call); [`Error::Os`]
-    /// from the kernel:
+    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range,
+    /// for `WP | RWP`, and for `RWP` on a userfaultfd without
+    /// [`Features::RWP`](super::Features::RWP) (checked before the system
+    /// call); [`Error::Os`] from the kernel:
     /// `EINVAL` (part of the range is not mapped, the memory type does not
     /// support `mode`, a hugetlbfs range is not huge-page aligned), `EBUSY`
-    /// (registered with another userfaultfd), `EPERM` (a read-only
+    /// (registered with another userfaultfd, or WP added to a range
+    /// registered RWP or the reverse), `EPERM` (a read-only
     /// mapping of a file opened without write access), `ENOMEM`.
     ///
     /// # References
@@ -200,6 +202,13 @@ impl Uffd {
             return Err(Error::invalid(
                 OP,
                 "WP and RWP cannot be combined on one range (the kernel refuses the pair with                  EINVAL: both use the page tables' userfaultfd bit)",
+            ));
+        }
+        if mode.contains(RegisterMode::RWP) && !self.features().contains(super::Features::RWP) {
+            return Err(Error::invalid(
+                OP,
+                "RWP registration needs Features::RWP enabled on this userfaultfd (request it \
+                 when creating the userfaultfd; the kernel refuses with EINVAL otherwise)",
             ));
         }
         let mut arg = sys::uffdio_register {
@@ -358,6 +367,11 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
                  kernel with guest_memfd userfaultfd support)",
             );
             text.into()
+        }
+        Errno::EBUSY if mode.intersects(RegisterMode::WP | RegisterMode::RWP) => {
+            "the range is registered with another userfaultfd, or registered RWP and WP is \
+             added (or the reverse), which the kernel refuses on one mapping"
+                .into()
         }
         Errno::EBUSY => "the range is registered with another userfaultfd".into(),
         Errno::EPERM => "the mapping is of a file opened without write access (userfaultfd needs \
