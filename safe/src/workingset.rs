@@ -137,10 +137,11 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    /// Starts tracking `[start, start + len)` (pages of `page_size` bytes)
-    /// on a userfaultfd of its own: registered RWP with `RWP_ASYNC` where
-    /// the kernel has it (Linux 7.3), else WP with `WP_ASYNC` (Linux 6.7;
-    /// writes only). Either way the kernel resolves every access itself:
+    /// `userfaultfd(2)`, `UFFDIO_API`, `UFFDIO_REGISTER` and
+    /// `UFFDIO_RWPROTECT` (or `UFFDIO_WRITEPROTECT`): starts tracking
+    /// `[start, start + len)` (pages of `page_size` bytes) on a userfaultfd
+    /// of its own, registered RWP with `RWP_ASYNC` where the kernel has it
+    /// (Linux 7.3), else WP with `WP_ASYNC` (Linux 6.7; writes only). Either way the kernel resolves every access itself:
     /// no thread ever waits for a handler, and no data changes.
     ///
     /// The range must be mapped and not registered with another
@@ -220,8 +221,9 @@ impl Tracker {
         Ok(tracker)
     }
 
-    /// Tracks a range the caller registered on its own userfaultfd and
-    /// handles faults of, choosing by trying: read-write protecting it
+    /// `UFFDIO_RWPROTECT` or `UFFDIO_WRITEPROTECT` of a range the caller
+    /// registered on its own userfaultfd (or nothing, for fault order):
+    /// tracks that range, choosing by trying: read-write protecting it
     /// ([`Mechanism::RwpAsync`]) when `uffd` has `RWP_ASYNC` enabled and
     /// `reg` offers `UFFDIO_RWPROTECT`; else fault order
     /// ([`Mechanism::FaultOrder`]: the handler calls
@@ -369,8 +371,10 @@ impl Tracker {
         true
     }
 
-    /// The pages touched since tracking started (or since the last
-    /// [`restart`](Self::restart)); tracking goes on.
+    /// `PAGEMAP_SCAN` of the range (`PAGE_IS_ACCESSED` or
+    /// `PAGE_IS_WRITTEN`), or the recorded faults: the pages touched since
+    /// tracking started (or since the last [`restart`](Self::restart));
+    /// tracking goes on.
     ///
     /// # Errors
     ///
@@ -394,9 +398,9 @@ impl Tracker {
         })
     }
 
-    /// Starts a new tracking interval: protects the range again (or
-    /// forgets the recorded faults), so the next [`read`](Self::read) shows
-    /// only pages touched from now on.
+    /// `UFFDIO_RWPROTECT` or `UFFDIO_WRITEPROTECT` of the whole range (or
+    /// forgetting the recorded faults): starts a new tracking interval, so
+    /// the next [`read`](Self::read) shows only pages touched from now on.
     ///
     /// # Errors
     ///

@@ -41,9 +41,15 @@ fn handshake_keeps_the_kernels_whole_feature_word() {
         kernel.features().bits(),
         kernel.ioctls()
     ));
+    // UFFDIO_SET_MODE came with RWP (Linux 7.3).
+    let set_mode = if kernel.features().contains(Features::RWP) {
+        Ioctls::SET_MODE
+    } else {
+        Ioctls::empty()
+    };
     assert_eq!(
         kernel.ioctls(),
-        Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API
+        Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API | set_mode
     );
     // Every kernel with userfaultfd has the 4.11 events.
     assert!(

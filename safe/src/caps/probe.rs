@@ -412,6 +412,9 @@ fn register_reason(kind: MemoryKind, mode: RegisterMode, errno: Option<Errno>) -
         (MemoryKind::AnonPrivate, Some(Errno::EINVAL)) if mode.contains(RegisterMode::MINOR) => {
             "private anonymous memory has no page cache, so it has no MINOR faults"
         }
+        (MemoryKind::GuestMemfd, Some(Errno::EINVAL)) if mode.contains(RegisterMode::RWP) => {
+            "read-write protection covers anonymous, shmem and hugetlbfs memory, not guest_memfd"
+        }
         (MemoryKind::GuestMemfd, Some(Errno::EINVAL)) => {
             "this kernel has no userfaultfd support for guest_memfd (posted series \
              \"mm, kvm: allow uffd support in guest_memfd\")"
