@@ -417,11 +417,49 @@ fn set_mode_switches_rwp_async_where_the_kernel_has_it() {
     assert!(uffd.features().contains(Features::RWP_ASYNC));
     ok(uffd.set_mode(Features::empty(), Features::RWP_ASYNC)).expect("disable RWP_ASYNC");
     assert!(!uffd.features().contains(Features::RWP_ASYNC));
-    let err = uffd
+    let wp_async = uffd
         .set_mode(Features::WP_ASYNC, Features::empty())
         .expect_err("WP_ASYNC cannot be switched");
-    assert_eq!(err.errno(), Some(userfault::Errno::EINVAL), "{err}");
+    assert_eq!(
+        wp_async.errno(),
+        Some(userfault::Errno::EINVAL),
+        "{wp_async}"
+    );
+    // Negotiated like every other feature: RWP_ASYNC with RWP at creation.
+    let both = fixtures::open(Features::RWP | Features::RWP_ASYNC).expect("RWP|RWP_ASYNC");
+    assert_eq!(both.features(), Features::RWP | Features::RWP_ASYNC);
+    // RWP_ASYNC alone is refused by the kernel (EINVAL).
+    let alone = Uffd::builder()
+        .require_features(Features::RWP_ASYNC)
+        .create()
+        .expect_err("RWP_ASYNC without RWP");
+    assert_eq!(alone.errno(), Some(userfault::Errno::EINVAL), "{alone}");
+    // SET_MODE(RWP_ASYNC) on a userfaultfd without RWP: EINVAL from the
+    // kernel, refused before the system call here.
+    let mut arg = sys::uffdio_set_mode {
+        enable: sys::UFFD_FEATURE_RWP_ASYNC,
+        disable: 0,
+    };
+    // SAFETY: UFFDIO_SET_MODE reads one `uffdio_set_mode`, which `arg` is.
+    let r = unsafe {
+        libc::ioctl(
+            plain.as_raw_fd(),
+            sys::UFFDIO_SET_MODE as libc::c_ulong,
+            &mut arg,
+        )
+    };
+    assert_eq!(
+        (r, std::io::Error::last_os_error().raw_os_error()),
+        (-1, Some(libc::EINVAL)),
+        "the kernel refuses RWP_ASYNC on a userfaultfd without RWP"
+    );
+    let err = plain
+        .set_mode(Features::RWP_ASYNC, Features::empty())
+        .expect_err("RWP_ASYNC without RWP");
+    assert_eq!(err.errno(), None, "refused before the system call: {err}");
+    assert!(err.to_string().contains("Features::RWP"), "{err}");
     util::report(&format!(
-        "rwp: SET_MODE on a context without RWP_ASYNC negotiated: accepted; WP_ASYNC: {err}"
+        "rwp: SET_MODE(RWP_ASYNC) on a userfaultfd with RWP alone: accepted; WP_ASYNC: {wp_async}; \
+         RWP_ASYNC negotiated alone: {alone}"
     ));
 }

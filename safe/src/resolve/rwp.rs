@@ -6,6 +6,24 @@
 //! data, so the only resolution is to un-protect it: [`RwpFault`] offers
 //! [`unprotect`](RwpFault::unprotect) and nothing that fills a page (no
 //! COPY, no CONTINUE), on any region class.
+//!
+//! Filling an RWP fault's page does not compile:
+//!
+//! ```compile_fail
+//! # use userfault::resolve::*;
+//! fn handle<B>(f: RwpFault<'_, CopyCapable, B>, page: &[u8]) {
+//!     let _ = f.copy(page);
+//! }
+//! ```
+//!
+//! Un-protecting does:
+//!
+//! ```
+//! # use userfault::resolve::*;
+//! fn handle<B>(f: RwpFault<'_, CopyCapable, B>) {
+//!     let _ = f.unprotect();
+//! }
+//! ```
 
 use super::{Class, RawFault, Region, Resolution};
 use crate::error::Result;

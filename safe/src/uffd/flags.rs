@@ -69,8 +69,10 @@ bitflags! {
         const RWP = sys::UFFD_FEATURE_RWP;
         /// Faults on read-write-protected pages are resolved by the kernel,
         /// without an event; `PAGEMAP_SCAN` then reports the touched pages as
-        /// `PAGE_IS_ACCESSED` (`UFFD_FEATURE_RWP_ASYNC`, Linux 7.3). Switched
-        /// at run time with [`Uffd::set_mode`](super::Uffd::set_mode).
+        /// `PAGE_IS_ACCESSED` (`UFFD_FEATURE_RWP_ASYNC`, Linux 7.3). Requested
+        /// only together with [`RWP`](Self::RWP) (the kernel refuses it alone
+        /// with `EINVAL`); switched at run time with
+        /// [`Uffd::set_mode`](super::Uffd::set_mode).
         const RWP_ASYNC = sys::UFFD_FEATURE_RWP_ASYNC;
         // Keep every bit a newer kernel reports.
         const _ = !0;

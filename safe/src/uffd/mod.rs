@@ -14,6 +14,7 @@
 //! | register | [`Uffd::register`] (`unsafe`) | `UFFDIO_REGISTER` → [`Registration`] with its [`Ioctls`] |
 //! | wait | [`Uffd::poll`], [`Uffd::read_events`], [`Uffd::wait_events`] | `poll(2)`, `read(2)` |
 //! | resolve | [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`continue_range`](Uffd::continue_range), [`write_protect`](Uffd::write_protect), [`poison`](Uffd::poison), [`move_pages`](Uffd::move_pages) (`unsafe`), [`wake`](Uffd::wake) | `UFFDIO_COPY`, `_ZEROPAGE`, `_CONTINUE`, `_WRITEPROTECT`, `_POISON`, `_MOVE`, `_WAKE` |
+//! | protect (Linux 7.3) | [`rwprotect`](Uffd::rwprotect), [`set_mode`](Uffd::set_mode) | `UFFDIO_RWPROTECT`, `UFFDIO_SET_MODE` |
 //! | resolve without losing a wake-up | [`copy_or_wake`](Uffd::copy_or_wake), [`zeropage_or_wake`](Uffd::zeropage_or_wake), [`continue_or_wake`](Uffd::continue_or_wake) | the ioctl, then `UFFDIO_WAKE` on `EEXIST` |
 //! | end | [`Uffd::unregister`], drop | `UFFDIO_UNREGISTER`, `close(2)` |
 //!

@@ -104,7 +104,9 @@ impl Uffd {
     /// # Errors
     ///
     /// Before the system call: [`Error::InvalidArgument`] when a feature is
-    /// both in `enable` and `disable`, or both are empty;
+    /// both in `enable` and `disable`, when both are empty, and when
+    /// `enable` has `RWP_ASYNC` but this userfaultfd did not enable
+    /// [`Features::RWP`] (which the kernel refuses with `EINVAL`);
     /// [`Error::Unsupported`] when the kernel's `UFFDIO_API` answer did not
     /// offer `UFFDIO_SET_MODE` (kernels before 7.3). From the kernel:
     /// `EINVAL` (a feature that cannot be switched at run time).
@@ -135,6 +137,13 @@ impl Uffd {
                     "the kernel's UFFDIO_API answer offers {:?} (UFFDIO_SET_MODE needs Linux 7.3)",
                     self.kernel_api().ioctls()
                 ),
+            ));
+        }
+        if enable.contains(Features::RWP_ASYNC) && !self.features().contains(Features::RWP) {
+            return Err(Error::invalid(
+                OP,
+                "RWP_ASYNC can only be switched on a userfaultfd that enabled Features::RWP (the \
+                 kernel refuses it with EINVAL otherwise)",
             ));
         }
         let mut arg = sys::uffdio_set_mode {
