@@ -77,14 +77,16 @@ impl FaultKind {
     /// bit is set either.
     #[inline]
     pub fn from_flags(flags: FaultFlags) -> FaultKind {
-        if flags.contains(FaultFlags::WP) {
+        // MISSING (no bit but WRITE) first: the one test on the path of a
+        // demand-paging handler.
+        if flags.bits() & !FaultFlags::WRITE.bits() == 0 {
+            FaultKind::Missing
+        } else if flags.contains(FaultFlags::WP) {
             FaultKind::WriteProtect
         } else if flags.contains(FaultFlags::MINOR) {
             FaultKind::Minor
         } else if flags.contains(FaultFlags::RWP) {
             FaultKind::Rwp
-        } else if flags.bits() & !FaultFlags::WRITE.bits() == 0 {
-            FaultKind::Missing
         } else {
             FaultKind::Unknown
         }
