@@ -298,6 +298,74 @@ fn userfaultfd_accepts_every_request_number() {
 }
 
 #[test]
+fn userfaultfd_accepts_the_rwp_request_numbers() {
+    const TEST: &str = "userfaultfd_accepts_the_rwp_request_numbers";
+    let probe = require!(TEST, "uffd", new_uffd());
+    let all = handshake(probe.as_raw_fd(), 0).expect("UFFDIO_API with no features");
+    if all.features & uffd::UFFD_FEATURE_RWP == 0 {
+        util::skip(
+            TEST,
+            "uffd-rwp",
+            &format!(
+                "RWP needs Linux 7.3: features {:#x} lack UFFD_FEATURE_RWP",
+                all.features
+            ),
+        );
+        return;
+    }
+    let fd_owned = new_uffd().expect("second userfaultfd");
+    let fd = fd_owned.as_raw_fd();
+    handshake(fd, uffd::UFFD_FEATURE_RWP).expect("UFFDIO_API with RWP");
+    let mem = Mapping::anon(2 * PAGE);
+    let mask = register(fd, mem.page(0), mem.len, uffd::UFFDIO_REGISTER_MODE_RWP);
+    assert_ne!(
+        mask & bit(uffd::_UFFDIO_RWPROTECT),
+        0,
+        "anon RWP mask {mask:#x}"
+    );
+    for mode in [uffd::UFFDIO_RWPROTECT_MODE_RWP, 0] {
+        let mut rp = uffd::uffdio_rwprotect {
+            range: uffd::uffdio_range {
+                start: mem.page(0),
+                len: mem.len as u64,
+            },
+            mode,
+        };
+        ioctl_ptr(fd, uffd::UFFDIO_RWPROTECT, &mut rp).expect("UFFDIO_RWPROTECT");
+    }
+    for (enable, disable) in [
+        (uffd::UFFD_FEATURE_RWP_ASYNC, 0),
+        (0, uffd::UFFD_FEATURE_RWP_ASYNC),
+    ] {
+        let mut sm = uffd::uffdio_set_mode { enable, disable };
+        ioctl_ptr(fd, uffd::UFFDIO_SET_MODE, &mut sm).expect("UFFDIO_SET_MODE");
+    }
+
+    // PAGEMAP_SCAN with the 7.3 category: the touched page is reported.
+    assert_eq!(mem.read(PAGE + 1), 0);
+    let pagemap = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
+    let mut regions = [uffd::pagemap::page_region::default(); 4];
+    let mut arg = uffd::pagemap::pm_scan_arg {
+        size: std::mem::size_of::<uffd::pagemap::pm_scan_arg>() as u64,
+        start: mem.page(0),
+        end: mem.page(2),
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: regions.len() as u64,
+        category_mask: uffd::pagemap::PAGE_IS_PRESENT,
+        return_mask: uffd::pagemap::PAGE_IS_PRESENT | uffd::pagemap::PAGE_IS_ACCESSED,
+        ..Default::default()
+    };
+    let n = ioctl_ptr(pagemap.as_raw_fd(), uffd::pagemap::PAGEMAP_SCAN, &mut arg)
+        .expect("PAGEMAP_SCAN");
+    assert_eq!(n, 1, "{:?}", &regions[..n as usize]);
+    assert_eq!(
+        (regions[0].start, regions[0].end),
+        (mem.page(1), mem.page(2))
+    );
+    assert_eq!(arg.walk_end, mem.page(2), "the walk covered the range");
+}
+
+#[test]
 fn dev_userfaultfd_accepts_ioc_new() {
     const TEST: &str = "dev_userfaultfd_accepts_ioc_new";
     let dev = require!(
