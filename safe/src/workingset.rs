@@ -13,6 +13,11 @@
 //! | [`FaultOrder`](Mechanism::FaultOrder) | any | the MISSING and MINOR faults of a demand-paged run, which the caller's handler reports with [`Tracker::record_fault`] | address and first touch |
 //! | [`WrittenPages`](Mechanism::WrittenPages) | Linux 6.7 | writes only: the range is write-protected through a `WP_ASYNC` userfaultfd and `PAGEMAP_SCAN` reports `PAGE_IS_WRITTEN` | address |
 //!
+//! Limits: a shmem page that is reclaimed loses its read-write protection
+//! (the kernel's documented limit) and reads as touched once it is mapped
+//! again; [`Mechanism::FaultOrder`] sees only pages that were missing when
+//! first touched (a page present before tracking started is not seen).
+//!
 //! [`Tracker::start`] tracks a range nobody else handles faults of, on a
 //! userfaultfd of its own (RWP_ASYNC, else WP_ASYNC: no fault ever waits
 //! for a handler). [`Tracker::attach`] tracks a range the caller already
