@@ -4,10 +4,11 @@
 //! userfaultfd request fails with `EINVAL` like a bad argument would, so only
 //! success proves a number right.)
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use gmem_sys as gmem;
 use uffd_sys as uffd;
+use userfault::mem::{Mapping, Sharing};
 
 use crate::util::{self, require};
 
@@ -44,57 +45,21 @@ fn owned(fd: i64) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// An anonymous or file mapping, unmapped on drop.
-struct Mapping {
-    addr: *mut u8,
-    len: usize,
+/// A private anonymous mapping of `len` bytes.
+fn anon(len: usize) -> Mapping {
+    Mapping::anonymous(len, Sharing::Private).expect("mmap")
 }
 
-impl Mapping {
-    fn new(len: usize, flags: libc::c_int, fd: RawFd) -> Mapping {
-        // SAFETY: a fresh mapping at an address the kernel chooses.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            addr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Mapping {
-            addr: addr.cast(),
-            len,
-        }
-    }
-
-    fn anon(len: usize) -> Mapping {
-        Mapping::new(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
-    }
-
-    fn page(&self, i: usize) -> u64 {
-        self.addr as u64 + (i * PAGE) as u64
-    }
-
-    fn read(&self, offset: usize) -> u8 {
-        assert!(offset < self.len);
-        // SAFETY: in bounds of a live mapping; resolved pages are readable.
-        unsafe { self.addr.add(offset).read_volatile() }
-    }
+/// The address of page `i` of `m`, as the ioctls take it.
+fn page_addr(m: &Mapping, i: usize) -> u64 {
+    (m.addr() + i * PAGE) as u64
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping this value created.
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
-    }
+/// The byte at `offset` in `m`.
+fn read(m: &Mapping, offset: usize) -> u8 {
+    assert!(offset < m.len());
+    // SAFETY: in bounds of a live mapping; resolved pages are readable.
+    unsafe { m.as_ptr().add(offset).read_volatile() }
 }
 
 fn new_uffd() -> Result<OwnedFd, String> {
@@ -160,11 +125,11 @@ fn userfaultfd_accepts_every_request_number() {
     handshake(fd, all.features & wanted).expect("UFFDIO_API with MOVE|POISON");
 
     // Anonymous range: COPY, ZEROPAGE, WRITEPROTECT, POISON, MOVE, WAKE.
-    let dst = Mapping::anon(5 * PAGE);
+    let dst = anon(5 * PAGE);
     let mask = register(
         fd,
-        dst.page(0),
-        dst.len,
+        page_addr(&dst, 0),
+        dst.len(),
         uffd::UFFDIO_REGISTER_MODE_MISSING | uffd::UFFDIO_REGISTER_MODE_WP,
     );
     for nr in [
@@ -187,7 +152,7 @@ fn userfaultfd_accepts_every_request_number() {
 
     let src = vec![0xA5u8; PAGE];
     let mut copy = uffd::uffdio_copy {
-        dst: dst.page(0),
+        dst: page_addr(&dst, 0),
         src: src.as_ptr() as u64,
         len: PAGE as u64,
         mode: 0,
@@ -195,11 +160,11 @@ fn userfaultfd_accepts_every_request_number() {
     };
     ioctl_ptr(fd, uffd::UFFDIO_COPY, &mut copy).expect("UFFDIO_COPY");
     assert_eq!(copy.copy, PAGE as i64);
-    assert_eq!(dst.read(17), 0xA5);
+    assert_eq!(read(&dst, 17), 0xA5);
 
     let mut zero = uffd::uffdio_zeropage {
         range: uffd::uffdio_range {
-            start: dst.page(1),
+            start: page_addr(&dst, 1),
             len: PAGE as u64,
         },
         mode: 0,
@@ -207,12 +172,12 @@ fn userfaultfd_accepts_every_request_number() {
     };
     ioctl_ptr(fd, uffd::UFFDIO_ZEROPAGE, &mut zero).expect("UFFDIO_ZEROPAGE");
     assert_eq!(zero.zeropage, PAGE as i64);
-    assert_eq!(dst.read(PAGE + 5), 0);
+    assert_eq!(read(&dst, PAGE + 5), 0);
 
     for mode in [uffd::UFFDIO_WRITEPROTECT_MODE_WP, 0] {
         let mut wp = uffd::uffdio_writeprotect {
             range: uffd::uffdio_range {
-                start: dst.page(0),
+                start: page_addr(&dst, 0),
                 len: PAGE as u64,
             },
             mode,
@@ -221,7 +186,7 @@ fn userfaultfd_accepts_every_request_number() {
     }
 
     let mut wake = uffd::uffdio_range {
-        start: dst.page(2),
+        start: page_addr(&dst, 2),
         len: PAGE as u64,
     };
     ioctl_ptr(fd, uffd::UFFDIO_WAKE, &mut wake).expect("UFFDIO_WAKE");
@@ -229,7 +194,7 @@ fn userfaultfd_accepts_every_request_number() {
     if all.features & uffd::UFFD_FEATURE_POISON != 0 {
         let mut poison = uffd::uffdio_poison {
             range: uffd::uffdio_range {
-                start: dst.page(2),
+                start: page_addr(&dst, 2),
                 len: PAGE as u64,
             },
             mode: 0,
@@ -242,26 +207,26 @@ fn userfaultfd_accepts_every_request_number() {
     }
 
     if all.features & uffd::UFFD_FEATURE_MOVE != 0 {
-        let from = Mapping::anon(PAGE);
+        let from = anon(PAGE);
         // SAFETY: writes one byte inside the fresh anonymous mapping.
-        unsafe { from.addr.write_volatile(0x5A) };
+        unsafe { from.as_ptr().write_volatile(0x5A) };
         let mut mv = uffd::uffdio_move {
-            dst: dst.page(3),
-            src: from.page(0),
+            dst: page_addr(&dst, 3),
+            src: page_addr(&from, 0),
             len: PAGE as u64,
             mode: 0,
             move_: 0,
         };
         ioctl_ptr(fd, uffd::UFFDIO_MOVE, &mut mv).expect("UFFDIO_MOVE");
         assert_eq!(mv.move_, PAGE as i64);
-        assert_eq!(dst.read(3 * PAGE), 0x5A);
+        assert_eq!(read(&dst, 3 * PAGE), 0x5A);
     } else {
         util::report("note: UFFD_FEATURE_MOVE not offered; UFFDIO_MOVE not exercised");
     }
 
     let mut range = uffd::uffdio_range {
-        start: dst.page(0),
-        len: dst.len as u64,
+        start: page_addr(&dst, 0),
+        len: dst.len() as u64,
     };
     ioctl_ptr(fd, uffd::UFFDIO_UNREGISTER, &mut range).expect("UFFDIO_UNREGISTER");
 
@@ -277,8 +242,13 @@ fn userfaultfd_accepts_every_request_number() {
     // SAFETY: writes PAGE bytes from a live buffer.
     let n = unsafe { libc::pwrite(memfd.as_raw_fd(), page.as_ptr().cast(), PAGE, 0) };
     assert_eq!(n, PAGE as isize);
-    let shared = Mapping::new(PAGE, libc::MAP_SHARED, memfd.as_raw_fd());
-    let mask = register(fd, shared.page(0), PAGE, uffd::UFFDIO_REGISTER_MODE_MINOR);
+    let shared = Mapping::file(memfd.as_fd(), 0, PAGE, Sharing::Shared).expect("mmap");
+    let mask = register(
+        fd,
+        page_addr(&shared, 0),
+        PAGE,
+        uffd::UFFDIO_REGISTER_MODE_MINOR,
+    );
     assert_ne!(
         mask & bit(uffd::_UFFDIO_CONTINUE),
         0,
@@ -286,7 +256,7 @@ fn userfaultfd_accepts_every_request_number() {
     );
     let mut cont = uffd::uffdio_continue {
         range: uffd::uffdio_range {
-            start: shared.page(0),
+            start: page_addr(&shared, 0),
             len: PAGE as u64,
         },
         mode: 0,
@@ -294,7 +264,7 @@ fn userfaultfd_accepts_every_request_number() {
     };
     ioctl_ptr(fd, uffd::UFFDIO_CONTINUE, &mut cont).expect("UFFDIO_CONTINUE");
     assert_eq!(cont.mapped, PAGE as i64);
-    assert_eq!(shared.read(100), 0x3C);
+    assert_eq!(read(&shared, 100), 0x3C);
 }
 
 #[test]
@@ -316,8 +286,13 @@ fn userfaultfd_accepts_the_rwp_request_numbers() {
     let fd_owned = new_uffd().expect("second userfaultfd");
     let fd = fd_owned.as_raw_fd();
     handshake(fd, uffd::UFFD_FEATURE_RWP).expect("UFFDIO_API with RWP");
-    let mem = Mapping::anon(2 * PAGE);
-    let mask = register(fd, mem.page(0), mem.len, uffd::UFFDIO_REGISTER_MODE_RWP);
+    let mem = anon(2 * PAGE);
+    let mask = register(
+        fd,
+        page_addr(&mem, 0),
+        mem.len(),
+        uffd::UFFDIO_REGISTER_MODE_RWP,
+    );
     assert_ne!(
         mask & bit(uffd::_UFFDIO_RWPROTECT),
         0,
@@ -326,8 +301,8 @@ fn userfaultfd_accepts_the_rwp_request_numbers() {
     for mode in [uffd::UFFDIO_RWPROTECT_MODE_RWP, 0] {
         let mut rp = uffd::uffdio_rwprotect {
             range: uffd::uffdio_range {
-                start: mem.page(0),
-                len: mem.len as u64,
+                start: page_addr(&mem, 0),
+                len: mem.len() as u64,
             },
             mode,
         };
@@ -342,13 +317,13 @@ fn userfaultfd_accepts_the_rwp_request_numbers() {
     }
 
     // PAGEMAP_SCAN with the 7.3 category: the touched page is reported.
-    assert_eq!(mem.read(PAGE + 1), 0);
+    assert_eq!(read(&mem, PAGE + 1), 0);
     let pagemap = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
     let mut regions = [uffd::pagemap::page_region::default(); 4];
     let mut arg = uffd::pagemap::pm_scan_arg {
         size: std::mem::size_of::<uffd::pagemap::pm_scan_arg>() as u64,
-        start: mem.page(0),
-        end: mem.page(2),
+        start: page_addr(&mem, 0),
+        end: page_addr(&mem, 2),
         vec: regions.as_mut_ptr() as u64,
         vec_len: regions.len() as u64,
         category_mask: uffd::pagemap::PAGE_IS_PRESENT,
@@ -360,9 +335,13 @@ fn userfaultfd_accepts_the_rwp_request_numbers() {
     assert_eq!(n, 1, "{:?}", &regions[..n as usize]);
     assert_eq!(
         (regions[0].start, regions[0].end),
-        (mem.page(1), mem.page(2))
+        (page_addr(&mem, 1), page_addr(&mem, 2))
     );
-    assert_eq!(arg.walk_end, mem.page(2), "the walk covered the range");
+    assert_eq!(
+        arg.walk_end,
+        page_addr(&mem, 2),
+        "the walk covered the range"
+    );
 }
 
 #[test]
@@ -423,12 +402,12 @@ fn kvm_accepts_every_request_number() {
         );
         return;
     }
-    let backing = Mapping::anon(2 << 20);
+    let backing = anon(2 << 20);
     let mut slot = gmem::kvm_userspace_memory_region2 {
         slot: 0,
         guest_phys_addr: 0,
-        memory_size: backing.len as u64,
-        userspace_addr: backing.page(0),
+        memory_size: backing.len() as u64,
+        userspace_addr: page_addr(&backing, 0),
         ..Default::default()
     };
     ioctl_ptr(vm, gmem::KVM_SET_USER_MEMORY_REGION2, &mut slot)
@@ -455,7 +434,7 @@ fn kvm_accepts_every_request_number() {
         flags: gmem::KVM_MEM_GUEST_MEMFD,
         guest_phys_addr: 1 << 30,
         memory_size: 2 << 20,
-        userspace_addr: backing.page(0),
+        userspace_addr: page_addr(&backing, 0),
         guest_memfd: gfd.as_raw_fd() as u32,
         ..Default::default()
     };

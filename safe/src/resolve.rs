@@ -184,7 +184,10 @@ pub use rwp::{RwpFault, UnknownFault};
 
 use crate::backing::{BackedMapping, Backing};
 use crate::error::{Errno, Error, Result};
-use crate::uffd::{ContinueMode, CopyMode, FaultKind, Ioctls, RegisterMode, Registration, Uffd};
+use crate::uffd::{
+    ContinueMode, CopyMode, FaultKind, Ioctls, RegisterMode, Registration, Uffd, UnprotectMode,
+    ZeropageMode,
+};
 
 mod sealed {
     pub trait Sealed {}
@@ -869,7 +872,7 @@ impl<B> MissingFault<'_, CopyCapable, B> {
         let page = self.raw.page;
         match region
             .uffd
-            .zeropage(&region.reg, page, region.page_size, false)
+            .zeropage(&region.reg, page, region.page_size, ZeropageMode::empty())
         {
             Ok(_) => Ok(Resolution::Resolved),
             Err(e) if e.is_exists() => region.settle_existing(page),
@@ -930,10 +933,12 @@ impl<B> WpFault<'_, CopyCapable, B> {
         self.raw.done = true;
         let region = self.raw.region;
         let page = self.raw.page;
-        match region
-            .uffd
-            .write_protect(&region.reg, page, region.page_size, false, false)
-        {
+        match region.uffd.write_unprotect(
+            &region.reg,
+            page,
+            region.page_size,
+            UnprotectMode::empty(),
+        ) {
             Ok(_) => Ok(Resolution::Resolved),
             Err(e) => Err(region.wake_after(page, e)),
         }

@@ -322,10 +322,7 @@ impl Tracker {
                 .uffd
                 .rwprotect(&self.reg, start, len, RwprotectMode::RWP)
                 .map(drop),
-            Mechanism::WrittenPages => self
-                .uffd
-                .write_protect(&self.reg, start, len, true, false)
-                .map(drop),
+            Mechanism::WrittenPages => self.uffd.write_protect(&self.reg, start, len).map(drop),
             Mechanism::FaultOrder => {
                 for word in &self.seen {
                     word.store(0, Ordering::Relaxed);

@@ -5,6 +5,7 @@
 
 mod rows;
 mod scenario;
+mod sealed;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

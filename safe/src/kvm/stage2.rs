@@ -192,13 +192,13 @@ impl<B: Backing + ?Sized> Stage2Fault<'_, B> {
         let (bitmap, page) = (self.bitmap, self.page);
         let mut spins = 0u32;
         loop {
-            if !bitmap.test(page) {
+            if bitmap.test(page) != Some(true) {
                 return Ok(Resolution::AlreadyPopulated);
             }
             if let Some(_claim) = Claim::take(bitmap, page) {
                 // The bit may have been cleared between the test and the
                 // claim by a resolver that has since released its claim.
-                if !bitmap.test(page) {
+                if bitmap.test(page) != Some(true) {
                     return Ok(Resolution::AlreadyPopulated);
                 }
                 return match self.backing.fill(self.offset, data) {
