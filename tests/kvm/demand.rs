@@ -44,11 +44,11 @@ fn serve(region: Served<'_>, uffd: &Uffd, image: &[u8], stop: &AtomicBool) -> us
             .wait_events(&mut events, Some(Duration::from_millis(20)))
             .expect("read events")
         {
-            let Event::PageFault { address, kind, .. } = event else {
+            if !matches!(event, Event::PageFault { .. }) {
                 continue;
-            };
+            }
             let result = match &region {
-                Served::Copy(r) => match r.fault(address, kind).expect("fault in the slot") {
+                Served::Copy(r) => match r.fault(&event).expect("fault in the slot") {
                     Fault::Missing(f) => {
                         let at = f.page() - r.registration().start();
                         f.copy(&image[at..at + PAGE])
@@ -56,10 +56,9 @@ fn serve(region: Served<'_>, uffd: &Uffd, image: &[u8], stop: &AtomicBool) -> us
                     Fault::Minor(f) => f.map(),
                     Fault::WriteProtect(f) => panic!("WP fault at {:#x}", f.page()),
                 },
-                Served::ContinueOnly(r) => match r.fault(address, kind).expect("fault in the slot")
-                {
+                Served::ContinueOnly(r) => match r.fault(&event).expect("fault in the slot") {
                     Fault::Missing(f) => {
-                        let at = f.file_offset().expect("file offset") as usize;
+                        let at = f.file_offset() as usize;
                         f.write_then_continue(&image[at..at + PAGE])
                     }
                     Fault::Minor(f) => f.map(),
@@ -84,7 +83,7 @@ fn demand_page(test: &str, continue_only: bool) {
             .map_err(|e| format!("no userfaultfd: {e}"))
     ));
     let memfd = Arc::new(Memfd::shmem(c"vcpu-demand", SLOT_SIZE as u64).expect("memfd"));
-    let ram = Arc::new(BackedMapping::new(memfd, 0, SLOT_SIZE).expect("mmap"));
+    let ram = BackedMapping::whole(memfd).expect("mmap");
     let image = image();
 
     let slot = Memslot::from_mapping(0, 0, ram.mapping());

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use userfault::backing::{BackedMapping, HugePageSize, Memfd};
+use std::os::fd::AsFd;
+
+use userfault::backing::{BackedMapping, Backing, HugePageSize, Memfd};
 use userfault::resolve::{AnyRegion, ContinueOnly, Fault, Region};
 use userfault::uffd::{Event, EventBuffer, FaultKind, Uffd};
 
@@ -48,7 +50,20 @@ pub fn open_uffd(test: &str) -> Option<Arc<Uffd>> {
 pub fn shmem_mapping(pages: usize) -> Arc<BackedMapping<Memfd>> {
     let size = (pages * page_size()) as u64;
     let memfd = Arc::new(Memfd::shmem(c"userfault-resolve", size).expect("memfd_create"));
-    Arc::new(BackedMapping::new(memfd, 0, size as usize).expect("mmap memfd"))
+    BackedMapping::whole(memfd).expect("mmap memfd")
+}
+
+/// `pwrite` into the file behind its page state's back, as another process
+/// (or KVM without a userfault bitmap) would.
+pub fn pwrite_behind<B: Backing>(mapping: &BackedMapping<B>, offset: u64, data: &[u8]) {
+    let n = rustix::io::pwrite(mapping.backing().as_fd(), data, offset).expect("pwrite");
+    assert_eq!(n, data.len());
+}
+
+/// A hole punched behind the page state's back.
+pub fn punch_behind<B: Backing>(mapping: &BackedMapping<B>, offset: u64, len: u64) {
+    let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    rustix::fs::fallocate(mapping.backing().as_fd(), flags, offset, len).expect("punch");
 }
 
 /// A userfaultfd, a shmem mapping and a CONTINUE-only region on it.
@@ -137,11 +152,11 @@ pub fn serve(
             };
             any = true;
             let fault = region
-                .fault(address, kind)
+                .fault_at(address, kind)
                 .expect("fault inside the region");
             let result = match fault {
                 Fault::Missing(f) => {
-                    let offset = f.file_offset().expect("offset");
+                    let offset = f.file_offset();
                     f.write_then_continue(&source(offset))
                 }
                 Fault::Minor(f) => f.map(),
@@ -204,7 +219,7 @@ fn hugetlb_continue_only_restores_a_snapshot() {
     let memfd = Arc::new(
         Memfd::hugetlb(c"userfault-huge", size as u64, HugePageSize::Size2M).expect("memfd"),
     );
-    let mapping = Arc::new(BackedMapping::new(memfd, 0, size).expect("mmap"));
+    let mapping = BackedMapping::whole(memfd).expect("mmap");
     // SAFETY: fresh mapping, not referenced.
     let region = unsafe { Region::continue_only(uffd, mapping.clone()) }.expect("register hugetlb");
     assert_eq!(region.page_size(), huge);

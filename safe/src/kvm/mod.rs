@@ -147,7 +147,7 @@ pub use exit::{
 pub use gmem::{CandidateBit, GmemFlags, GmemFlavour, GmemNumbering, GuestMemfd};
 pub use handle::{Kvm, Vm, check_extension};
 pub use memslot::{Memslot, MemslotFlags};
-pub use stage2::{Resolution, Stage2Fault, Stage2Resolver};
+pub use stage2::{Stage2Fault, Stage2Resolver};
 pub use userfault::{UserfaultBitmap, probe_userfault};
 
 use userfault::open_and_probe_userfault;

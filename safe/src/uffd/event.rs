@@ -82,6 +82,10 @@ pub enum Event {
         thread_id: Option<u32>,
         /// The raw `UFFD_PAGEFAULT_FLAG_*` bits.
         flags: FaultFlags,
+        /// [`Uffd::id`] of the userfaultfd the event was read from: a typed
+        /// region only takes faults of its own userfaultfd (a fork child's
+        /// faults at the same addresses are not its own).
+        uffd_id: u64,
     },
     /// `UFFD_EVENT_FORK`: a process with registered ranges forked; the
     /// child's copies of them are registered with `uffd`, which receives
@@ -298,6 +302,7 @@ fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
             .contains(Features::THREAD_ID)
             .then(|| u32_at(msg, ARG2)),
         flags,
+        uffd_id: source.id,
     }
 }
 
@@ -544,6 +549,7 @@ mod tests {
                 write,
                 thread_id,
                 flags,
+                ..
             } => {
                 assert_eq!(
                     (address, kind, write),
