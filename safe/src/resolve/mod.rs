@@ -448,18 +448,18 @@ fn vanished() -> Error {
 
 impl<C: Class, B> Drop for Region<C, B> {
     fn drop(&mut self) {
+        // A forked child's copy of the region must not unregister: the
+        // userfaultfd acts on the address space of the process that created
+        // it, the parent's. (Checked first: the child takes no lock.)
+        if rustix::process::getpid() != self.pid {
+            return;
+        }
         {
             let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
             let me = (self.reg.uffd_id(), self.reg.start(), self.reg.end());
             if let Some(i) = live.iter().position(|r| *r == me) {
                 live.swap_remove(i);
             }
-        }
-        // A forked child's copy of the region must not unregister: the
-        // userfaultfd acts on the address space of the process that created
-        // it, the parent's.
-        if rustix::process::getpid() != self.pid {
-            return;
         }
         // The range may already be gone (unmapped); nothing to report then.
         let _ = self.uffd.unregister(&self.reg);

@@ -223,19 +223,19 @@ impl<B: Backing> MissingFault<'_, ContinueOnly, B> {
     #[doc(alias = "UFFDIO_CONTINUE")]
     pub fn write_then_continue(mut self, data: &[u8]) -> Result<Resolution> {
         self.check_page("write_then_continue", data)?;
-        self.raw.done = true;
         let region = self.raw.region;
         let page = self.raw.page;
-        region
-            .fill_and_map(page, data)
-            .map_err(|e| region.wake_after(page, e))
+        // A panicking fill leaves `done` false: the fault's drop wakes.
+        let r = region.fill_and_map(page, data);
+        self.raw.done = true;
+        r.map_err(|e| region.wake_after(page, e))
     }
 }
 
 /// The aligned window of pages around a fault that a chunked resolution
 /// fills: `size` bytes (a power of two from the page size up to
-/// [`MAX_WINDOW`]), aligned to `size` in the address space and clipped to
-/// the region. Made by [`MissingFault::window`].
+/// [`MAX_WINDOW`]), aligned to `size` in the file and clipped to the
+/// region. Made by [`MissingFault::window`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
     start: usize,
@@ -295,8 +295,13 @@ impl<B: Backing, C: Class> MissingFault<'_, C, B> {
                 "the region has no backing file",
             ));
         };
-        let start = (self.raw.page & !(size - 1)).max(region.reg.start());
-        let end = ((self.raw.page & !(size - 1)) + size).min(region.reg.end());
+        // Aligned in the file (where snapshots and huge folios are), then
+        // clipped to the region.
+        let offset = mapping.offset_of(self.raw.page)?;
+        let back = (offset & (size as u64 - 1)) as usize;
+        let aligned = self.raw.page.saturating_sub(back);
+        let start = aligned.max(region.reg.start());
+        let end = aligned.saturating_add(size).min(region.reg.end());
         Ok(Window {
             start,
             len: end - start,
@@ -341,12 +346,11 @@ impl<B: Backing> MissingFault<'_, ContinueOnly, B> {
     #[doc(alias = "UFFDIO_CONTINUE")]
     pub fn write_window_then_continue(mut self, window: Window, data: &[u8]) -> Result<Resolution> {
         self.check_window("write_window_then_continue", &window, data)?;
-        self.raw.done = true;
         let region = self.raw.region;
         let page = self.raw.page;
-        region
-            .resolve_window(page, &window, data, Chunk::Write)
-            .map_err(|e| region.wake_after(page, e))
+        let r = region.resolve_window(page, &window, data, Chunk::Write);
+        self.raw.done = true;
+        r.map_err(|e| region.wake_after(page, e))
     }
 }
 
@@ -362,12 +366,11 @@ impl<B: Backing> MissingFault<'_, CopyCapable, B> {
     #[doc(alias = "UFFDIO_COPY")]
     pub fn copy_window(mut self, window: Window, data: &[u8]) -> Result<Resolution> {
         self.check_window("copy_window", &window, data)?;
-        self.raw.done = true;
         let region = self.raw.region;
         let page = self.raw.page;
-        region
-            .resolve_window(page, &window, data, Chunk::Copy)
-            .map_err(|e| region.wake_after(page, e))
+        let r = region.resolve_window(page, &window, data, Chunk::Copy);
+        self.raw.done = true;
+        r.map_err(|e| region.wake_after(page, e))
     }
 }
 
