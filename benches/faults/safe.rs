@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use userfault::backing::{BackedMapping, Backing, Memfd};
 use userfault::mem::{Mapping, Sharing};
-use userfault::resolve::{Class, Fault, MissingFault, Region, Resolution};
+use userfault::resolve::{Class, Fault, MissingFault, PageState, Region, Resolution};
 use userfault::uffd::{CopyMode, Event, EventBuffer, RegisterMode, Uffd};
 
 use crate::harness::{PAGE, Sample, run_faults, verify};
@@ -22,10 +22,10 @@ pub fn serve_region<C: Class, B>(
     let base = region.registration().start();
     let mut served = 0;
     for event in region.uffd().read_events(buf).expect("read events") {
-        let Event::PageFault { address, kind, .. } = event else {
+        let Event::PageFault { address, .. } = event else {
             panic!("unexpected event {event:?}");
         };
-        let resolved = match region.fault(address, kind) {
+        let resolved = match region.fault(&event) {
             Some(Fault::Missing(f)) => {
                 let off = f.page() - base;
                 missing(f, off)
@@ -99,19 +99,26 @@ pub fn chunk(src: &[u8], len: usize, unit: usize) -> Sample {
 /// A shmem memfd holding `data`.
 pub fn filled_memfd(data: &[u8]) -> Arc<Memfd> {
     let memfd = Memfd::shmem(c"userfault-bench", data.len() as u64).expect("memfd");
-    memfd.fill(0, data).expect("pwrite");
+    let n = rustix::io::pwrite(&memfd, data, 0).expect("pwrite");
+    assert_eq!(n, data.len());
     Arc::new(memfd)
 }
 
-fn shared_map(memfd: Arc<Memfd>) -> Arc<BackedMapping<Memfd>> {
+/// A mapping of the whole of `memfd` with a fresh page state; a file that
+/// `filled_memfd` filled is declared filled (an eagerly restored file).
+fn shared_map(memfd: Arc<Memfd>, filled: bool) -> Arc<BackedMapping<Memfd>> {
     let len = memfd.size() as usize;
-    Arc::new(BackedMapping::new(memfd, 0, len).expect("mmap memfd"))
+    let state = PageState::new(memfd).expect("page state");
+    if filled {
+        state.mark_filled(0, len as u64).expect("mark filled");
+    }
+    Arc::new(BackedMapping::new(&state, 0, len).expect("mmap memfd"))
 }
 
 /// Scenario 3, MINOR: a fresh mapping of the filled file `full`, a
 /// CONTINUE-only region, `f.map()`.
 pub fn shmem_minor(src: &[u8], full: &Arc<Memfd>) -> Sample {
-    let map = shared_map(full.clone());
+    let map = shared_map(full.clone(), true);
     let len = map.len();
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
@@ -139,7 +146,7 @@ pub fn shmem_minor(src: &[u8], full: &Arc<Memfd>) -> Sample {
 /// `f.write_then_continue(page)` (pwrite + CONTINUE).
 pub fn shmem_write_continue(src: &[u8], len: usize) -> Sample {
     let memfd = Arc::new(Memfd::shmem(c"userfault-bench", len as u64).expect("memfd"));
-    let map = shared_map(memfd);
+    let map = shared_map(memfd, false);
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
     let mut buf = EventBuffer::with_capacity(1);
@@ -166,7 +173,7 @@ pub fn shmem_write_continue(src: &[u8], len: usize) -> Sample {
 /// mapping (registered MISSING|MINOR as well): `f.copy(page)`.
 pub fn shmem_copy(src: &[u8], len: usize) -> Sample {
     let memfd = Arc::new(Memfd::shmem(c"userfault-bench", len as u64).expect("memfd"));
-    let map = shared_map(memfd);
+    let map = shared_map(memfd, false);
     let mode = RegisterMode::MISSING | RegisterMode::MINOR;
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region =

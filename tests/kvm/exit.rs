@@ -80,7 +80,8 @@ fn memory_fault_decodes_from_kvm_run_bytes() {
     typed.__bindgen_anon_1.memory_fault.flags = flags;
     typed.__bindgen_anon_1.memory_fault.gpa = 0x1_2345_6000;
     typed.__bindgen_anon_1.memory_fault.size = 4096;
-    assert_eq!(MemoryFault::from_kvm_run(&typed), Some(fault));
+    // SAFETY: `typed` was zeroed by `Default` before its fields were set.
+    assert_eq!(unsafe { MemoryFault::from_kvm_run(&typed) }, Some(fault));
 }
 
 #[test]

@@ -359,16 +359,16 @@ impl Backing for Counting {
     }
 }
 
-/// A userfaultfd, a counting shmem mapping of `pages` pages and a
-/// CONTINUE-only region on it.
-pub fn counting_fixture(
-    test: &str,
-    pages: usize,
-) -> Option<(
+/// A userfaultfd, a counting shmem mapping and a CONTINUE-only region.
+pub type CountingFixture = (
     Arc<Uffd>,
     Arc<BackedMapping<Counting>>,
     Region<ContinueOnly, Counting>,
-)> {
+);
+
+/// A userfaultfd, a counting shmem mapping of `pages` pages and a
+/// CONTINUE-only region on it.
+pub fn counting_fixture(test: &str, pages: usize) -> Option<CountingFixture> {
     let uffd = open_uffd(test)?;
     let mapping = BackedMapping::whole(Arc::new(Counting::new(pages))).expect("mmap");
     // SAFETY: a fresh mapping that nothing references.
