@@ -210,7 +210,7 @@ mod typed_fault;
 
 pub use any_class::{AnyFault, AnyRegion};
 pub use page_state::{Discard, PageState};
-pub use typed_fault::{Fault, MinorFault, MissingFault, Window, WpFault};
+pub use typed_fault::{Fault, MAX_WINDOW, MinorFault, MissingFault, Window, WpFault};
 
 use page_state::{FILLED, PageClaim};
 
