@@ -169,6 +169,41 @@ pub fn shmem_write_continue(src: &[u8], len: usize) -> Sample {
     s
 }
 
+/// Scenario 4b through the typed window of the shared page state:
+/// `f.window(unit)` + `f.write_window_then_continue` (one pwrite and one
+/// CONTINUE per window nobody filled yet).
+pub fn shmem_window(src: &[u8], len: usize, unit: usize) -> Sample {
+    let memfd = Arc::new(Memfd::shmem(c"userfault-bench", len as u64).expect("memfd"));
+    let map = shared_map(memfd, false);
+    // SAFETY: a fresh mapping that only raw pointers reach.
+    let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
+    let mut buf = EventBuffer::with_capacity(1);
+    let s = run_faults("safe shmem window", map.addr(), len, unit, 1, len / unit, || {
+        serve_region(&region, &mut buf, |f, _| {
+            let w = f.window(unit)?;
+            let at = w.file_offset() as usize;
+            f.write_window_then_continue(w, &src[at..at + w.len()])
+        })
+    });
+    drop(region);
+    // SAFETY: unregistered; no reference into it.
+    unsafe { verify("safe shmem window", map.addr(), &src[..len]) };
+    s
+}
+
+/// Prints the shared page state's resident memory per GiB of guest.
+pub fn state_memory() {
+    let gib = 1u64 << 30;
+    let memfd = Arc::new(Memfd::shmem(c"userfault-bench-state", gib).expect("memfd"));
+    let state = PageState::new(memfd).expect("page state");
+    println!(
+        "\n### shared page state memory\n\n{} bytes per GiB of 4 KiB pages ({} pages: {:.2} bits per page)",
+        state.state_bytes(),
+        state.pages(),
+        state.state_bytes() as f64 * 8.0 / state.pages() as f64
+    );
+}
+
 /// Scenario 3, MISSING on a copy-capable region of the same kind of
 /// mapping (registered MISSING|MINOR as well): `f.copy(page)`.
 pub fn shmem_copy(src: &[u8], len: usize) -> Sample {
