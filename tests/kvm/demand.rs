@@ -312,3 +312,123 @@ fn a_vcpu_writes_while_the_vmm_reads_through_the_shared_state() {
     drop(vcpu);
     Memslot::delete(super::borrow(&vm), 0, 0).expect("delete memslot");
 }
+
+/// The `kvm` module's worked example on a real guest_memfd: a vCPU whose
+/// stage-2 faults are resolved through the file's page state while the
+/// VMM's own mapping of the guest_memfd is served by userfaultfd through
+/// the same state. Needs the posted series (guest_memfd `write()`, KVM
+/// userfault, userfaultfd on guest_memfd).
+#[test]
+fn guest_memfd_vcpu_and_vmm_share_one_page_state() {
+    use userfault::kvm::{
+        GmemFlags, GmemFlavour, GuestMemfd, Kvm, MemoryFault, Stage2Resolver, UserfaultBitmap,
+        probe_userfault,
+    };
+    use userfault::resolve::PageState;
+    const TEST: &str = "guest_memfd_vcpu_and_vmm_share_one_page_state";
+    let (_kvm_ioctls, vm) = require!(TEST, "kvm", super::open_vm());
+    let vm_fd = super::borrow(&vm);
+    let write = require!(
+        TEST,
+        "gmem-write",
+        GmemFlavour::probe(vm_fd)
+            .and_then(|f| f.write())
+            .map_err(|e| format!("no guest_memfd write(): {e}"))
+    );
+    let kvm = Kvm::open().expect("/dev/kvm");
+    require!(
+        TEST,
+        "kvm-userfault",
+        probe_userfault(&kvm).map_err(|e| format!("no KVM userfault: {e}"))
+    );
+    let mut image = vec![0u8; SLOT_SIZE];
+    let code = guest::CODE_GPA as usize;
+    image[code..code + guest::WRITING_CODE.len()].copy_from_slice(guest::WRITING_CODE);
+    let data_at = guest::DATA_GPA as usize;
+    image[data_at..data_at + guest::DATA_LEN].copy_from_slice(&guest::data());
+    let flags = GmemFlags::MMAP | GmemFlags::INIT_SHARED | write;
+    let gmem = Arc::new(GuestMemfd::create(vm_fd, SLOT_SIZE as u64, flags).expect("guest_memfd"));
+    let state = PageState::new(gmem.clone()).expect("state");
+    let ram = Arc::new(BackedMapping::new(&state, 0, SLOT_SIZE).expect("mmap"));
+    let uffd = Arc::new(Uffd::builder().non_blocking(true).create().expect("uffd"));
+    // SAFETY: guest memory is accessed only by the vCPU and through raw
+    // pointers.
+    let region = require!(
+        TEST,
+        "gmem-uffd",
+        unsafe { Region::continue_only(uffd.clone(), ram.clone()) }
+            .map_err(|e| format!("no userfaultfd on guest_memfd: {e}"))
+    );
+    let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, SLOT_SIZE as u64).expect("bitmap"));
+    let resolver = Stage2Resolver::new(&state, &bitmap, 0).expect("resolver");
+    let slot = Memslot::from_mapping(0, 0, ram.mapping())
+        .guest_memfd(&gmem, 0)
+        .userfault(&bitmap);
+    // SAFETY: `ram`, `gmem` and `bitmap` outlive the slot (deleted below)
+    // and the vCPU (dropped first); no Rust reference points into `ram`.
+    unsafe { slot.set(vm_fd) }.expect("memslot");
+    let mut vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+    guest::enter_real_mode(&vcpu);
+    let stop = AtomicBool::new(false);
+    let (reported, stage2, served) = util::with_deadline(TEST, Duration::from_secs(300), || {
+        std::thread::scope(|s| {
+            let handler = s.spawn(|| {
+                let mut events = EventBuffer::with_capacity(8);
+                let mut served = 0;
+                while !stop.load(Ordering::Acquire) {
+                    for event in uffd
+                        .wait_events(&mut events, Some(Duration::from_millis(10)))
+                        .expect("events")
+                    {
+                        let r = match region.fault(&event) {
+                            Some(Fault::Missing(f)) => {
+                                let at = f.file_offset() as usize;
+                                f.write_then_continue(&image[at..at + PAGE])
+                            }
+                            Some(Fault::Minor(f)) => f.map(),
+                            _ => continue,
+                        };
+                        r.expect("resolution");
+                        served += 1;
+                    }
+                }
+                served
+            });
+            let (mut reported, mut stage2) = (None, 0);
+            for _ in 0..64 {
+                match vcpu.run().expect("KVM_RUN") {
+                    VcpuExit::MemoryFault { flags, gpa, size } => {
+                        let exit = MemoryFault::new(flags, gpa, size);
+                        let fault = resolver.fault(&exit).expect("a userfault in the slot");
+                        let at = fault.backing_offset() as usize;
+                        fault.resolve(&image[at..at + PAGE]).expect("stage-2");
+                        stage2 += 1;
+                    }
+                    VcpuExit::IoOut(_, bytes) => {
+                        let bytes: [u8; 4] = bytes.try_into().expect("a 4-byte out");
+                        reported = Some(u32::from_le_bytes(bytes));
+                    }
+                    VcpuExit::Hlt => break,
+                    other => panic!("unexpected exit {other:?}"),
+                }
+            }
+            // The VMM reads what the guest wrote, through its mapping.
+            for i in (0..guest::DATA_LEN).step_by(509) {
+                // SAFETY: inside the live, registered mapping.
+                let b = unsafe { ram.mapping().as_ptr().add(data_at + i).read_volatile() };
+                assert_eq!(b, guest::OVERWRITE, "data byte {i}");
+            }
+            stop.store(true, Ordering::Release);
+            (reported, stage2, handler.join().expect("handler"))
+        })
+    });
+    assert_eq!(reported, Some(guest::checksum(&guest::data())));
+    assert!(stage2 >= 4, "{stage2} stage-2 faults");
+    // Code, three data pages and the result page were filled by stage-2.
+    assert!(bitmap.count_set() as usize <= SLOT_SIZE / PAGE - 5);
+    util::report(&format!(
+        "{TEST}: checksum ok; {stage2} stage-2 faults, {served} userfaultfd faults"
+    ));
+    drop(vcpu);
+    Memslot::delete(vm_fd, 0, 0).expect("delete memslot");
+}
