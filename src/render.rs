@@ -74,11 +74,43 @@ pub fn json(
 }
 
 /// Lines of at most [`WIDTH`] columns. A "not probed" reason already
-/// printed is shown again as "(as above)".
-struct Out(String, Vec<String>);
+/// printed is shown again as "(as above)", and consecutive fields that would
+/// each say only that are printed as one line naming them all.
+struct Out(String, Vec<String>, Vec<String>);
+
+/// A field's whole value when its reason was printed before.
+const AS_ABOVE: &str = "not probed (as above)";
 
 impl Out {
+    fn new() -> Out {
+        Out(String::new(), Vec::new(), Vec::new())
+    }
+
+    /// Prints the fields held back as "(as above)": one as it is, several
+    /// as one line listing their labels.
+    fn flush(&mut self) {
+        let labels = std::mem::take(&mut self.2);
+        match labels.as_slice() {
+            [] => {}
+            [one] => {
+                let first = format!("  {one:<width$}", width = LABEL - 2);
+                self.wrapped(&first, LABEL, AS_ABOVE);
+            }
+            many => {
+                let list = many.join(", ");
+                self.wrapped(&format!("  {AS_ABOVE}:"), 4, &list);
+            }
+        }
+    }
+
+    /// The finished text.
+    fn finish(mut self) -> String {
+        self.flush();
+        self.0
+    }
+
     fn heading(&mut self, title: &str) {
+        self.flush();
         if !self.0.is_empty() {
             self.0.push('\n');
         }
@@ -87,19 +119,41 @@ impl Out {
     }
 
     fn raw(&mut self, line: &str) {
+        self.flush();
         self.0.push_str(line);
         self.0.push('\n');
     }
 
     /// `  label  value`, the value wrapped at word boundaries under itself.
     fn field(&mut self, label: &str, value: &str) {
+        if self.as_above(value) == AS_ABOVE {
+            self.2.push(label.to_string());
+            return;
+        }
         let first = format!("  {label:<width$}", width = LABEL - 2);
         self.wrapped(&first, LABEL, value);
+    }
+
+    /// `text` with a "not probed" reason printed before replaced by
+    /// "(as above)"; a new reason is remembered.
+    fn as_above(&mut self, text: &str) -> String {
+        let Some(at) = text.find(NOT_PROBED) else {
+            return text.to_string();
+        };
+        let why = &text[at + NOT_PROBED.len()..];
+        match self.1.iter().find(|seen| why.starts_with(seen.as_str())) {
+            Some(seen) => {
+                let rest = &why[seen.len()..];
+                format!("{}{AS_ABOVE}{rest}", &text[..at])
+            }
+            None => text.to_string(),
+        }
     }
 
     /// `prefix` then `text`, wrapped to [`WIDTH`] with continuation lines
     /// indented by `indent`.
     fn wrapped(&mut self, prefix: &str, indent: usize, text: &str) {
+        self.flush();
         let mut text = text.to_string();
         if let Some(at) = text.find(NOT_PROBED) {
             let why = text[at + NOT_PROBED.len()..].to_string();
@@ -254,7 +308,7 @@ fn gmem_flags(bits: u64) -> String {
 
 /// The grouped human table.
 pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
-    let mut out = Out(String::new(), Vec::new());
+    let mut out = Out::new();
     out.wrapped("userfault-probe", 2, version);
 
     // Host.
@@ -365,7 +419,12 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
     let g = &caps.guest_memfd_uffd;
     out.field("guest_memfd UFFDIO_COPY", &unit(&g.copy));
     let class = if !g.class.is_supported() && g.class.reason() == g.copy.reason() {
-        "no (as above)".to_string()
+        match g.copy {
+            // The class was not worked out for the reason COPY was not
+            // tried: say so the same way, so that the two lines fold.
+            Status::NotProbed { ref why } => format!("{NOT_PROBED}{why}"),
+            _ => "no (as above)".to_string(),
+        }
     } else {
         status(&g.class, |c| {
             match c {
@@ -386,7 +445,19 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
         "KVM_GET_API_VERSION",
         &status(&k.api_version, i32::to_string),
     );
-    out.raw("  KVM_CHECK_EXTENSION on /dev/kvm:");
+    let not_probed = |v: &Status<i32>| matches!(v, Status::NotProbed { .. });
+    if let Some(first) = k
+        .capabilities
+        .first()
+        .filter(|_| k.capabilities.iter().all(|c| not_probed(&c.value)))
+    {
+        out.field(
+            "KVM_CHECK_EXTENSION on /dev/kvm",
+            &status(&first.value, i32::to_string),
+        );
+    } else {
+        out.raw("  KVM_CHECK_EXTENSION on /dev/kvm:");
+    }
     for KvmCap {
         number,
         name,
@@ -394,12 +465,23 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
         ..
     } in &k.capabilities
     {
+        if not_probed(value) && k.capabilities.iter().all(|c| not_probed(&c.value)) {
+            continue;
+        }
         let label = format!("    {number} {name:<40}");
         out.wrapped(&label, 8, &status(value, i32::to_string));
     }
-    out.raw(
-        "  colliding numbers: raw values under their mainline names, not read as KVM userfault",
-    );
+    let colliding_unprobed = k.colliding.iter().all(|c| not_probed(&c.value));
+    if let Some(first) = k.colliding.first().filter(|_| colliding_unprobed) {
+        out.field(
+            "colliding capability numbers",
+            &status(&first.value, i32::to_string),
+        );
+    } else {
+        out.raw(
+            "  colliding numbers: raw values under their mainline names, not read as KVM userfault",
+        );
+    }
     for CollidingCap {
         number,
         mainline_name,
@@ -408,6 +490,9 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
         ..
     } in &k.colliding
     {
+        if colliding_unprobed {
+            break;
+        }
         let label = format!("    {number} {mainline_name:<40}");
         let text = format!("{}  (was {out_of_tree})", status(value, i32::to_string));
         out.wrapped(&label, 8, &text);
@@ -440,12 +525,12 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
     );
     out.field("KVM_MEM_USERFAULT", &unit(&k.userfault));
 
-    out.0.push('\n');
+    out.raw("");
     out.raw(&format!(
         "probed in {:.1} ms; userfault-probe --json for every detail",
         elapsed.as_secs_f64() * 1e3
     ));
-    out.0
+    out.finish()
 }
 
 /// The `--require` verdict: `Ok` lines when every capability is met,
@@ -465,18 +550,24 @@ pub fn verdict(caps: &Capabilities, required: &[String]) -> Result<String, Strin
     let _ = writeln!(text, "unmet: {}", names.join(", "));
     for name in unmet {
         let why = caps.explain(name).unwrap_or_default();
-        let mut out = Out(String::new(), Vec::new());
+        let mut out = Out::new();
         out.wrapped(&format!("  {name}:"), 4, &why);
-        text.push_str(&out.0);
+        text.push_str(&out.finish());
     }
     Err(text.trim_end().to_string())
 }
 
-/// `--list-capabilities`.
+/// Column where `--list-capabilities` starts the meanings.
+const LIST_COLUMN: usize = 28;
+
+/// `--list-capabilities`: each name, then its meaning from
+/// [`LIST_COLUMN`], continuation lines under the meaning.
 pub fn list() -> String {
-    let mut out = Out(String::new(), Vec::new());
+    let mut out = Out::new();
     for (name, meaning) in Capabilities::names() {
-        out.wrapped(&format!("{name:<28}"), 29, &meaning);
+        // A name too long for its column gets one space before the meaning.
+        let label = format!("{name:<width$} ", width = LIST_COLUMN - 1);
+        out.wrapped(&label, LIST_COLUMN, &meaning);
     }
-    out.0
+    out.finish()
 }

@@ -4,10 +4,11 @@
 //! userfaultfd request fails with `EINVAL` like a bad argument would, so only
 //! success proves a number right.)
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use gmem_sys as gmem;
 use uffd_sys as uffd;
+use userfault::mem::{Mapping, Sharing};
 
 use crate::util::{self, require};
 
@@ -44,57 +45,21 @@ fn owned(fd: i64) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// An anonymous or file mapping, unmapped on drop.
-struct Mapping {
-    addr: *mut u8,
-    len: usize,
+/// A private anonymous mapping of `len` bytes.
+fn anon(len: usize) -> Mapping {
+    Mapping::anonymous(len, Sharing::Private).expect("mmap")
 }
 
-impl Mapping {
-    fn new(len: usize, flags: libc::c_int, fd: RawFd) -> Mapping {
-        // SAFETY: a fresh mapping at an address the kernel chooses.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(
-            addr,
-            libc::MAP_FAILED,
-            "mmap: {}",
-            std::io::Error::last_os_error()
-        );
-        Mapping {
-            addr: addr.cast(),
-            len,
-        }
-    }
-
-    fn anon(len: usize) -> Mapping {
-        Mapping::new(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)
-    }
-
-    fn page(&self, i: usize) -> u64 {
-        self.addr as u64 + (i * PAGE) as u64
-    }
-
-    fn read(&self, offset: usize) -> u8 {
-        assert!(offset < self.len);
-        // SAFETY: in bounds of a live mapping; resolved pages are readable.
-        unsafe { self.addr.add(offset).read_volatile() }
-    }
+/// The address of page `i` of `m`, as the ioctls take it.
+fn page_addr(m: &Mapping, i: usize) -> u64 {
+    (m.addr() + i * PAGE) as u64
 }
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping this value created.
-        unsafe { libc::munmap(self.addr.cast(), self.len) };
-    }
+/// The byte at `offset` in `m`.
+fn read(m: &Mapping, offset: usize) -> u8 {
+    assert!(offset < m.len());
+    // SAFETY: in bounds of a live mapping; resolved pages are readable.
+    unsafe { m.as_ptr().add(offset).read_volatile() }
 }
 
 fn new_uffd() -> Result<OwnedFd, String> {
@@ -150,11 +115,11 @@ fn userfaultfd_accepts_every_request_number() {
     handshake(fd, all.features & wanted).expect("UFFDIO_API with MOVE|POISON");
 
     // Anonymous range: COPY, ZEROPAGE, WRITEPROTECT, POISON, MOVE, WAKE.
-    let dst = Mapping::anon(5 * PAGE);
+    let dst = anon(5 * PAGE);
     let mask = register(
         fd,
-        dst.page(0),
-        dst.len,
+        page_addr(&dst, 0),
+        dst.len(),
         uffd::UFFDIO_REGISTER_MODE_MISSING | uffd::UFFDIO_REGISTER_MODE_WP,
     );
     for nr in [
@@ -177,7 +142,7 @@ fn userfaultfd_accepts_every_request_number() {
 
     let src = vec![0xA5u8; PAGE];
     let mut copy = uffd::uffdio_copy {
-        dst: dst.page(0),
+        dst: page_addr(&dst, 0),
         src: src.as_ptr() as u64,
         len: PAGE as u64,
         mode: 0,
@@ -185,11 +150,11 @@ fn userfaultfd_accepts_every_request_number() {
     };
     ioctl_ptr(fd, uffd::UFFDIO_COPY, &mut copy).expect("UFFDIO_COPY");
     assert_eq!(copy.copy, PAGE as i64);
-    assert_eq!(dst.read(17), 0xA5);
+    assert_eq!(read(&dst, 17), 0xA5);
 
     let mut zero = uffd::uffdio_zeropage {
         range: uffd::uffdio_range {
-            start: dst.page(1),
+            start: page_addr(&dst, 1),
             len: PAGE as u64,
         },
         mode: 0,
@@ -197,12 +162,12 @@ fn userfaultfd_accepts_every_request_number() {
     };
     ioctl_ptr(fd, uffd::UFFDIO_ZEROPAGE, &mut zero).expect("UFFDIO_ZEROPAGE");
     assert_eq!(zero.zeropage, PAGE as i64);
-    assert_eq!(dst.read(PAGE + 5), 0);
+    assert_eq!(read(&dst, PAGE + 5), 0);
 
     for mode in [uffd::UFFDIO_WRITEPROTECT_MODE_WP, 0] {
         let mut wp = uffd::uffdio_writeprotect {
             range: uffd::uffdio_range {
-                start: dst.page(0),
+                start: page_addr(&dst, 0),
                 len: PAGE as u64,
             },
             mode,
@@ -211,7 +176,7 @@ fn userfaultfd_accepts_every_request_number() {
     }
 
     let mut wake = uffd::uffdio_range {
-        start: dst.page(2),
+        start: page_addr(&dst, 2),
         len: PAGE as u64,
     };
     ioctl_ptr(fd, uffd::UFFDIO_WAKE, &mut wake).expect("UFFDIO_WAKE");
@@ -219,7 +184,7 @@ fn userfaultfd_accepts_every_request_number() {
     if all.features & uffd::UFFD_FEATURE_POISON != 0 {
         let mut poison = uffd::uffdio_poison {
             range: uffd::uffdio_range {
-                start: dst.page(2),
+                start: page_addr(&dst, 2),
                 len: PAGE as u64,
             },
             mode: 0,
@@ -232,26 +197,26 @@ fn userfaultfd_accepts_every_request_number() {
     }
 
     if all.features & uffd::UFFD_FEATURE_MOVE != 0 {
-        let from = Mapping::anon(PAGE);
+        let from = anon(PAGE);
         // SAFETY: writes one byte inside the fresh anonymous mapping.
-        unsafe { from.addr.write_volatile(0x5A) };
+        unsafe { from.as_ptr().write_volatile(0x5A) };
         let mut mv = uffd::uffdio_move {
-            dst: dst.page(3),
-            src: from.page(0),
+            dst: page_addr(&dst, 3),
+            src: page_addr(&from, 0),
             len: PAGE as u64,
             mode: 0,
             move_: 0,
         };
         ioctl_ptr(fd, uffd::UFFDIO_MOVE, &mut mv).expect("UFFDIO_MOVE");
         assert_eq!(mv.move_, PAGE as i64);
-        assert_eq!(dst.read(3 * PAGE), 0x5A);
+        assert_eq!(read(&dst, 3 * PAGE), 0x5A);
     } else {
         util::report("note: UFFD_FEATURE_MOVE not offered; UFFDIO_MOVE not exercised");
     }
 
     let mut range = uffd::uffdio_range {
-        start: dst.page(0),
-        len: dst.len as u64,
+        start: page_addr(&dst, 0),
+        len: dst.len() as u64,
     };
     ioctl_ptr(fd, uffd::UFFDIO_UNREGISTER, &mut range).expect("UFFDIO_UNREGISTER");
 
@@ -267,8 +232,13 @@ fn userfaultfd_accepts_every_request_number() {
     // SAFETY: writes PAGE bytes from a live buffer.
     let n = unsafe { libc::pwrite(memfd.as_raw_fd(), page.as_ptr().cast(), PAGE, 0) };
     assert_eq!(n, PAGE as isize);
-    let shared = Mapping::new(PAGE, libc::MAP_SHARED, memfd.as_raw_fd());
-    let mask = register(fd, shared.page(0), PAGE, uffd::UFFDIO_REGISTER_MODE_MINOR);
+    let shared = Mapping::file(memfd.as_fd(), 0, PAGE, Sharing::Shared).expect("mmap");
+    let mask = register(
+        fd,
+        page_addr(&shared, 0),
+        PAGE,
+        uffd::UFFDIO_REGISTER_MODE_MINOR,
+    );
     assert_ne!(
         mask & bit(uffd::_UFFDIO_CONTINUE),
         0,
@@ -276,7 +246,7 @@ fn userfaultfd_accepts_every_request_number() {
     );
     let mut cont = uffd::uffdio_continue {
         range: uffd::uffdio_range {
-            start: shared.page(0),
+            start: page_addr(&shared, 0),
             len: PAGE as u64,
         },
         mode: 0,
@@ -284,7 +254,7 @@ fn userfaultfd_accepts_every_request_number() {
     };
     ioctl_ptr(fd, uffd::UFFDIO_CONTINUE, &mut cont).expect("UFFDIO_CONTINUE");
     assert_eq!(cont.mapped, PAGE as i64);
-    assert_eq!(shared.read(100), 0x3C);
+    assert_eq!(read(&shared, 100), 0x3C);
 }
 
 #[test]
@@ -345,12 +315,12 @@ fn kvm_accepts_every_request_number() {
         );
         return;
     }
-    let backing = Mapping::anon(2 << 20);
+    let backing = anon(2 << 20);
     let mut slot = gmem::kvm_userspace_memory_region2 {
         slot: 0,
         guest_phys_addr: 0,
-        memory_size: backing.len as u64,
-        userspace_addr: backing.page(0),
+        memory_size: backing.len() as u64,
+        userspace_addr: page_addr(&backing, 0),
         ..Default::default()
     };
     ioctl_ptr(vm, gmem::KVM_SET_USER_MEMORY_REGION2, &mut slot)
@@ -377,7 +347,7 @@ fn kvm_accepts_every_request_number() {
         flags: gmem::KVM_MEM_GUEST_MEMFD,
         guest_phys_addr: 1 << 30,
         memory_size: 2 << 20,
-        userspace_addr: backing.page(0),
+        userspace_addr: page_addr(&backing, 0),
         guest_memfd: gfd.as_raw_fd() as u32,
         ..Default::default()
     };

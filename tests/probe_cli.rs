@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 use uffd_sys as sys;
+use userfault::mem::{Mapping, Sharing};
 
 use crate::util::{self, require};
 
@@ -254,41 +255,6 @@ fn raw_register(uffd: BorrowedFd<'_>, addr: usize, len: usize, mode: u64) -> Res
     Ok(reg.ioctls)
 }
 
-/// A read-write mapping, unmapped on drop.
-struct Map(*mut libc::c_void, usize);
-
-impl Map {
-    fn new(len: usize, flags: i32, fd: Option<BorrowedFd<'_>>) -> Map {
-        Map::try_new(len, flags, fd).expect("mmap")
-    }
-
-    fn try_new(len: usize, flags: i32, fd: Option<BorrowedFd<'_>>) -> Result<Map, String> {
-        let raw = fd.map_or(-1, |fd| fd.as_raw_fd());
-        // SAFETY: a new mapping at an address the kernel chooses.
-        let addr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                flags,
-                raw,
-                0,
-            )
-        };
-        if addr == libc::MAP_FAILED {
-            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Map(addr, len))
-    }
-}
-
-impl Drop for Map {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly what `new` mapped.
-        unsafe { libc::munmap(self.0, self.1) };
-    }
-}
-
 fn memfd(name: &std::ffi::CStr, flags: u32, len: usize) -> OwnedFd {
     // SAFETY: `name` is a valid C string; the result is a new descriptor.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
@@ -312,7 +278,7 @@ fn feature_word_matches_raw_uffdio_api() {
 }
 
 /// Compares one row of the document with raw registrations of `map`.
-fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Map) {
+fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Mapping) {
     let row = document()["memory"]
         .as_array()
         .expect("memory")
@@ -321,7 +287,7 @@ fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Map) {
         .expect("row");
     for ((label, mode), reported) in MODES.iter().zip(row["modes"].as_array().expect("modes")) {
         let ioctls = &reported["ioctls"];
-        match raw_register(uffd, map.0 as usize, map.1, *mode) {
+        match raw_register(uffd, map.addr(), map.len(), *mode) {
             Ok(mask) => {
                 assert_eq!(status_of(ioctls), "supported", "{kind} {label}: {ioctls}");
                 assert_eq!(hex(&ioctls["value"]["bits"]), mask, "{kind} {label}");
@@ -345,18 +311,18 @@ fn masks_match_raw_uffdio_register() {
     compare_row(
         uffd,
         "anon_private",
-        &Map::new(PAGE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, None),
+        &Mapping::anonymous(PAGE, Sharing::Private).expect("mmap"),
     );
     compare_row(
         uffd,
         "anon_shared",
-        &Map::new(PAGE, libc::MAP_SHARED | libc::MAP_ANONYMOUS, None),
+        &Mapping::anonymous(PAGE, Sharing::Shared).expect("mmap"),
     );
     let shmem = memfd(c"probe-cli-shmem", libc::MFD_CLOEXEC, PAGE);
     compare_row(
         uffd,
         "memfd_shmem",
-        &Map::new(PAGE, libc::MAP_SHARED, Some(shmem.as_fd())),
+        &Mapping::file(shmem.as_fd(), 0, PAGE, Sharing::Shared).expect("mmap"),
     );
 
     let hugetlb = document()["memory"][3].clone();
@@ -376,9 +342,9 @@ fn masks_match_raw_uffdio_register() {
         );
         // The pool is shared with other users of the machine: it may have
         // run dry since the probe ran.
-        match Map::try_new(huge, libc::MAP_SHARED, Some(fd.as_fd())) {
+        match Mapping::file(fd.as_fd(), 0, huge, Sharing::Shared) {
             Ok(map) => compare_row(uffd, "hugetlb_memfd", &map),
-            Err(e) => util::skip(&format!("{TEST} (hugetlb row)"), "hugetlb", &e),
+            Err(e) => util::skip(&format!("{TEST} (hugetlb row)"), "hugetlb", &e.to_string()),
         }
     } else {
         util::skip(
@@ -397,7 +363,7 @@ fn masks_match_raw_uffdio_register() {
     compare_row(
         uffd,
         "guest_memfd",
-        &Map::new(PAGE, libc::MAP_SHARED, Some(gmem.as_fd())),
+        &Mapping::file(gmem.as_fd(), 0, PAGE, Sharing::Shared).expect("mmap"),
     );
 }
 
@@ -494,6 +460,83 @@ fn table_version_and_help() {
     assert!(help.lines().all(|l| l.chars().count() <= 100));
 }
 
+/// Text meant for operators carries no Rust `Debug` rendering of a flag
+/// set or an option, and no two lines in a row say only "(as above)".
+fn reads_as_prose(what: &str, text: &str) {
+    for debug in [
+        "GmemFlags(",
+        "RegisterMode(",
+        "Features(",
+        "Ioctls(",
+        "FaultFlags(",
+        "ContinueOnly",
+        "CopyCapable",
+        "Some(",
+    ] {
+        assert!(!text.contains(debug), "{what} shows {debug:?}:\n{text}");
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    for pair in lines.windows(2) {
+        assert!(
+            !(pair[0].contains("(as above)") && pair[1].contains("(as above)")),
+            "{what}: \"(as above)\" on consecutive lines:\n{}\n{}",
+            pair[0],
+            pair[1]
+        );
+    }
+}
+
+/// Every string value of the JSON document whose key is `reason` or `why`.
+fn reasons(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match v {
+                    Value::String(s) if k == "reason" || k == "why" => out.push(s.clone()),
+                    _ => reasons(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| reasons(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn reasons_read_as_prose() {
+    let table = run(&[]);
+    reads_as_prose("the table", &text(&table.stdout));
+    let mut all = Vec::new();
+    reasons(document(), &mut all);
+    assert!(!all.is_empty());
+    reads_as_prose("the JSON reasons", &all.join("\n\n"));
+}
+
+#[test]
+fn capability_list_wraps_under_the_meanings() {
+    let out = run(&["--list-capabilities"]);
+    assert_eq!(out.status.code(), Some(0));
+    let list = text(&out.stdout);
+    const COLUMN: usize = 28;
+    let mut continued = 0;
+    for line in list.lines() {
+        assert!(line.chars().count() <= 100, "{line}");
+        let indent = line.len() - line.trim_start().len();
+        if indent > 0 {
+            continued += 1;
+            assert_eq!(
+                indent, COLUMN,
+                "a continuation line under the meaning: {line:?}"
+            );
+        } else {
+            let (name, rest) = line.split_once(' ').expect("name and meaning");
+            let meaning_at = line.len() - rest.trim_start().len();
+            assert_eq!(meaning_at, COLUMN.max(name.len() + 1), "{line:?}");
+        }
+    }
+    assert!(continued > 0, "no meaning wraps, so nothing was checked");
+}
+
 #[test]
 fn unprivileged_run_is_clean() {
     const TEST: &str = "unprivileged_run_is_clean";
@@ -525,6 +568,7 @@ fn unprivileged_run_is_clean() {
     let table = as_nobody(&[]);
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(table.status.code(), Some(0), "{}", text(&table.stderr));
+    reads_as_prose("the table as nobody", &text(&table.stdout));
     assert!(
         text(&table.stdout)
             .lines()
@@ -535,6 +579,9 @@ fn unprivileged_run_is_clean() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
     check_statuses("$", &doc);
+    let mut all = Vec::new();
+    reasons(&doc, &mut all);
+    reads_as_prose("the JSON reasons as nobody", &all.join("\n\n"));
     assert_eq!(doc["host"]["euid"], NOBODY);
     assert_eq!(doc["host"]["cap_sys_ptrace"], false);
 

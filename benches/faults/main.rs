@@ -77,10 +77,7 @@ fn main() {
             chunk(&src, len, &o).print(&[("safe", "raw")]);
         }
         for len in sizes(&[64 * MIB]) {
-            shmem_chunk(&src, len, &o).print(&[
-                ("safe-64k", "raw-64k"),
-                ("safe-64k", "safe-4k"),
-            ]);
+            shmem_chunk(&src, len, &o).print(&[("safe-64k", "raw-64k"), ("safe-64k", "safe-4k")]);
         }
         safe::state_memory();
     }

@@ -178,13 +178,21 @@ pub fn shmem_window(src: &[u8], len: usize, unit: usize) -> Sample {
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
     let mut buf = EventBuffer::with_capacity(1);
-    let s = run_faults("safe shmem window", map.addr(), len, unit, 1, len / unit, || {
-        serve_region(&region, &mut buf, |f, _| {
-            let w = f.window(unit)?;
-            let at = w.file_offset() as usize;
-            f.write_window_then_continue(w, &src[at..at + w.len()])
-        })
-    });
+    let s = run_faults(
+        "safe shmem window",
+        map.addr(),
+        len,
+        unit,
+        1,
+        len / unit,
+        || {
+            serve_region(&region, &mut buf, |f, _| {
+                let w = f.window(unit)?;
+                let at = w.file_offset() as usize;
+                f.write_window_then_continue(w, &src[at..at + w.len()])
+            })
+        },
+    );
     drop(region);
     // SAFETY: unregistered; no reference into it.
     unsafe { verify("safe shmem window", map.addr(), &src[..len]) };

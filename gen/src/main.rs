@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use bindgen::callbacks::{IntKind, ParseCallbacks};
-use quote::ToTokens;
 use sha2::{Digest, Sha256};
 
 mod header;
 mod items;
+mod postprocess;
 
 /// The command that regenerates everything; named in every generated file.
 const COMMAND: &str = "cargo run --manifest-path gen/Cargo.toml";
@@ -282,89 +282,8 @@ fn generate(job: &Job, abi: &Path) -> Result<(String, items::Table), String> {
     file.items.extend(ioctls);
     let table = items::collect(&file, job.rust_path, job.header, job.system_header);
 
-    let packed = packed_records(&file);
-    let text = prettyplease::unparse(&file);
-    Ok((
-        copy_packed_fields_in_debug(&add_safety_comments(&text), &packed),
-        table,
-    ))
-}
-
-/// bindgen's `Default` for unions and packed structs zero-fills in an
-/// `unsafe` block; each such block gets the reason it is sound.
-fn add_safety_comments(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for line in text.lines() {
-        if line.trim() == "unsafe {" {
-            let indent = &line[..line.len() - line.trim_start().len()];
-            out.push_str(indent);
-            out.push_str(
-                "// SAFETY: every field is an integer or an aggregate of integers, \
-                 for which all-zero bytes are a valid value.\n",
-            );
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-/// Names of the `#[repr(C, packed)]` structs.
-fn packed_records(file: &syn::File) -> Vec<String> {
-    file.items
-        .iter()
-        .filter_map(|item| match item {
-            syn::Item::Struct(s)
-                if s.attrs.iter().any(|a| {
-                    a.path().is_ident("repr") && a.to_token_stream().to_string().contains("packed")
-                }) =>
-            {
-                Some(s.ident.to_string())
-            }
-            _ => None,
-        })
-        .collect()
-}
-
-/// bindgen's `Debug` for a struct holding a union formats `self.field`,
-/// which borrows; a packed struct's fields may not be borrowed, so the
-/// generated impl formats a copy (`{ self.field }`) instead.
-fn copy_packed_fields_in_debug(text: &str, packed: &[String]) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_impl = false;
-    for line in text.lines() {
-        if packed
-            .iter()
-            .any(|p| line == format!("impl ::core::fmt::Debug for {p} {{"))
-        {
-            in_impl = true;
-        } else if line == "}" {
-            in_impl = false;
-        }
-        if in_impl {
-            out.push_str(&wrap_self_fields(line));
-        } else {
-            out.push_str(line);
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn wrap_self_fields(line: &str) -> String {
-    let mut out = String::new();
-    let mut rest = line;
-    while let Some(at) = rest.find("self.") {
-        out.push_str(&rest[..at]);
-        let after = &rest[at + 5..];
-        let len = after
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(after.len());
-        out.push_str(&format!("{{ self.{} }}", &after[..len]));
-        rest = &after[len..];
-    }
-    out.push_str(rest);
-    out
+    postprocess::rewrite(&mut file).map_err(|e| format!("abi/{}: {e}", job.header))?;
+    Ok((postprocess::comments(&prettyplease::unparse(&file)), table))
 }
 
 /// Formats with the toolchain's rustfmt, as `cargo fmt` will check it.

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::resolve::PageState;
 
-use crate::error::{Errno, Error, Result};
+use crate::error::{Errno, Error, Result, rustix_errno};
 use crate::mem::{Mapping, Sharing};
 
 /// Proof that the caller holds the [`PageState`] claim on the pages a
@@ -114,10 +114,6 @@ pub(crate) fn check_span<B: Backing + ?Sized>(
     }
 }
 
-pub(crate) fn rustix_errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_raw(e.raw_os_error())
-}
-
 /// `pwrite(2)` until every byte is written; `EINTR` is retried and a short
 /// write continues where it stopped.
 pub(crate) fn pwrite_all(
@@ -160,6 +156,12 @@ impl HugePageSize {
 
 /// A memfd (`memfd_create(2)`): shmem, or hugetlbfs with huge pages.
 ///
+/// Its size is sealed (`F_SEAL_SHRINK | F_SEAL_GROW`): `ftruncate` through
+/// [`as_fd`](AsFd::as_fd) fails with `EPERM`, so the file always has the
+/// size it was created with, every fill lies inside it, and no mapping of
+/// it can lose its end. Other seals (`F_SEAL_WRITE`) may still be added by
+/// the holder of the descriptor; fills then fail with `EPERM`.
+///
 /// A hugetlb memfd is filled by allocating the huge page (`fallocate`) and
 /// copying through a private alias mapping, because hugetlbfs has no
 /// `write()`. Unlike `pwrite` into shmem, that copy does not hold the page
@@ -179,32 +181,39 @@ pub struct Memfd {
 }
 
 impl Memfd {
-    /// `memfd_create(name, MFD_CLOEXEC)` + `ftruncate(size)`: a shmem file.
+    /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING)` +
+    /// `ftruncate(size)` + `fcntl(F_ADD_SEALS, F_SEAL_SHRINK |
+    /// F_SEAL_GROW)`: a shmem file whose size cannot change.
     ///
     /// # Errors
     ///
     /// `InvalidArgument` when `size` is not a multiple of the page size;
-    /// the errno of `memfd_create` or `ftruncate` otherwise.
+    /// the errno of `memfd_create`, `ftruncate` or `fcntl` otherwise.
     pub fn shmem(name: &CStr, size: u64) -> Result<Memfd> {
         let page = rustix::param::page_size();
-        Self::create(name, size, rustix::fs::MemfdFlags::CLOEXEC, page, false)
+        let flags = rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING;
+        Self::create(name, size, flags, page, false)
     }
 
-    /// `memfd_create(name, MFD_CLOEXEC | MFD_HUGETLB | MFD_HUGE_…)` +
-    /// `ftruncate(size)`: a hugetlbfs file. Huge pages must be reserved
-    /// (`vm.nr_hugepages`) before its pages are touched.
+    /// `memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING | MFD_HUGETLB |
+    /// MFD_HUGE_…)` + `ftruncate(size)` + `fcntl(F_ADD_SEALS, F_SEAL_SHRINK
+    /// | F_SEAL_GROW)`: a hugetlbfs file whose size cannot change. Huge
+    /// pages must be reserved (`vm.nr_hugepages`) before its pages are
+    /// touched.
     ///
     /// # Errors
     ///
     /// `InvalidArgument` when `size` is not a multiple of the huge page
-    /// size; the errno of `memfd_create`, `ftruncate` or `mmap` otherwise.
+    /// size; the errno of `memfd_create`, `ftruncate`, `fcntl` or `mmap`
+    /// otherwise.
     pub fn hugetlb(name: &CStr, size: u64, page: HugePageSize) -> Result<Memfd> {
         use rustix::fs::MemfdFlags;
         let size_flag = match page {
             HugePageSize::Size2M => MemfdFlags::HUGE_2MB,
             HugePageSize::Size1G => MemfdFlags::HUGE_1GB,
         };
-        let flags = MemfdFlags::CLOEXEC | MemfdFlags::HUGETLB | size_flag;
+        let flags =
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB | size_flag;
         Self::create(name, size, flags, page.bytes(), true)
     }
 
@@ -236,6 +245,14 @@ impl Memfd {
             }
         })?;
         rustix::fs::ftruncate(&fd, size).map_err(|e| Error::os("ftruncate", rustix_errno(e)))?;
+        // The size is fixed from here on: a fill never writes past it, and a
+        // file shrunk behind the Memfd's back would make a fill re-extend it
+        // and a touch of a mapping past the new end raise SIGBUS.
+        rustix::fs::fcntl_add_seals(
+            &fd,
+            rustix::fs::SealFlags::SHRINK | rustix::fs::SealFlags::GROW,
+        )
+        .map_err(|e| Error::os("fcntl(F_ADD_SEALS)", rustix_errno(e)))?;
         let alias = if hugetlb {
             let len = usize::try_from(size)
                 .map_err(|_| Error::invalid("mmap", "size exceeds the address space"))?;

@@ -45,6 +45,12 @@ errnos!(
     EROFS, ERANGE, ENOSYS, EOPNOTSUPP, EOVERFLOW, EHWPOISON, ENOEXEC,
 );
 
+/// The crate's [`Errno`] of a rustix error (the same raw value).
+#[inline]
+pub(crate) fn rustix_errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
 impl Errno {
     /// Wraps a raw errno value.
     pub const fn from_raw(raw: i32) -> Errno {

@@ -71,6 +71,8 @@
 pub mod backing;
 pub mod caps;
 pub mod error;
+#[cfg(test)]
+mod fuzzing;
 pub mod kvm;
 pub mod mem;
 pub mod resolve;

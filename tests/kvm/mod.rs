@@ -25,6 +25,9 @@ mod vcpu;
 // A vCPU demand-paged through userfaultfd: COPY, and write() + CONTINUE.
 mod demand;
 
+// Descriptors that are not KVM's, refused where a KVM one is needed.
+mod foreign_fds;
+
 // What this kernel refuses (guest_memfd write(), userfaultfd on
 // guest_memfd, KVM_MEM_USERFAULT) and how the crate reports it.
 mod refusals;

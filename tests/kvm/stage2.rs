@@ -64,7 +64,10 @@ impl Backing for Watched<'_> {
 
     fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> Result<()> {
         let page = self.page_of(offset);
-        assert!(self.bitmap.test(page), "bit {page} clear before the write");
+        assert!(
+            self.bitmap.test(page) == Some(true),
+            "bit {page} clear before the write"
+        );
         // Decided on entry, so a test can change it while this write sleeps.
         let fail = self.fail.load(Ordering::SeqCst);
         self.fills.fetch_add(1, Ordering::SeqCst);
@@ -74,7 +77,7 @@ impl Backing for Watched<'_> {
         }
         self.memfd.fill(offset, data, claim)?;
         assert!(
-            self.bitmap.test(page),
+            self.bitmap.test(page) == Some(true),
             "bit {page} clear before fill returned"
         );
         Ok(())
@@ -126,7 +129,7 @@ fn stage2_resolution_writes_before_it_clears() {
 
     let page = 5;
     let at = SLOT_OFFSET + page * PAGE as u64;
-    assert!(bitmap.test(page));
+    assert!(bitmap.test(page) == Some(true));
     assert_eq!(
         pread(memfd.as_fd(), at, PAGE),
         vec![0; PAGE],
@@ -137,14 +140,17 @@ fn stage2_resolution_writes_before_it_clears() {
     let fault = resolver.fault(&userfault_at(page)).expect("stage-2 fault");
     let e = fault.resolve(&[1; 100]).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
-    assert!(bitmap.test(page));
+    assert!(bitmap.test(page) == Some(true));
 
     // A failing write leaves the bit set and the file empty.
     backing.fail.store(true, Ordering::SeqCst);
     let fault = resolver.fault(&userfault_at(page)).expect("stage-2 fault");
     let e = fault.resolve(&page_data(page)).unwrap_err();
     assert_eq!(e.errno(), Some(Errno::EIO), "{e}");
-    assert!(bitmap.test(page), "bit cleared although the write failed");
+    assert!(
+        bitmap.test(page) == Some(true),
+        "bit cleared although the write failed"
+    );
     assert_eq!(pread(memfd.as_fd(), at, PAGE), vec![0; PAGE]);
 
     // The write goes through: data in the file (pread and mapping), then
@@ -152,10 +158,10 @@ fn stage2_resolution_writes_before_it_clears() {
     backing.fail.store(false, Ordering::SeqCst);
     let fault = resolver.fault(&userfault_at(page)).expect("stage-2 fault");
     assert_eq!(fault.resolve(&page_data(page)).unwrap(), Resolution::Filled);
-    assert!(!bitmap.test(page));
+    assert!(bitmap.test(page) == Some(false));
     assert_eq!(pread(memfd.as_fd(), at, PAGE), page_data(page));
     assert_eq!(super::peek(&view, at as usize, PAGE), page_data(page));
-    assert!(bitmap.test(page - 1) && bitmap.test(page + 1));
+    assert!(bitmap.test(page - 1) == Some(true) && bitmap.test(page + 1) == Some(true));
     assert_eq!(pread(memfd.as_fd(), at + PAGE as u64, PAGE), vec![0; PAGE]);
     assert_eq!(bitmap.count_set(), SLOT_PAGES - 1);
     assert_eq!(backing.fills.load(Ordering::SeqCst), 2);
@@ -182,7 +188,7 @@ fn stage2_a_clear_bit_means_the_page_is_in_the_file() {
         let observer = s.spawn(|| {
             let mut seen = 0;
             for &page in &pages {
-                while bitmap.test(page) {
+                while bitmap.test(page) == Some(true) {
                     std::hint::spin_loop();
                 }
                 let at = SLOT_OFFSET + page * PAGE as u64;
@@ -242,7 +248,7 @@ fn stage2_concurrent_resolvers_populate_once() {
             .filter(|&&o| o == Resolution::Filled)
             .count();
         assert_eq!(populated, 1, "page {page}: {outcomes:?}");
-        assert!(!bitmap.test(page));
+        assert!(bitmap.test(page) == Some(false));
         let at = SLOT_OFFSET + page * PAGE as u64;
         assert_eq!(pread(memfd.as_fd(), at, PAGE), page_data(page));
     }
@@ -279,7 +285,7 @@ fn stage2_a_failed_resolver_hands_over() {
     });
     assert_eq!(results.0.unwrap_err().errno(), Some(Errno::EIO));
     assert_eq!(results.1.unwrap(), Resolution::Filled);
-    assert!(!bitmap.test(page));
+    assert!(bitmap.test(page) == Some(false));
     assert_eq!(
         pread(memfd.as_fd(), SLOT_OFFSET + page * PAGE as u64, PAGE),
         page_data(page)

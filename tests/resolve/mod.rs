@@ -5,6 +5,7 @@
 
 mod rows;
 mod scenario;
+mod sealed;
 mod shared;
 mod storm;
 

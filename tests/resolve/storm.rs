@@ -176,7 +176,7 @@ fn storm_every_path_fills_each_page_once() {
                 workers.push(s.spawn(move || {
                     let mut buf = vec![0u8; page];
                     for p in shuffled(pages, 0x2000 + k as u64) {
-                        if bitmap.test(p as u64) {
+                        if bitmap.test(p as u64) == Some(true) {
                             let exit = MemoryFault::new(
                                 MemoryFaultFlags::USERFAULT.bits(),
                                 GPA + (p * page) as u64,
@@ -270,7 +270,7 @@ fn storm_every_path_fills_each_page_once() {
     for p in 0..pages {
         if class(p) != DISCARDED {
             assert!(
-                !bitmap.test(p as u64),
+                (bitmap.test(p as u64) == Some(false)),
                 "page {p} is filled but its bit is set"
             );
         }

@@ -8,7 +8,9 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use userfault::Error;
-use userfault::uffd::{CopyMode, Event, EventBuffer, FaultKind, Features, RegisterMode, Uffd};
+use userfault::uffd::{
+    CopyMode, Event, EventBuffer, FaultKind, Features, RegisterMode, Uffd, ZeropageMode,
+};
 
 use super::fixtures::{self, Kind, Mem, TIMEOUT, Touch, ok, pattern};
 use crate::util::require;
@@ -112,7 +114,10 @@ fn remove_event_holds_madvise_and_resolutions_until_read() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(ok(uffd.zeropage(&reg, mem.addr(), ps, false)), Ok(ps));
+    assert_eq!(
+        ok(uffd.zeropage(&reg, mem.addr(), ps, ZeropageMode::empty())),
+        Ok(ps)
+    );
     assert_eq!(touch.wait().data, vec![0; 8]);
 }
 
@@ -147,7 +152,7 @@ fn remap_event_moves_the_registration() {
         "mremap returned before the event was read"
     );
     let err = uffd
-        .zeropage(&reg, old + ps, ps, false)
+        .zeropage(&reg, old + ps, ps, ZeropageMode::empty())
         .expect_err("REMAP pending");
     assert!(err.is_again(), "{err}");
     match fixtures::next_event(&uffd) {
@@ -211,7 +216,7 @@ fn unmap_event_reports_the_range() {
         "munmap returned before the event was read"
     );
     let err = uffd
-        .zeropage(&reg, addr, ps, false)
+        .zeropage(&reg, addr, ps, ZeropageMode::empty())
         .expect_err("UNMAP pending");
     assert!(err.is_again(), "{err}");
     match fixtures::next_event(&uffd) {
@@ -257,7 +262,7 @@ fn thread_id_and_exact_address_follow_the_features() {
         };
         assert!(write);
         assert_eq!(
-            ok(uffd.zeropage(&reg, address & !(ps - 1), ps, false)),
+            ok(uffd.zeropage(&reg, address & !(ps - 1), ps, ZeropageMode::empty())),
             Ok(ps)
         );
         let tid = touch.wait().tid;
@@ -304,7 +309,7 @@ fn reads_are_batched_into_the_callers_buffer() {
         (0..6).map(|i| mem.page_addr(i)).collect::<Vec<_>>()
     );
     assert_eq!(
-        ok(uffd.zeropage(&reg, mem.addr(), mem.len(), false)),
+        ok(uffd.zeropage(&reg, mem.addr(), mem.len(), ZeropageMode::empty())),
         Ok(mem.len())
     );
     for touch in touches {
@@ -380,7 +385,10 @@ fn blocking_reads_wait_and_survive_signals() {
     let events = reader.join().expect("reader");
     assert_eq!(events.len(), 1);
     assert!(matches!(events[0], Event::PageFault { address, .. } if address == mem.addr()));
-    assert_eq!(ok(uffd.zeropage(&reg, mem.addr(), ps, false)), Ok(ps));
+    assert_eq!(
+        ok(uffd.zeropage(&reg, mem.addr(), ps, ZeropageMode::empty())),
+        Ok(ps)
+    );
     touch.wait();
 }
 
@@ -443,7 +451,7 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
         // `events` is dropped here with two faults not iterated.
     };
     assert_eq!(
-        ok(uffd.zeropage(&reg, handled, fixtures::page(), false)),
+        ok(uffd.zeropage(&reg, handled, fixtures::page(), ZeropageMode::empty())),
         Ok(fixtures::page())
     );
     // The two others were woken, retried and faulted again.
@@ -460,11 +468,55 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
     assert!(!again.contains(&handled));
     for address in again {
         assert_eq!(
-            ok(uffd.zeropage(&reg, address, fixtures::page(), false)),
+            ok(uffd.zeropage(&reg, address, fixtures::page(), ZeropageMode::empty())),
             Ok(fixtures::page())
         );
     }
     for touch in touches {
         assert_eq!(touch.wait().data, vec![0; 8]);
     }
+}
+
+/// Sets or clears `O_NONBLOCK` on `uffd` without telling it.
+fn set_flag_behind_its_back(uffd: &Uffd, nonblocking: bool) {
+    let mut fl = rustix::fs::fcntl_getfl(uffd).expect("F_GETFL");
+    fl.set(rustix::fs::OFlags::NONBLOCK, nonblocking);
+    rustix::fs::fcntl_setfl(uffd, fl).expect("F_SETFL");
+}
+
+/// `poll` remembers the non-blocking mode it was created or set with
+/// instead of asking `fcntl` each time: a mode cleared behind its back
+/// shows as the kernel's POLLERR, explained; after that, and for a
+/// descriptor of unknown mode, it asks again.
+#[test]
+fn poll_remembers_the_non_blocking_mode() {
+    const TEST: &str = "poll_remembers_the_non_blocking_mode";
+    require!(
+        TEST,
+        "uffd",
+        userfault::uffd::query_kernel().map_err(|e| e.to_string())
+    );
+    let uffd = Uffd::builder()
+        .non_blocking(true)
+        .create()
+        .expect("userfaultfd");
+    assert_eq!(ok(uffd.poll(Some(Duration::ZERO))), Ok(false));
+    set_flag_behind_its_back(&uffd, false);
+    let e = uffd
+        .poll(Some(Duration::ZERO))
+        .expect_err("a blocking userfaultfd");
+    assert!(e.to_string().contains("O_NONBLOCK was cleared"), "{e}");
+    // The kernel's answer made it forget the mode: now fcntl says so
+    // before any poll.
+    let e = uffd.poll(Some(Duration::ZERO)).expect_err("still blocking");
+    assert!(e.to_string().contains("create it non-blocking"), "{e}");
+    uffd.set_nonblocking(true).expect("F_SETFL");
+    assert_eq!(ok(uffd.poll(Some(Duration::ZERO))), Ok(false));
+
+    // Created blocking and switched behind its back: found by asking.
+    let blocking = Uffd::new().expect("userfaultfd");
+    let e = blocking.poll(Some(Duration::ZERO)).expect_err("blocking");
+    assert!(e.to_string().contains("create it non-blocking"), "{e}");
+    set_flag_behind_its_back(&blocking, true);
+    assert_eq!(ok(blocking.poll(Some(Duration::ZERO))), Ok(false));
 }

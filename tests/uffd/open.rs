@@ -100,7 +100,7 @@ fn optional_features_the_kernel_lacks_are_left_out() {
     assert_eq!(err.errno(), Some(Errno::EINVAL));
     let text = err.to_string();
     assert!(
-        text.starts_with("userfaultfd features Features(0x10000000000) is not supported"),
+        text.starts_with("userfaultfd features 0x10000000000 is not supported"),
         "names only the missing bit: {text}"
     );
 }
@@ -315,6 +315,25 @@ fn device_failures_name_the_device() {
         err.to_string().contains("not a userfaultfd device"),
         "{err}"
     );
+    assert_eq!(err.errno(), Some(Errno::ENODEV), "refused before the ioctl");
+
+    // Character devices of other drivers, the misc major's KVM included,
+    // are refused before USERFAULTFD_IOC_NEW is sent to them.
+    for other in ["/dev/null", "/dev/kvm"] {
+        if !std::path::Path::new(other).exists() {
+            continue;
+        }
+        let err = UffdBuilder::new()
+            .open_method(OpenMethod::Device)
+            .device_path(other)
+            .create()
+            .expect_err(other);
+        assert_eq!(err.errno(), Some(Errno::ENODEV), "{other}: {err}");
+        assert!(
+            err.to_string().contains("not a userfaultfd device"),
+            "{err}"
+        );
+    }
 
     let locked = dir.join("locked-device");
     std::fs::write(&locked, b"").expect("scratch file");

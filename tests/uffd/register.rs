@@ -123,7 +123,10 @@ fn bad_ranges_are_refused_before_the_system_call() {
     let err =
         unsafe { uffd.register(page, page, RegisterMode::MISSING) }.expect_err("unmapped range");
     assert_eq!(err.errno(), Some(Errno::EINVAL));
-    assert!(err.to_string().contains("not mapped"), "{err}");
+    assert!(
+        err.to_string().contains("no part of the range is mapped"),
+        "{err}"
+    );
 
     // A mode bit with no mainline meaning is passed on, and the kernel
     // refuses it.
@@ -202,5 +205,73 @@ fn unregister_wakes_waiters_and_returns_the_range_to_the_kernel() {
             .expect_err("unaligned");
         assert!(matches!(err, Error::InvalidArgument { .. }));
         uffd.unregister(&reg).expect("unregister the rest");
+    }
+}
+
+/// True when `[addr, addr + len)` has no mapping at all (`msync` fails with
+/// `ENOMEM` on unmapped memory).
+fn unmapped(addr: usize, len: usize) -> bool {
+    // SAFETY: msync only inspects the range's mappings; MS_ASYNC on anonymous
+    // memory does nothing else.
+    let r = unsafe { libc::msync(addr as *mut libc::c_void, len, libc::MS_ASYNC) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOMEM)
+}
+
+/// `UFFDIO_REGISTER` over a range with a hole registers the mappings
+/// around it: their faults arrive as events, a resolution into the hole
+/// fails with `ENOENT`, and only a range with no mapping at all is refused.
+#[test]
+fn registering_over_a_hole_registers_the_mapped_parts() {
+    const TEST: &str = "registering_over_a_hole_registers_the_mapped_parts";
+    let uffd = require!(TEST, "uffd", fixtures::open(Features::empty()));
+    let page = fixtures::page();
+    let mem = Mem::new(Kind::AnonPrivate, 3).expect("memory");
+    let hole = mem.page_addr(1);
+    // SAFETY: the page is this test's and nothing references it.
+    assert_eq!(unsafe { libc::munmap(hole as *mut libc::c_void, page) }, 0);
+    assert!(unmapped(hole, page));
+
+    // SAFETY: the mapped pages are only accessed through raw pointers.
+    let reg = unsafe { uffd.register(mem.addr(), mem.len(), RegisterMode::MISSING) }
+        .expect("a range with a hole registers");
+    assert_eq!((reg.start(), reg.len()), (mem.addr(), mem.len()));
+    assert!(reg.ioctls().contains(Ioctls::COPY), "{:?}", reg.ioctls());
+    for i in [0, 2] {
+        let touch = Touch::read(mem.page_addr(i), 1);
+        match fixtures::next_event(&uffd) {
+            Event::PageFault { address, .. } => assert_eq!(address, mem.page_addr(i)),
+            other => panic!("expected a fault on page {i}, got {other:?}"),
+        }
+        let data = fixtures::pattern(i, page);
+        assert_eq!(
+            fixtures::ok(uffd.copy(&reg, mem.page_addr(i), &data, CopyMode::empty())),
+            Ok(page)
+        );
+        touch.wait();
+    }
+    if unmapped(hole, page) {
+        let err = uffd
+            .copy(&reg, hole, &vec![1u8; page], CopyMode::empty())
+            .expect_err("COPY into the hole");
+        assert_eq!(err.errno(), Some(Errno::ENOENT), "{err}");
+        assert!(err.to_string().contains("hole"), "{err}");
+    } else {
+        util::report("uffd: the hole was mapped by another thread meanwhile; COPY not tried");
+    }
+    uffd.unregister(&reg).expect("unregistering over a hole");
+
+    // A range that is all hole is refused.
+    if unmapped(hole, page) {
+        // SAFETY: nothing is mapped there; the kernel refuses it.
+        let err = unsafe { uffd.register(hole, page, RegisterMode::MISSING) }
+            .expect_err("a range with no mapping");
+        assert!(
+            [Some(Errno::EINVAL), Some(Errno::ENOMEM)].contains(&err.errno()),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("no part of the range is mapped"),
+            "{err}"
+        );
     }
 }

@@ -4,8 +4,8 @@
 use userfault::Errno;
 use userfault::Error;
 use userfault::uffd::{
-    ContinueMode, CopyMode, Event, FaultFlags, FaultKind, Features, MoveMode, RegisterMode,
-    Resolved, Uffd,
+    ContinueMode, CopyMode, Event, FaultFlags, FaultKind, Features, MoveMode, PoisonMode,
+    RegisterMode, Resolved, Uffd, UnprotectMode, ZeropageMode,
 };
 
 use super::fixtures::{self, Kind, Mem, Touch, ok, pattern};
@@ -147,7 +147,7 @@ fn zeropage_resolves_missing_faults_except_on_hugetlb() {
             .expect("register");
         if kind == Kind::Hugetlb {
             let err = uffd
-                .zeropage(&reg, mem.addr(), ps, false)
+                .zeropage(&reg, mem.addr(), ps, ZeropageMode::empty())
                 .expect_err("hugetlb");
             assert!(err.is_unsupported(), "{err}");
             assert_refused_before_syscall(err, "UFFDIO_ZEROPAGE");
@@ -155,14 +155,17 @@ fn zeropage_resolves_missing_faults_except_on_hugetlb() {
         }
         let touch = Touch::read(mem.addr(), 512);
         expect_fault(&uffd, mem.addr(), FaultKind::Missing, false);
-        assert_eq!(ok(uffd.zeropage(&reg, mem.addr(), ps, false)), Ok(ps));
+        assert_eq!(
+            ok(uffd.zeropage(&reg, mem.addr(), ps, ZeropageMode::empty())),
+            Ok(ps)
+        );
         assert_eq!(touch.wait().data, vec![0; 512]);
         let err = uffd
-            .zeropage(&reg, mem.addr(), ps, true)
+            .zeropage(&reg, mem.addr(), ps, ZeropageMode::DONTWAKE)
             .expect_err("present");
         assert!(err.is_exists(), "{err}");
         assert_eq!(
-            ok(uffd.zeropage_or_wake(&reg, mem.addr(), ps, false)),
+            ok(uffd.zeropage_or_wake(&reg, mem.addr(), ps, ZeropageMode::empty())),
             Ok(Resolved::AlreadyPresent { done: 0 })
         );
     }
@@ -299,7 +302,7 @@ fn write_protect_faults_wait_for_unprotect() {
             .expect_err("WP copy into a range without WP");
         assert_refused_before_syscall(err, "RegisterMode::WP");
         let err = uffd
-            .write_protect(&missing_only, page, ps, true, false)
+            .write_protect(&missing_only, page, ps)
             .expect_err("not registered WP");
         assert!(err.is_unsupported(), "{err}");
 
@@ -321,7 +324,10 @@ fn write_protect_faults_wait_for_unprotect() {
             "{flags:?}"
         );
         assert!(touch.still_blocked());
-        assert_eq!(ok(uffd.write_protect(&reg, page, ps, false, false)), Ok(ps));
+        assert_eq!(
+            ok(uffd.write_unprotect(&reg, page, ps, UnprotectMode::empty())),
+            Ok(ps)
+        );
         touch.wait();
         assert_eq!(
             read_byte(page + 5),
@@ -329,19 +335,18 @@ fn write_protect_faults_wait_for_unprotect() {
             "{kind:?}: the write went through"
         );
 
-        assert_eq!(ok(uffd.write_protect(&reg, page, ps, true, false)), Ok(ps));
+        assert_eq!(ok(uffd.write_protect(&reg, page, ps)), Ok(ps));
         let touch = Touch::write(page + 6, 0xEF);
         expect_fault(&uffd, page, FaultKind::WriteProtect, true);
-        assert_eq!(ok(uffd.write_protect(&reg, page, ps, false, true)), Ok(ps));
+        assert_eq!(
+            ok(uffd.write_unprotect(&reg, page, ps, UnprotectMode::DONTWAKE)),
+            Ok(ps)
+        );
         assert!(touch.still_blocked(), "{kind:?}: DONTWAKE woke the writer");
         assert_eq!(ok(uffd.wake(&reg, page, ps)), Ok(ps));
         touch.wait();
         assert_eq!(read_byte(page + 6), 0xEF);
 
-        let err = uffd
-            .write_protect(&reg, page, ps, true, true)
-            .expect_err("protect with DONTWAKE");
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         uffd.unregister(&reg).expect("unregister");
     }
 }
@@ -364,9 +369,12 @@ fn poison_marks_missing_pages() {
         // SAFETY: the mapping is only accessed through raw pointers.
         let reg = unsafe { uffd.register(mem.addr(), mem.len(), RegisterMode::MISSING) }
             .expect("register");
-        assert_eq!(ok(uffd.poison(&reg, mem.page_addr(0), ps, false)), Ok(ps));
+        assert_eq!(
+            ok(uffd.poison(&reg, mem.page_addr(0), ps, PoisonMode::empty())),
+            Ok(ps)
+        );
         let err = uffd
-            .poison(&reg, mem.page_addr(0), ps, true)
+            .poison(&reg, mem.page_addr(0), ps, PoisonMode::DONTWAKE)
             .expect_err("poisoned already");
         assert!(err.is_exists(), "{err}");
         assert!(err.to_string().contains("poisoned"), "{err}");
@@ -375,7 +383,7 @@ fn poison_marks_missing_pages() {
             Ok(ps)
         );
         let err = uffd
-            .poison(&reg, mem.page_addr(1), ps, false)
+            .poison(&reg, mem.page_addr(1), ps, PoisonMode::empty())
             .expect_err("present page");
         assert!(err.is_exists(), "{err}");
         if kind == Kind::AnonPrivate {
@@ -591,7 +599,7 @@ fn ranges_are_checked_against_the_registration() {
             "zero",
         ),
         (
-            uffd.zeropage(&reg, mem.page_addr(2), ps, false)
+            uffd.zeropage(&reg, mem.page_addr(2), ps, ZeropageMode::empty())
                 .expect_err("after"),
             "outside the registration",
         ),
@@ -600,7 +608,7 @@ fn ranges_are_checked_against_the_registration() {
             "wraps around",
         ),
         (
-            uffd.poison(&reg, mem.page_addr(1), ps + 1, false)
+            uffd.poison(&reg, mem.page_addr(1), ps + 1, PoisonMode::empty())
                 .expect_err("ragged length"),
             "multiples of the page size",
         ),
@@ -652,7 +660,10 @@ fn continue_with_wp_maps_write_protected() {
         assert_eq!(read_byte(page + 3), data[3], "{kind:?}: mapped");
         let touch = Touch::write(page + 3, 0x11);
         expect_fault(&uffd, page, FaultKind::WriteProtect, true);
-        assert_eq!(ok(uffd.write_protect(&reg, page, ps, false, false)), Ok(ps));
+        assert_eq!(
+            ok(uffd.write_unprotect(&reg, page, ps, UnprotectMode::empty())),
+            Ok(ps)
+        );
         touch.wait();
         assert_eq!(read_byte(page + 3), 0x11);
         uffd.unregister(&reg).expect("unregister");

@@ -175,7 +175,14 @@ impl Capabilities {
             "gmem-continue-only" => match &self.guest_memfd_uffd.class {
                 Status::Supported(class) => (
                     *class == RangeClass::ContinueOnly,
-                    format!("a guest_memfd range registered MISSING|MINOR is {class:?}"),
+                    format!(
+                        "a guest_memfd range registered MISSING|MINOR is {}",
+                        match class {
+                            RangeClass::CopyCapable => "copy-capable: UFFDIO_COPY works on it",
+                            RangeClass::ContinueOnly => "CONTINUE-only",
+                            _ => "served by neither UFFDIO_COPY nor UFFDIO_CONTINUE",
+                        }
+                    ),
                 ),
                 other => from_status(other, "guest_memfd range class"),
             },

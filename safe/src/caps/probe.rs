@@ -8,7 +8,8 @@ use super::{
     HugePages, KVM_CAPABILITIES, KvmCap, KvmCaps, MemoryKind, MemoryRow, ModeMask, NodeInfo,
     REGISTER_MODES, RangeClass, Status, UffdSource, UserfaultfdCaps, reason_of,
 };
-use crate::backing::{HugePageSize, Memfd, rustix_errno};
+use crate::backing::{HugePageSize, Memfd};
+use crate::error::rustix_errno;
 use crate::error::{Errno, Result};
 use crate::kvm::{GmemFlags, GmemFlavour, GuestMemfd, Kvm, Vm, probe_userfault};
 use crate::mem::{Mapping, Sharing};
@@ -121,21 +122,23 @@ fn host(page: usize) -> Host {
 }
 
 fn huge_pages() -> Status<HugePages> {
-    let meminfo = match std::fs::read_to_string("/proc/meminfo") {
-        Ok(text) => text,
-        Err(e) => {
-            return Status::unsupported(Errno::from_io(&e), "/proc/meminfo could not be read");
-        }
-    };
+    match std::fs::read_to_string("/proc/meminfo") {
+        Ok(text) => parse_meminfo(&text),
+        Err(e) => Status::unsupported(Errno::from_io(&e), "/proc/meminfo could not be read"),
+    }
+}
+
+/// The huge page fields of `/proc/meminfo` text.
+pub(super) fn parse_meminfo(meminfo: &str) -> Status<HugePages> {
     let field = |name: &str| -> Option<u64> {
         let line = meminfo.lines().find_map(|l| l.strip_prefix(name))?;
         let rest = line.strip_prefix(':')?.trim();
         let number = rest.split_whitespace().next()?.parse::<u64>().ok()?;
-        Some(if rest.ends_with("kB") {
-            number * 1024
+        if rest.ends_with("kB") {
+            number.checked_mul(1024)
         } else {
-            number
-        })
+            Some(number)
+        }
     };
     match (
         field("Hugepagesize"),
@@ -191,13 +194,25 @@ fn node_info(path: &str) -> Status<NodeInfo> {
 
 /// The name of `id` in a `name:x:id:…` database file.
 fn name_of(db: &str, id: u32) -> Option<String> {
-    let text = std::fs::read_to_string(db).ok()?;
+    parse_name(&std::fs::read_to_string(db).ok()?, id)
+}
+
+/// The name of `id` in the text of a `name:x:id:…` database.
+pub(super) fn parse_name(text: &str, id: u32) -> Option<String> {
     text.lines().find_map(|line| {
         let mut fields = line.split(':');
         let name = fields.next()?;
         let id_field = fields.nth(1)?;
         (id_field.parse::<u32>().ok()? == id).then(|| name.to_string())
     })
+}
+
+/// The value of a one-number sysctl file's text.
+pub(super) fn parse_sysctl_u32(path: &str, text: &str) -> Status<u32> {
+    match text.trim().parse() {
+        Ok(v) => Status::Supported(v),
+        Err(_) => Status::unsupported(None, format!("{path} holds {:?}", text.trim())),
+    }
 }
 
 // ---------------------------------------------------------------- userfaultfd
@@ -260,10 +275,7 @@ fn userfaultfd() -> (UserfaultfdCaps, Option<Uffd>) {
 
 fn sysctl_u32(path: &str) -> Status<u32> {
     match std::fs::read_to_string(path) {
-        Ok(text) => match text.trim().parse() {
-            Ok(v) => Status::Supported(v),
-            Err(_) => Status::unsupported(None, format!("{path} holds {:?}", text.trim())),
-        },
+        Ok(text) => parse_sysctl_u32(path, &text),
         Err(e) => {
             let errno = Errno::from_io(&e);
             let reason = if errno == Some(Errno::ENOENT) {
@@ -418,7 +430,10 @@ fn gmem_uffd(uffd: &Uffd, view: &Mapping) -> GmemUffd {
     let copy = if !mask.contains(Ioctls::COPY) {
         Status::unsupported(
             None,
-            format!("the range's ioctl mask {mask:?} does not offer UFFDIO_COPY"),
+            format!(
+                "the range's ioctl mask {} does not offer UFFDIO_COPY",
+                crate::uffd::flag_names(mask)
+            ),
         )
     } else {
         let page = vec![0u8; view.len()];
@@ -653,5 +668,101 @@ mod tests {
         for row in &caps.memory {
             assert_eq!(row.modes.len(), REGISTER_MODES.len());
         }
+    }
+
+    const MEMINFO_FIELDS: [&str; 5] = [
+        "Hugepagesize",
+        "HugePages_Total",
+        "HugePages_Free",
+        "HugePages_Rsvd",
+        "HugePages_Surp",
+    ];
+
+    /// `/proc/meminfo` text with the five huge page fields among noise,
+    /// and the values it should parse to (`None` where `kB` overflows).
+    fn meminfo(g: &mut crate::fuzzing::Gen) -> (String, Option<[u64; 5]>) {
+        let mut lines = vec!["MemTotal:       16318480 kB".to_string()];
+        let mut values = [0u64; 5];
+        let mut fits = true;
+        for (i, name) in MEMINFO_FIELDS.iter().enumerate() {
+            let v = g.edgy_u64();
+            let kb = i == 0 && g.bool();
+            values[i] = if kb {
+                match v.checked_mul(1024) {
+                    Some(b) => b,
+                    None => {
+                        fits = false;
+                        0
+                    }
+                }
+            } else {
+                v
+            };
+            let pad = " ".repeat(g.below(9) as usize);
+            let unit = if kb { " kB" } else { "" };
+            lines.push(format!("{name}:{pad}{v}{unit}"));
+            if g.bool() {
+                lines.push(format!("Noise{i}: {} kB", g.u64()));
+            }
+        }
+        (lines.join("\n") + "\n", fits.then_some(values))
+    }
+
+    /// The text the probe reads from /proc and sysfs (meminfo, the passwd
+    /// and group databases, one-number sysctls): well-formed text parses to
+    /// its values, mutated text to a value or a reason; nothing panics.
+    #[test]
+    fn hostile_proc_text() {
+        crate::fuzzing::run("/proc/meminfo", |g| {
+            let (text, expected) = meminfo(g);
+            match (parse_meminfo(&text), expected) {
+                (Status::Supported(h), Some(v)) => {
+                    assert_eq!([h.page_size, h.total, h.free, h.reserved, h.surplus], v);
+                }
+                (Status::Unsupported { .. }, None) => {}
+                (other, v) => panic!("{text:?} parsed to {other:?}, expected {v:?}"),
+            }
+            let mut bytes = text.into_bytes();
+            g.mutate(&mut bytes);
+            let _ = parse_meminfo(&String::from_utf8_lossy(&bytes));
+        });
+        crate::fuzzing::run("/etc/passwd", |g| {
+            let id = g.edgy_u64() as u32;
+            let text = format!("root:x:0:0::/root:/bin/sh\nuser{id}:x:{id}:{id}::/:/bin/false\n");
+            let expected = if id == 0 {
+                "root".to_string()
+            } else {
+                format!("user{id}")
+            };
+            assert_eq!(parse_name(&text, id), Some(expected));
+            let mut bytes = text.into_bytes();
+            g.mutate(&mut bytes);
+            let _ = parse_name(&String::from_utf8_lossy(&bytes), id);
+        });
+        crate::fuzzing::run("sysctl", |g| {
+            let v = g.edgy_u64();
+            let text = format!("{v}\n");
+            match parse_sysctl_u32("/proc/sys/x", &text) {
+                Status::Supported(got) => assert_eq!(u64::from(got), v),
+                Status::Unsupported { reason, .. } => {
+                    assert!(u32::try_from(v).is_err(), "{v}: {reason}");
+                    assert!(reason.contains("/proc/sys/x holds"), "{reason}");
+                }
+                Status::NotProbed { .. } => panic!("a sysctl is probed or not"),
+            }
+            let len = g.below(24) as usize;
+            let mut bytes = g.bytes(len);
+            g.mutate(&mut bytes);
+            let _ = parse_sysctl_u32("/proc/sys/x", &String::from_utf8_lossy(&bytes));
+        });
+    }
+
+    /// Found by `hostile_proc_text`: a `kB` value whose bytes overflow u64
+    /// panicked in the multiplication; it is a reason now.
+    #[test]
+    fn meminfo_kb_overflow_is_a_reason() {
+        let text = "Hugepagesize: 18446744073709551615 kB\nHugePages_Total: 1\n\
+                    HugePages_Free: 1\nHugePages_Rsvd: 0\nHugePages_Surp: 0\n";
+        assert!(!parse_meminfo(text).is_supported());
     }
 }

@@ -191,4 +191,88 @@ mod tests {
             "MemoryFaultFlags(PRIVATE | USERFAULT | 0x10000000000)"
         );
     }
+
+    /// `kvm_run` bytes of every length, mostly memory-fault exits with
+    /// hostile flags, addresses and sizes: decoding returns the bytes'
+    /// fields or an error, and the stage-2 resolver maps only faults inside
+    /// its slot to a page inside its backing; nothing panics.
+    #[test]
+    fn hostile_kvm_run_bytes() {
+        use crate::backing::{Backing, Memfd};
+        use crate::kvm::{Stage2Resolver, UserfaultBitmap};
+
+        let page = rustix::param::page_size() as u64;
+        const SLOT_PAGES: u64 = 16;
+        let memfd = std::sync::Arc::new(
+            Memfd::shmem(c"fuzz-stage2", (SLOT_PAGES + 4) * page).expect("memfd"),
+        );
+        crate::fuzzing::run("kvm_run memory_fault", |g| {
+            let len = match g.below(4) {
+                0 => g.below(PAYLOAD_END as u64 + 1) as usize,
+                1 => PAYLOAD_END,
+                _ => PAYLOAD_END + g.below(256) as usize,
+            };
+            let mut run = g.bytes(len);
+            let base = KVM_RUN_MEMORY_FAULT_OFFSET;
+            if len >= PAYLOAD_END {
+                if g.below(4) != 0 {
+                    run[KVM_RUN_EXIT_REASON_OFFSET..KVM_RUN_EXIT_REASON_OFFSET + 4]
+                        .copy_from_slice(&gmem_sys::KVM_EXIT_MEMORY_FAULT.to_ne_bytes());
+                }
+                for field in 0..3 {
+                    if g.bool() {
+                        let at = base + 8 * field;
+                        run[at..at + 8].copy_from_slice(&g.edgy_u64().to_ne_bytes());
+                    }
+                }
+            }
+            let word = |at: usize| u64::from_ne_bytes(run[at..at + 8].try_into().unwrap());
+            let decoded = MemoryFault::from_kvm_run_bytes(&run);
+            let fault = match decoded {
+                Err(e) => {
+                    assert!(len < PAYLOAD_END, "{len} bytes refused: {e}");
+                    assert!(matches!(e, Error::InvalidArgument { .. }));
+                    return;
+                }
+                Ok(None) => {
+                    let reason = u32::from_ne_bytes(
+                        run[KVM_RUN_EXIT_REASON_OFFSET..KVM_RUN_EXIT_REASON_OFFSET + 4]
+                            .try_into()
+                            .unwrap(),
+                    );
+                    assert_ne!(reason, gmem_sys::KVM_EXIT_MEMORY_FAULT);
+                    return;
+                }
+                Ok(Some(f)) => f,
+            };
+            assert_eq!(fault.flags().bits(), word(base));
+            assert_eq!(fault.gpa(), word(base + 8));
+            assert_eq!(fault.size(), word(base + 16));
+            assert_eq!(
+                fault.unknown_flags() | (fault.flags().bits() & (0x8 | 0x10)),
+                fault.flags().bits()
+            );
+
+            let slot_gpa = g.below(1 << 40) * page;
+            let bitmap = std::sync::Arc::new(
+                UserfaultBitmap::new(slot_gpa, SLOT_PAGES * page).expect("bitmap"),
+            );
+            let offset = g.below(5) * page;
+            let state = crate::resolve::PageState::new(memfd.clone()).expect("page state");
+            let resolver = Stage2Resolver::new(&state, &bitmap, offset).expect("resolver");
+            let inside = fault
+                .gpa()
+                .checked_sub(slot_gpa)
+                .is_some_and(|d| d < SLOT_PAGES * page);
+            match resolver.fault(&fault) {
+                Some(s2) => {
+                    assert!(fault.is_userfault() && inside);
+                    assert!(s2.page() < SLOT_PAGES);
+                    assert!(s2.backing_offset() + page <= memfd.size());
+                    assert_eq!(s2.page_gpa(), slot_gpa + s2.page() * page);
+                }
+                None => assert!(!fault.is_userfault() || !inside),
+            }
+        });
+    }
 }

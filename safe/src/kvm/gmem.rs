@@ -9,7 +9,8 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use gmem_sys::firecracker_6_18 as fc;
 use gmem_sys::upstream::gmem_write_v7 as write_v7;
 
-use crate::backing::{Backing, check_span, pwrite_all, rustix_errno};
+use crate::backing::{Backing, check_span, pwrite_all};
+use crate::error::rustix_errno;
 use crate::error::{Errno, Error, Result};
 use crate::mem::{Mapping, Sharing};
 use crate::sys;
@@ -124,8 +125,10 @@ impl BitOrAssign for GmemFlags {
     }
 }
 
-impl fmt::Debug for GmemFlags {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl GmemFlags {
+    /// The names of the set flags, `|`-joined (`"MMAP|INIT_SHARED"`), bits
+    /// without a known name as one number, `"no flags"` when empty.
+    fn names(&self) -> String {
         let mut names = Vec::new();
         let mut rest = self.bits;
         for (bit, name) in [
@@ -143,9 +146,51 @@ impl fmt::Debug for GmemFlags {
             names.push(format!("{rest:#x}"));
         }
         if names.is_empty() {
-            names.push("empty".to_string());
+            return "no flags".to_string();
         }
-        write!(f, "GmemFlags({})", names.join(" | "))
+        names.join("|")
+    }
+}
+
+/// Why `KVM_CREATE_GUEST_MEMFD` refused `flags`, of which the VM does not
+/// advertise `extra`.
+fn refused_flags_hint(flags: GmemFlags, extra: u64, advertised: u64) -> String {
+    let mainline = gmem_sys::GUEST_MEMFD_FLAG_MMAP | gmem_sys::GUEST_MEMFD_FLAG_INIT_SHARED;
+    let refused = if extra == flags.bits() {
+        flags.to_string()
+    } else {
+        format!("{} of {flags}", GmemFlags::from_raw(extra))
+    };
+    let mut text = format!(
+        "this VM does not take the guest_memfd flags {refused}: it advertises {} in \
+         KVM_CAP_GUEST_MEMFD_FLAGS",
+        if advertised == 0 {
+            "none".to_string()
+        } else {
+            GmemFlags::from_raw(advertised).to_string()
+        }
+    );
+    if extra & mainline != 0 {
+        text.push_str("; MMAP and INIT_SHARED need Linux 6.18");
+    } else {
+        text.push_str("; the other bits are those of out-of-tree series (see GmemFlavour::probe)");
+    }
+    text
+}
+
+/// `MMAP|INIT_SHARED`: the flags as an operator writes them.
+impl fmt::Display for GmemFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.names())
+    }
+}
+
+impl fmt::Debug for GmemFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.bits == 0 {
+            return f.write_str("GmemFlags(empty)");
+        }
+        write!(f, "GmemFlags({})", self.names().replace('|', " | "))
     }
 }
 
@@ -406,10 +451,15 @@ impl GuestMemfd {
     ///
     /// # Errors
     ///
-    /// `InvalidArgument` when `size` is not a non-zero multiple of the page
-    /// size. `EINVAL` from the kernel, with a hint naming the flags this VM
-    /// advertises when `flags` has others; `ENOTTY` when `vm` is not a VM
-    /// of a kernel with guest_memfd. The `fcntl` errno if setting
+    /// `InvalidArgument` when `vm` is not a KVM VM (checked with `readlink`
+    /// of `/proc/thread-self/fd/<fd>`, which must name `anon_inode:kvm-vm`:
+    /// only a VM's answer to the ioctl can be trusted to be a new
+    /// descriptor; `Unsupported` when `/proc` is not mounted, see
+    /// [`Vm::create_guest_memfd`](super::Vm::create_guest_memfd)) or when
+    /// `size` is not a non-zero multiple of the page size. `EINVAL` from
+    /// the kernel, with a hint naming the flags this VM
+    /// advertises when `flags` has others; `ENOTTY` on a kernel without
+    /// guest_memfd (before Linux 6.8). The `fcntl` errno if setting
     /// `FD_CLOEXEC` fails (the new file is closed).
     ///
     /// # References
@@ -417,6 +467,22 @@ impl GuestMemfd {
     /// [`KVM_CREATE_GUEST_MEMFD`](https://docs.kernel.org/virt/kvm/api.html#kvm-create-guest-memfd)
     #[doc(alias = "KVM_CREATE_GUEST_MEMFD")]
     pub fn create(vm: impl AsFd, size: u64, flags: GmemFlags) -> Result<GuestMemfd> {
+        let vm = vm.as_fd();
+        sys::kvm::check_vm("KVM_CREATE_GUEST_MEMFD", vm)?;
+        // SAFETY: `vm` was just checked to be a VM.
+        unsafe { GuestMemfd::create_on_vm(vm, size, flags) }
+    }
+
+    /// [`create`](GuestMemfd::create) on a descriptor known to be a VM.
+    ///
+    /// # Safety
+    ///
+    /// `vm` must be a KVM VM file descriptor.
+    pub(crate) unsafe fn create_on_vm(
+        vm: BorrowedFd<'_>,
+        size: u64,
+        flags: GmemFlags,
+    ) -> Result<GuestMemfd> {
         const OP: &str = "KVM_CREATE_GUEST_MEMFD";
         let page = rustix::param::page_size() as u64;
         if size == 0 || !size.is_multiple_of(page) {
@@ -425,37 +491,36 @@ impl GuestMemfd {
                 format!("size {size:#x} must be a non-zero multiple of the page size {page:#x}"),
             ));
         }
-        let vm = vm.as_fd();
         let args = gmem_sys::kvm_create_guest_memfd {
             size,
             flags: flags.bits(),
             reserved: [0; 6],
         };
-        let fd = sys::kvm::create_guest_memfd(vm, args).map_err(|errno| match errno {
-            Errno::EINVAL => {
-                let advertised =
-                    sys::kvm::check_extension(vm, gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS).unwrap_or(0);
-                let extra = flags.bits() & !(advertised as u64);
-                if extra != 0 {
-                    Error::os_hint(
-                        OP,
-                        errno,
-                        format!(
-                            "this VM does not take flag bits {extra:#x} of {flags:?} \
-                             (KVM_CAP_GUEST_MEMFD_FLAGS = {advertised:#x})"
-                        ),
-                    )
-                } else {
-                    Error::os(OP, errno)
+        // SAFETY: `vm` is a VM (this function's contract).
+        let fd =
+            unsafe { sys::kvm::create_guest_memfd(vm, args) }.map_err(|errno| match errno {
+                Errno::EINVAL => {
+                    let advertised =
+                        sys::kvm::check_extension(vm, gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS)
+                            .unwrap_or(0);
+                    let extra = flags.bits() & !(advertised as u64);
+                    if extra != 0 {
+                        Error::os_hint(
+                            OP,
+                            errno,
+                            refused_flags_hint(flags, extra, advertised as u64),
+                        )
+                    } else {
+                        Error::os(OP, errno)
+                    }
                 }
-            }
-            Errno::ENOTTY => Error::os_hint(
-                OP,
-                errno,
-                "not a VM file descriptor, or a kernel without guest_memfd (Linux 6.8+)",
-            ),
-            _ => Error::os(OP, errno),
-        })?;
+                Errno::ENOTTY => Error::os_hint(
+                    OP,
+                    errno,
+                    "this kernel has no guest_memfd (KVM_CREATE_GUEST_MEMFD needs Linux 6.8 or newer)",
+                ),
+                _ => Error::os(OP, errno),
+            })?;
         rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)
             .map_err(|e| Error::os("fcntl", rustix_errno(e)))?;
         Ok(GuestMemfd { fd, size, flags })
@@ -560,7 +625,7 @@ fn write_error(flags: GmemFlags, errno: Errno) -> Error {
              populate through a shared mapping instead"
             .into(),
         Errno::ENODEV => format!(
-            "this guest_memfd was created with {flags:?}, without the WRITE flag \
+            "this guest_memfd was created with {flags}, without the WRITE flag \
              (see GmemFlavour::write)"
         )
         .into(),
@@ -628,6 +693,23 @@ mod tests {
     #[test]
     fn flags_name_their_bits() {
         assert_eq!(format!("{:?}", GmemFlags::empty()), "GmemFlags(empty)");
+        assert_eq!(GmemFlags::empty().to_string(), "no flags");
+        assert_eq!(
+            (GmemFlags::MMAP | GmemFlags::INIT_SHARED).to_string(),
+            "MMAP|INIT_SHARED"
+        );
+        let both = GmemFlags::MMAP | GmemFlags::INIT_SHARED;
+        let hint = refused_flags_hint(both, both.bits(), 0);
+        assert_eq!(
+            hint,
+            "this VM does not take the guest_memfd flags MMAP|INIT_SHARED: it advertises none \
+             in KVM_CAP_GUEST_MEMFD_FLAGS; MMAP and INIT_SHARED need Linux 6.18"
+        );
+        let hint = refused_flags_hint(GmemFlags::from_raw(1 | 1 << 2), 1 << 2, 1);
+        assert!(
+            hint.contains("flags 0x4 of MMAP|0x4: it advertises MMAP"),
+            "{hint}"
+        );
         let write = GmemFlags {
             bits: 8,
             write: 8,

@@ -3,7 +3,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
-use crate::backing::rustix_errno;
+use crate::error::rustix_errno;
 use crate::error::{Errno, Error, Result};
 use crate::sys;
 
@@ -30,11 +30,12 @@ impl Kvm {
     }
 
     /// `open(path, O_RDWR | O_CLOEXEC)`: the KVM system file at another path
-    /// (a container may bind-mount it elsewhere).
+    /// (a container may bind-mount it elsewhere). The file must be the KVM
+    /// device (character device 10:232), checked with `fstat`.
     ///
     /// # Errors
     ///
-    /// As [`Kvm::open`].
+    /// As [`Kvm::open`]; `InvalidArgument` when `path` is another file.
     pub fn open_path(path: impl AsRef<Path>) -> Result<Kvm> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(path.as_ref(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
@@ -54,12 +55,21 @@ impl Kvm {
                     _ => Error::os("open /dev/kvm", errno),
                 }
             })?;
-        Ok(Kvm { fd })
+        Kvm::from_fd(fd)
     }
 
-    /// Wraps an already open `/dev/kvm` file descriptor.
-    pub fn from_fd(fd: OwnedFd) -> Kvm {
-        Kvm { fd }
+    /// `fstat(fd)`: wraps an already open `/dev/kvm` file descriptor, after
+    /// checking that it is the KVM device (a character device 10:232) —
+    /// the VMs this `Kvm` creates are descriptors the kernel returns, which
+    /// only the KVM device's answer can be trusted to be.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` naming what `fd` is when it is not `/dev/kvm` (the
+    /// descriptor is closed); the `fstat` errno.
+    pub fn from_fd(fd: OwnedFd) -> Result<Kvm> {
+        sys::kvm::check_kvm_device("Kvm::from_fd", fd.as_fd())?;
+        Ok(Kvm { fd })
     }
 
     /// `ioctl(KVM_GET_API_VERSION)`: 12 on every kernel since 2.6.22.
@@ -105,7 +115,9 @@ impl Kvm {
     #[doc(alias = "KVM_CREATE_VM")]
     pub fn create_vm(&self, vm_type: u64) -> Result<Vm> {
         loop {
-            match sys::kvm::create_vm(self.fd.as_fd(), vm_type) {
+            // SAFETY: `self.fd` is /dev/kvm: every constructor of `Kvm`
+            // checked it.
+            match unsafe { sys::kvm::create_vm(self.fd.as_fd(), vm_type) } {
                 Ok(fd) => return Ok(Vm { fd }),
                 Err(Errno::EINTR) => continue,
                 Err(e @ Errno::EINVAL) => {
@@ -144,9 +156,52 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Wraps an already created VM file descriptor.
-    pub fn from_fd(fd: OwnedFd) -> Vm {
+    /// Wraps an already created VM file descriptor (for example of a
+    /// `kvm_ioctls::VmFd`), after checking with `readlink` of
+    /// `/proc/thread-self/fd/<fd>` that it is a KVM VM (`anon_inode:kvm-vm`):
+    /// the guest_memfds created on a [`Vm`] are descriptors the kernel
+    /// returns, which only a VM's answer can be trusted to be.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` naming what `fd` is when it is not a VM;
+    /// `Unsupported` when `/proc` is not mounted (see
+    /// [`from_fd_unchecked`](Vm::from_fd_unchecked)). The descriptor is
+    /// closed on error.
+    pub fn from_fd(fd: OwnedFd) -> Result<Vm> {
+        sys::kvm::check_vm("Vm::from_fd", fd.as_fd())?;
+        Ok(Vm { fd })
+    }
+
+    /// Wraps an already created VM file descriptor without checking it, for
+    /// a process without `/proc`.
+    ///
+    /// # Safety
+    ///
+    /// `fd` must be a KVM VM file descriptor (from `KVM_CREATE_VM`): the
+    /// result of `KVM_CREATE_GUEST_MEMFD` on it, through
+    /// [`create_guest_memfd`](Vm::create_guest_memfd), is taken as a new
+    /// descriptor, which another file's driver need not return.
+    pub unsafe fn from_fd_unchecked(fd: OwnedFd) -> Vm {
         Vm { fd }
+    }
+
+    /// `ioctl(vm, KVM_CREATE_GUEST_MEMFD, {size, flags})` on this VM:
+    /// [`GuestMemfd::create`](super::GuestMemfd::create) without checking
+    /// again that the descriptor is a VM.
+    ///
+    /// # Errors
+    ///
+    /// As [`GuestMemfd::create`](super::GuestMemfd::create).
+    #[doc(alias = "KVM_CREATE_GUEST_MEMFD")]
+    pub fn create_guest_memfd(
+        &self,
+        size: u64,
+        flags: super::GmemFlags,
+    ) -> Result<super::GuestMemfd> {
+        // SAFETY: `self.fd` is a VM: `from_fd` checked it, and
+        // `from_fd_unchecked`'s caller promised it.
+        unsafe { super::GuestMemfd::create_on_vm(self.fd.as_fd(), size, flags) }
     }
 
     /// `ioctl(vm, KVM_CHECK_EXTENSION, cap)`: the capability's value for

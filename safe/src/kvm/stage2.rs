@@ -172,7 +172,7 @@ impl<B: Backing> Stage2Fault<'_, B> {
         crate::resolve::page_state::check_len("stage-2 resolve", self.len(), data.len())?;
         match self.state.populate_page(self.file_page, data)? {
             Resolution::AlreadyPresent => {
-                if self.bitmap.test(self.page) {
+                if self.bitmap.test(self.page) == Some(true) {
                     self.state.clear_bit_if_filled(self.file_page);
                 }
                 Ok(Resolution::AlreadyPresent)

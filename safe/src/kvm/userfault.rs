@@ -31,9 +31,10 @@ use crate::sys;
 /// let b = UserfaultBitmap::new_all_set(0x10_0000, 130 * 4096).unwrap();
 /// assert_eq!(b.pages(), 130);
 /// assert_eq!(b.words().len(), 3);
-/// assert!(b.test(129));
-/// assert!(b.clear(129));
-/// assert!(!b.test(129));
+/// assert_eq!(b.test(129), Some(true));
+/// assert_eq!(b.clear(129), Some(true));
+/// assert_eq!(b.test(129), Some(false));
+/// assert_eq!(b.test(130), None);
 /// assert_eq!(b.count_set(), 129);
 /// ```
 pub struct UserfaultBitmap {
@@ -43,14 +44,36 @@ pub struct UserfaultBitmap {
     page_size: u64,
 }
 
+/// `n` zeroed words, or `ENOMEM` when they cannot be allocated.
+fn zeroed_words(n: usize) -> Result<Box<[AtomicU64]>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| {
+        Error::os_hint(
+            "userfault bitmap",
+            Errno::ENOMEM,
+            format!("cannot allocate a bitmap of {n} words"),
+        )
+    })?;
+    v.extend((0..n).map(|_| AtomicU64::new(0)));
+    Ok(v.into_boxed_slice())
+}
+
 impl UserfaultBitmap {
+    /// The most pages KVM takes in one memslot: `KVM_MEM_MAX_NR_PAGES`,
+    /// `(1 << 31) - 1` (`include/linux/kvm_host.h`; a larger
+    /// `KVM_SET_USER_MEMORY_REGION2` fails with `EINVAL`).
+    pub const MAX_SLOT_PAGES: u64 = (1 << 31) - 1;
+
     /// A bitmap for a slot of `memory_size` bytes at `guest_phys_addr`,
     /// with every bit clear (no page traps).
     ///
     /// # Errors
     ///
     /// `InvalidArgument` when the address or size is not a multiple of the
-    /// base page size, or the size is zero.
+    /// base page size, the size is zero, the slot wraps the guest physical
+    /// address space, or it has more pages than KVM takes in one memslot
+    /// ([`MAX_SLOT_PAGES`](UserfaultBitmap::MAX_SLOT_PAGES)); `ENOMEM` when
+    /// the bitmap cannot be allocated.
     pub fn new(guest_phys_addr: u64, memory_size: u64) -> Result<UserfaultBitmap> {
         let page_size = rustix::param::page_size() as u64;
         if memory_size == 0
@@ -65,12 +88,32 @@ impl UserfaultBitmap {
                 ),
             ));
         }
+        if guest_phys_addr.checked_add(memory_size).is_none() {
+            return Err(Error::invalid(
+                "userfault bitmap",
+                format!(
+                    "slot {guest_phys_addr:#x}+{memory_size:#x} wraps around the guest physical \
+                     address space"
+                ),
+            ));
+        }
         let pages = memory_size / page_size;
-        let words = usize::try_from(pages.div_ceil(64))
-            .map_err(|_| Error::invalid("userfault bitmap", "slot too large"))?;
-        let zeroed = |n| (0..n).map(|_| AtomicU64::new(0)).collect::<Box<[_]>>();
+        if pages > Self::MAX_SLOT_PAGES {
+            return Err(Error::invalid(
+                "userfault bitmap",
+                format!(
+                    "a slot of {memory_size:#x} bytes has {pages} pages; KVM takes at most {} \
+                     pages in one memslot (KVM_MEM_MAX_NR_PAGES): split the memory into several \
+                     slots",
+                    Self::MAX_SLOT_PAGES
+                ),
+            ));
+        }
+        // At most 2^31 bits (256 MiB) each, after the check above; the
+        // allocation can still fail, which is an error, not an abort.
+        let words = pages.div_ceil(64) as usize;
         Ok(UserfaultBitmap {
-            words: zeroed(words),
+            words: zeroed_words(words)?,
             guest_phys_addr,
             pages,
             page_size,
@@ -127,24 +170,19 @@ impl UserfaultBitmap {
         (page < self.pages).then_some(page)
     }
 
-    fn at(&self, page: u64) -> (usize, u64) {
-        assert!(
-            page < self.pages,
-            "page {page} outside a userfault bitmap of {} pages",
-            self.pages
-        );
-        ((page / 64) as usize, 1 << (page % 64))
+    /// The word index and bit mask of page `page`, or `None` when it is not
+    /// below [`pages`](UserfaultBitmap::pages).
+    #[inline]
+    fn at(&self, page: u64) -> Option<(usize, u64)> {
+        (page < self.pages).then(|| ((page / 64) as usize, 1 << (page % 64)))
     }
 
     /// True when page `page`'s bit is set (an acquire load: after `false`,
-    /// the data of the write that preceded the clearing is visible).
-    ///
-    /// # Panics
-    ///
-    /// When `page` is not below [`pages`](UserfaultBitmap::pages).
-    pub fn test(&self, page: u64) -> bool {
-        let (w, mask) = self.at(page);
-        self.words[w].load(Ordering::Acquire) & mask != 0
+    /// the data of the write that preceded the clearing is visible);
+    /// `None` when `page` is not below [`pages`](UserfaultBitmap::pages).
+    pub fn test(&self, page: u64) -> Option<bool> {
+        let (w, mask) = self.at(page)?;
+        Some(self.words[w].load(Ordering::Acquire) & mask != 0)
     }
 
     /// Sets page `page`'s bit, so that vCPU accesses trap again; returns
@@ -152,15 +190,13 @@ impl UserfaultBitmap {
     /// yet: for others, disable and re-enable `KVM_MEM_USERFAULT` on the
     /// slot (and drop the page from the backing, for example with
     /// [`Backing::punch_hole`](crate::backing::Backing::punch_hole)).
-    ///
-    /// # Panics
-    ///
-    /// When `page` is not below [`pages`](UserfaultBitmap::pages).
-    pub fn set(&self, page: u64) -> bool {
-        let (w, mask) = self.at(page);
+    /// `None` (and nothing set) when `page` is not below
+    /// [`pages`](UserfaultBitmap::pages).
+    pub fn set(&self, page: u64) -> Option<bool> {
+        let (w, mask) = self.at(page)?;
         // Relaxed: a set bit takes effect for KVM through the memslot ioctl
         // that (re-)enables KVM_MEM_USERFAULT, a system call.
-        self.words[w].fetch_or(mask, Ordering::Relaxed) & mask != 0
+        Some(self.words[w].fetch_or(mask, Ordering::Relaxed) & mask != 0)
     }
 
     /// Sets every page's bit.
@@ -182,14 +218,11 @@ impl UserfaultBitmap {
     /// whatever the backing holds when it sees the bit clear — for
     /// guest_memfd, a freshly allocated zero page if nothing was written.
     /// [`Stage2Fault::resolve`](super::Stage2Fault::resolve) does both steps
-    /// in the right order.
-    ///
-    /// # Panics
-    ///
-    /// When `page` is not below [`pages`](UserfaultBitmap::pages).
-    pub fn clear(&self, page: u64) -> bool {
-        let (w, mask) = self.at(page);
-        self.words[w].fetch_and(!mask, Ordering::Release) & mask != 0
+    /// in the right order. `None` (and nothing cleared) when `page` is not
+    /// below [`pages`](UserfaultBitmap::pages).
+    pub fn clear(&self, page: u64) -> Option<bool> {
+        let (w, mask) = self.at(page)?;
+        Some(self.words[w].fetch_and(!mask, Ordering::Release) & mask != 0)
     }
 
     /// Number of set bits (pages still trapping).
@@ -201,7 +234,7 @@ impl UserfaultBitmap {
     }
 
     /// Clears bits `[first, first + n)` a word at a time, with
-    /// store-release.
+    /// store-release. The caller keeps the range inside the bitmap.
     pub(crate) fn clear_range(&self, first: u64, n: u64) {
         for_words(first, n, |w, mask| {
             self.words[w].fetch_and(!mask, Ordering::Release);
@@ -258,8 +291,10 @@ impl fmt::Debug for UserfaultBitmap {
 /// # Errors
 ///
 /// `Unsupported` with the errno when the kernel refuses the flag (`EINVAL`
-/// on kernels without the series); the errno of `KVM_CREATE_VM` or `mmap`
-/// when the probe cannot run.
+/// on kernels without the series), and without an errno when it has no
+/// `KVM_SET_USER_MEMORY_REGION2` (before Linux 6.8); `InvalidArgument` when `kvm` is not the
+/// KVM device (checked with `fstat`: character device 10:232); the errno of
+/// `KVM_CREATE_VM` or `mmap` when the probe cannot run.
 ///
 /// # References
 ///
@@ -270,13 +305,24 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
     let page = rustix::param::page_size();
     let memory = Mapping::anonymous(page, Sharing::Private)?;
     let bitmap = UserfaultBitmap::new(0, page as u64)?;
+    let kvm = kvm.as_fd();
+    sys::kvm::check_kvm_device("KVM_CREATE_VM", kvm)?;
     let vm = loop {
-        match sys::kvm::create_vm(kvm.as_fd(), 0) {
+        // SAFETY: `kvm` was just checked to be /dev/kvm.
+        match unsafe { sys::kvm::create_vm(kvm, 0) } {
             Ok(vm) => break vm,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(Error::os("KVM_CREATE_VM", e)),
         }
     };
+    // KVM_MEM_USERFAULT is a flag of KVM_SET_USER_MEMORY_REGION2: without
+    // that ioctl (KVM_CAP_USER_MEMORY2, Linux 6.8) there is nothing to try.
+    if !matches!(
+        sys::kvm::check_extension(vm.as_fd(), gmem_sys::KVM_CAP_USER_MEMORY2),
+        Ok(v) if v > 0
+    ) {
+        return Err(no_memory_region2(None));
+    }
     let slot = Memslot::from_mapping(0, 0, &memory).userfault(&bitmap);
     // SAFETY: `memory` and `bitmap` outlive `vm`: declared before it, they
     // are dropped after it is closed (taking the slot with it) at the end
@@ -290,11 +336,65 @@ pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
             "KVM_SET_USER_MEMORY_REGION2 refused KVM_MEM_USERFAULT on a one-page scratch slot: \
              this kernel lacks the posted KVM userfault series",
         )),
+        Err(errno @ Errno::ENOTTY) => Err(no_memory_region2(Some(errno))),
         Err(errno) => Err(Error::os("KVM_SET_USER_MEMORY_REGION2", errno)),
     }
+}
+
+/// KVM userfault on a kernel without `KVM_SET_USER_MEMORY_REGION2`.
+fn no_memory_region2(errno: Option<Errno>) -> Error {
+    Error::unsupported(
+        "KVM userfault (KVM_MEM_USERFAULT)",
+        errno,
+        "this kernel has no KVM_SET_USER_MEMORY_REGION2 (KVM_CAP_USER_MEMORY2), which KVM \
+         userfault memslots need: run Linux 6.8 or newer with the posted KVM userfault series",
+    )
 }
 
 /// [`probe_userfault`] on a freshly opened `/dev/kvm`.
 pub(super) fn open_and_probe_userfault() -> Result<()> {
     probe_userfault(Kvm::open()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_slots_are_refused_before_allocating() {
+        // 1 << 62 bytes would be a 128 TiB bitmap: refused, not an abort.
+        let e = UserfaultBitmap::new(0, 1 << 62).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+        assert!(e.to_string().contains("KVM_MEM_MAX_NR_PAGES"), "{e}");
+        let page = rustix::param::page_size() as u64;
+        let e = UserfaultBitmap::new(u64::MAX - page + 1, 2 * page).unwrap_err();
+        assert!(e.to_string().contains("wraps around"), "{e}");
+        // The largest slot KVM takes is accepted (a 256 MiB bitmap is not
+        // allocated here: one page past the limit is refused instead).
+        let e = UserfaultBitmap::new(0, (UserfaultBitmap::MAX_SLOT_PAGES + 1) * page).unwrap_err();
+        assert!(e.to_string().contains("split the memory"), "{e}");
+    }
+
+    #[test]
+    fn without_memory_region2_the_reason_names_linux_6_8() {
+        let e = no_memory_region2(Some(Errno::ENOTTY));
+        assert!(e.is_unsupported(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("KVM_SET_USER_MEMORY_REGION2"), "{text}");
+        assert!(text.contains("Linux 6.8 or newer"), "{text}");
+    }
+
+    #[test]
+    fn out_of_range_pages_are_none() {
+        let page = rustix::param::page_size() as u64;
+        let b = UserfaultBitmap::new_all_set(0, 3 * page).unwrap();
+        assert_eq!(b.test(2), Some(true));
+        assert_eq!(b.test(3), None);
+        assert_eq!(b.test(u64::MAX), None);
+        assert_eq!(b.set(3), None);
+        assert_eq!(b.clear(1 << 40), None);
+        assert_eq!(b.count_set(), 3, "nothing outside changed a word");
+        assert_eq!(b.clear(0), Some(true));
+        assert_eq!(b.set(0), Some(false));
+    }
 }

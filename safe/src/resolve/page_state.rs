@@ -122,7 +122,7 @@ impl<B: Backing> PageState<B> {
     /// pages) or its size is not whole pages; the `fstat` errno.
     pub fn new(backing: Arc<B>) -> Result<Arc<PageState<B>>> {
         let stat = rustix::fs::fstat(backing.as_fd())
-            .map_err(|e| Error::os("fstat", crate::backing::rustix_errno(e)))?;
+            .map_err(|e| Error::os("fstat", crate::error::rustix_errno(e)))?;
         let key = FileKey {
             dev: stat.st_dev,
             ino: stat.st_ino,

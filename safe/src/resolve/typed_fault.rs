@@ -5,7 +5,7 @@ use super::page_state::{PageState, check_len};
 use super::{Class, ContinueOnly, CopyCapable, Region, Resolution};
 use crate::backing::Backing;
 use crate::error::{Error, Result};
-use crate::uffd::{CopyMode, FaultKind};
+use crate::uffd::{CopyMode, FaultKind, UnprotectMode, ZeropageMode};
 
 /// The largest window a chunked resolution fills.
 pub const MAX_WINDOW: usize = 2 << 20;
@@ -193,7 +193,7 @@ impl<B> MissingFault<'_, CopyCapable, B> {
         }
         match region
             .uffd
-            .zeropage(&region.reg, page, region.page_size, false)
+            .zeropage(&region.reg, page, region.page_size, ZeropageMode::empty())
         {
             Ok(_) => Ok(Resolution::Filled),
             Err(e) if e.is_exists() => region.settle_existing(page),
@@ -601,10 +601,12 @@ impl<B> WpFault<'_, CopyCapable, B> {
         self.raw.done = true;
         let region = self.raw.region;
         let page = self.raw.page;
-        match region
-            .uffd
-            .write_protect(&region.reg, page, region.page_size, false, false)
-        {
+        match region.uffd.write_unprotect(
+            &region.reg,
+            page,
+            region.page_size,
+            UnprotectMode::empty(),
+        ) {
             Ok(_) => Ok(Resolution::Mapped),
             Err(e) => Err(region.wake_after(page, e)),
         }

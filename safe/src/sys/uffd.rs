@@ -18,16 +18,60 @@ pub(crate) fn userfaultfd(flags: libc::c_int) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Checks that `dev` is the userfaultfd misc device: a character device
+/// of the misc major (10) whose minor, assigned at boot, is the one
+/// `/sys/dev/char/10:<minor>` (or, without sysfs, `/proc/misc`) names
+/// `userfaultfd`. Only then is a non-negative `USERFAULTFD_IOC_NEW` result
+/// a new descriptor.
+///
+/// `ENODEV` when it is another file, or neither sysfs nor `/proc` can tell.
+pub(crate) fn check_userfaultfd_device(dev: BorrowedFd<'_>) -> Result<(), Errno> {
+    let st = rustix::fs::fstat(dev).map_err(crate::error::rustix_errno)?;
+    let chr =
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::CharacterDevice;
+    let (major, minor) = (rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev));
+    if !chr || major != 10 {
+        return Err(Errno::ENODEV);
+    }
+    if let Ok(link) = rustix::fs::readlink(format!("/sys/dev/char/{major}:{minor}"), Vec::new()) {
+        let named = link.to_bytes().rsplit(|&b| b == b'/').next() == Some(b"userfaultfd");
+        return if named { Ok(()) } else { Err(Errno::ENODEV) };
+    }
+    let misc = std::fs::read_to_string("/proc/misc").map_err(|_| Errno::ENODEV)?;
+    if misc_lists_userfaultfd(&misc, minor) {
+        Ok(())
+    } else {
+        Err(Errno::ENODEV)
+    }
+}
+
+/// True when `/proc/misc` text (`<minor> <name>` lines) names `minor`
+/// `userfaultfd`.
+pub(crate) fn misc_lists_userfaultfd(misc: &str, minor: u32) -> bool {
+    misc.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next().and_then(|m| m.parse::<u32>().ok()) == Some(minor)
+            && words.next() == Some("userfaultfd")
+    })
+}
+
 /// `ioctl(dev, USERFAULTFD_IOC_NEW, flags)` on an open `/dev/userfaultfd`:
 /// a new userfaultfd owned by the caller.
-pub(crate) fn userfaultfd_from_device(
+///
+/// # Safety
+///
+/// `dev` must be the userfaultfd device ([`check_userfaultfd_device`]):
+/// another file's driver may answer the request number with a
+/// non-negative value that is not a new descriptor.
+pub(crate) unsafe fn userfaultfd_from_device(
     dev: BorrowedFd<'_>,
     flags: libc::c_int,
 ) -> Result<OwnedFd, Errno> {
     let flags = libc::c_ulong::try_from(flags).map_err(|_| Errno::EINVAL)?;
     // SAFETY: USERFAULTFD_IOC_NEW takes the flags as an integer argument
-    // and touches no memory of ours; on success it returns a new descriptor,
-    // which is wrapped in an OwnedFd right below.
+    // and touches no memory of ours; on the userfaultfd device (the
+    // caller's contract) it returns a new descriptor, which is wrapped in an
+    // OwnedFd right below.
     let fd = unsafe { super::ioctl_val(dev, uffd_sys::USERFAULTFD_IOC_NEW, flags) }?;
     // SAFETY: `fd` was just created by the kernel for this call only.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })

@@ -1,5 +1,6 @@
 //! Reading events from a tokio runtime (feature `tokio`).
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::Interest;
@@ -11,10 +12,50 @@ use crate::error::{Errno, Error, Result};
 /// A [`Uffd`] registered with a tokio runtime's reactor, for reading events
 /// without a dedicated thread.
 ///
-/// Resolution ioctls do not block; call them on [`get_ref`](Self::get_ref).
+/// It holds the userfaultfd as an `Arc<Uffd>`, so the same userfaultfd can
+/// also serve the typed regions of [`crate::resolve`], which keep an
+/// `Arc<Uffd>` of their own: read events here, resolve them through the
+/// region ([`uffd`](Self::uffd) hands out the `Arc` to build regions from).
+/// Resolution ioctls do not block; call them on [`get_ref`](Self::get_ref)
+/// or through a region.
+///
+/// One `AsyncUffd` per userfaultfd and runtime: the reactor refuses to
+/// watch a descriptor twice (`EEXIST`).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use userfault::backing::{BackedMapping, Memfd};
+/// use userfault::resolve::{Fault, Region};
+/// use userfault::uffd::{AsyncUffd, Event, EventBuffer, Uffd};
+///
+/// async fn serve(snapshot: &[u8]) -> userfault::Result<()> {
+///     let memfd = Arc::new(Memfd::shmem(c"guest", snapshot.len() as u64)?);
+///     let mapping = Arc::new(BackedMapping::new(memfd, 0, snapshot.len())?);
+///     let uffd = AsyncUffd::new(Uffd::new()?)?;
+///     // SAFETY: the guest memory is reached only through raw pointers.
+///     let region = unsafe { Region::continue_only(uffd.uffd().clone(), mapping)? };
+///     let page = region.page_size();
+///     let mut events = EventBuffer::with_capacity(16);
+///     loop {
+///         for event in uffd.read_events(&mut events).await? {
+///             let Event::PageFault { address, kind, .. } = event else { continue };
+///             match region.fault(address, kind) {
+///                 Some(Fault::Missing(f)) => {
+///                     let at = f.page() - region.registration().start();
+///                     f.write_then_continue(&snapshot[at..at + page])?;
+///                 }
+///                 Some(Fault::Minor(f)) => {
+///                     f.map()?;
+///                 }
+///                 _ => {}
+///             }
+///         }
+///     }
+/// }
+/// ```
 #[derive(Debug)]
 pub struct AsyncUffd {
-    fd: AsyncFd<Uffd>,
+    fd: AsyncFd<Arc<Uffd>>,
 }
 
 fn reactor_error(op: &'static str, e: std::io::Error) -> Error {
@@ -26,7 +67,9 @@ fn reactor_error(op: &'static str, e: std::io::Error) -> Error {
 
 impl AsyncUffd {
     /// Switches `uffd` to non-blocking mode and registers it with the
-    /// current tokio runtime for readability.
+    /// current tokio runtime for readability. Takes a [`Uffd`] or an
+    /// `Arc<Uffd>` shared with regions or other threads; the mode switch
+    /// applies to every holder (their reads stop blocking too).
     ///
     /// # Errors
     ///
@@ -35,11 +78,13 @@ impl AsyncUffd {
     /// # Panics
     ///
     /// Outside a tokio runtime with IO enabled (as `AsyncFd::new`).
-    pub fn new(uffd: Uffd) -> Result<AsyncUffd> {
+    pub fn new(uffd: impl Into<Arc<Uffd>>) -> Result<AsyncUffd> {
+        let uffd = uffd.into();
         uffd.set_nonblocking(true)?;
         // SAFETY: a `Uffd` owns its descriptor and never closes or
-        // replaces it while it lives, so `as_raw_fd` names the same open
-        // file for as long as the `AsyncFd` holds it.
+        // replaces it while it lives, and the `AsyncFd` holds an `Arc` of
+        // it, so `as_raw_fd` names the same open file for as long as the
+        // `AsyncFd` is registered.
         let fd = unsafe { AsyncFd::register_with_interest(uffd, Interest::READABLE) }
             .map_err(|e| reactor_error("epoll_ctl", e.into_parts().1))?;
         Ok(AsyncUffd { fd })
@@ -50,9 +95,15 @@ impl AsyncUffd {
         self.fd.get_ref()
     }
 
+    /// The shared userfaultfd, to clone for
+    /// [`Region`](crate::resolve::Region)s and other threads.
+    pub fn uffd(&self) -> &Arc<Uffd> {
+        self.fd.get_ref()
+    }
+
     /// Deregisters from the reactor and returns the userfaultfd (still
     /// non-blocking).
-    pub fn into_inner(self) -> Uffd {
+    pub fn into_inner(self) -> Arc<Uffd> {
         self.fd.into_inner()
     }
 

@@ -8,7 +8,7 @@ use uffd_sys as sys;
 
 use super::open::{KernelApi, Origin};
 use super::{FaultFlags, Features, Uffd};
-use crate::backing::rustix_errno;
+use crate::error::rustix_errno;
 use crate::error::{Errno, Error, Result};
 
 /// Size of one `struct uffd_msg`.
@@ -352,6 +352,8 @@ fn child(fd: OwnedFd, source: &Source) -> Uffd {
         source.api,
         source.user_mode_only,
         Some(source.id),
+        // Not known without asking: the first poll reads the flags.
+        false,
     )
 }
 
@@ -436,15 +438,17 @@ impl Uffd {
     /// [`Error::InvalidArgument`] on a blocking userfaultfd: the kernel
     /// reports `POLLERR` for those (`poll` never guarantees that `read`
     /// will not block); use [`UffdBuilder::non_blocking`](super::UffdBuilder::non_blocking)
-    /// or [`set_nonblocking`](Self::set_nonblocking). [`Error::Os`] from
-    /// `fcntl` or `poll`.
+    /// or [`set_nonblocking`](Self::set_nonblocking) (the mode set through
+    /// those is remembered; a descriptor of unknown mode is asked with
+    /// `fcntl` until it is non-blocking). [`Error::Os`] from `fcntl` or
+    /// `poll`.
     ///
     /// # References
     ///
     /// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html), [`userfaultfd(2)`](https://man7.org/linux/man-pages/man2/userfaultfd.2.html)
     pub fn poll(&self, timeout: Option<Duration>) -> Result<bool> {
         use rustix::event::{PollFd, PollFlags, Timespec};
-        if !self.is_nonblocking()? {
+        if !self.known_nonblocking()? {
             return Err(Error::invalid(
                 "poll",
                 "a blocking userfaultfd always polls as POLLERR: create it non-blocking or call \
@@ -464,10 +468,7 @@ impl Uffd {
                 Ok(_) => {
                     let revents = fds[0].revents();
                     if revents.intersects(PollFlags::ERR | PollFlags::NVAL) {
-                        return Err(Error::invalid(
-                            "poll",
-                            format!("the userfaultfd polled as {revents:?}"),
-                        ));
+                        return Err(self.poll_error(revents.contains(PollFlags::NVAL)));
                     }
                     return Ok(revents.contains(PollFlags::IN));
                 }
@@ -475,6 +476,22 @@ impl Uffd {
                 Err(e) => return Err(Error::os("poll", rustix_errno(e))),
             }
         }
+    }
+
+    /// The error of a poll that reported `POLLERR` (or `POLLNVAL`).
+    #[cold]
+    fn poll_error(&self, nval: bool) -> Error {
+        if nval {
+            return Error::invalid("poll", "the userfaultfd polled as POLLNVAL (not open)");
+        }
+        // The kernel's only POLLERR for a userfaultfd: it is blocking.
+        self.nonblocking
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        Error::invalid(
+            "poll",
+            "the userfaultfd polled as POLLERR because it is blocking (O_NONBLOCK was cleared \
+             without set_nonblocking): call set_nonblocking(true)",
+        )
     }
 
     /// [`poll`](Self::poll) for up to `timeout`, then
@@ -608,5 +625,149 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A record of `event` with hostile words, and for a fork event a
+    /// descriptor this test owns (or a value no descriptor has), so that
+    /// the decoder's taking ownership is legitimate.
+    fn hostile_record(g: &mut crate::fuzzing::Gen) -> [u8; MSG] {
+        const KNOWN: [u8; 5] = [
+            sys::UFFD_EVENT_PAGEFAULT,
+            sys::UFFD_EVENT_FORK,
+            sys::UFFD_EVENT_REMAP,
+            sys::UFFD_EVENT_REMOVE,
+            sys::UFFD_EVENT_UNMAP,
+        ];
+        let mut m = [0u8; MSG];
+        m.copy_from_slice(&g.bytes(MSG));
+        m[0] = if g.below(4) == 0 {
+            g.u64() as u8
+        } else {
+            *g.pick(&KNOWN)
+        };
+        for at in [ARG0, ARG1, ARG2] {
+            if g.bool() {
+                m[at..at + 8].copy_from_slice(&g.edgy_u64().to_ne_bytes());
+            }
+        }
+        if m[0] == sys::UFFD_EVENT_FORK {
+            let fd: u32 = if g.bool() {
+                use std::os::fd::IntoRawFd as _;
+                let memfd = rustix::fs::memfd_create(c"fuzz-fork", rustix::fs::MemfdFlags::CLOEXEC)
+                    .expect("memfd_create");
+                memfd.into_raw_fd() as u32
+            } else {
+                // Not a descriptor: negative as an int.
+                (1 << 31) | g.u64() as u32
+            };
+            m[ARG0..ARG0 + 4].copy_from_slice(&fd.to_ne_bytes());
+        }
+        m
+    }
+
+    /// Every record decodes to an event whose fields are the record's, for
+    /// every event type, unknown types and flags included; nothing panics.
+    #[test]
+    fn hostile_records_decode_to_their_fields() {
+        crate::fuzzing::run("uffd_msg", |g| {
+            let features = match g.below(3) {
+                0 => Features::empty(),
+                1 => Features::THREAD_ID,
+                _ => Features::from_bits_retain(g.u64()),
+            };
+            let src = source(features);
+            let m = hostile_record(g);
+            let word = |at| u64_at(&m, at) as usize;
+            match decode(&m, &src) {
+                Event::PageFault {
+                    address,
+                    kind,
+                    write,
+                    thread_id,
+                    flags,
+                    uffd_id,
+                } => {
+                    assert_eq!(uffd_id, src.id, "the record names its userfaultfd");
+                    assert_eq!(m[0], sys::UFFD_EVENT_PAGEFAULT);
+                    assert_eq!(address, word(ARG1));
+                    assert_eq!(flags.bits(), u64_at(&m, ARG0), "every flag bit kept");
+                    assert_eq!(write, flags.contains(FaultFlags::WRITE));
+                    let expected = if flags.contains(FaultFlags::WP) {
+                        FaultKind::WriteProtect
+                    } else if flags.contains(FaultFlags::MINOR) {
+                        FaultKind::Minor
+                    } else {
+                        FaultKind::Missing
+                    };
+                    assert_eq!(kind, expected);
+                    assert_eq!(
+                        thread_id,
+                        features
+                            .contains(Features::THREAD_ID)
+                            .then(|| u32_at(&m, ARG2))
+                    );
+                }
+                Event::Fork { uffd } => {
+                    assert_eq!(m[0], sys::UFFD_EVENT_FORK);
+                    assert_eq!(uffd.parent_id(), Some(src.id));
+                    assert_eq!(uffd.features(), features);
+                    assert_eq!(uffd.origin(), Origin::Fork);
+                }
+                Event::Remap { from, to, len } => {
+                    assert_eq!(m[0], sys::UFFD_EVENT_REMAP);
+                    assert_eq!((from, to, len), (word(ARG0), word(ARG1), word(ARG2)));
+                }
+                Event::Remove { start, end } => {
+                    assert_eq!(m[0], sys::UFFD_EVENT_REMOVE);
+                    assert_eq!((start, end), (word(ARG0), word(ARG1)));
+                }
+                Event::Unmap { start, end } => {
+                    assert_eq!(m[0], sys::UFFD_EVENT_UNMAP);
+                    assert_eq!((start, end), (word(ARG0), word(ARG1)));
+                }
+                Event::Unknown { event, raw } => {
+                    assert_eq!(event, m[0]);
+                    assert_eq!(raw, m);
+                    let fork_without_fd =
+                        m[0] == sys::UFFD_EVENT_FORK && u32_at(&m, ARG0) >= 1 << 31;
+                    assert!(
+                        fork_without_fd
+                            || ![
+                                sys::UFFD_EVENT_PAGEFAULT,
+                                sys::UFFD_EVENT_FORK,
+                                sys::UFFD_EVENT_REMAP,
+                                sys::UFFD_EVENT_REMOVE,
+                                sys::UFFD_EVENT_UNMAP,
+                            ]
+                            .contains(&m[0]),
+                        "a known event decoded as unknown: {:#x}",
+                        m[0]
+                    );
+                }
+            }
+        });
+    }
+
+    /// A buffer of hostile records iterated part-way and dropped: the rest
+    /// are woken or closed through a real userfaultfd, without a panic.
+    #[test]
+    fn hostile_batches_dropped_part_way() {
+        let Ok(uffd) = Uffd::new() else {
+            return;
+        };
+        let mut buf = EventBuffer::with_capacity(8);
+        crate::fuzzing::run("uffd_msg batches", |g| {
+            let n = 1 + g.below(8) as usize;
+            for i in 0..n {
+                buf.msgs[i] = hostile_record(g);
+            }
+            buf.filled = n;
+            let take = g.below(n as u64 + 1) as usize;
+            let events = uffd.events(&mut buf);
+            assert_eq!(events.len(), n);
+            let seen = events.take(take).count();
+            assert_eq!(seen, take);
+            assert_eq!(buf.filled, 0, "the buffer is emptied when the events drop");
+        });
     }
 }

@@ -172,6 +172,57 @@ bitflags! {
     }
 }
 
+bitflags! {
+    /// `UFFDIO_ZEROPAGE_MODE_*`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct ZeropageMode: u64 {
+        /// Do not wake the waiting threads (`UFFDIO_ZEROPAGE_MODE_DONTWAKE`);
+        /// wake them later with [`Uffd::wake`](super::Uffd::wake).
+        const DONTWAKE = sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// `UFFDIO_POISON_MODE_*`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct PoisonMode: u64 {
+        /// Do not wake the waiting threads (`UFFDIO_POISON_MODE_DONTWAKE`).
+        const DONTWAKE = sys::UFFDIO_POISON_MODE_DONTWAKE;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// The modes of removing write protection
+    /// ([`Uffd::write_unprotect`](super::Uffd::write_unprotect)):
+    /// `UFFDIO_WRITEPROTECT` without `UFFDIO_WRITEPROTECT_MODE_WP`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct UnprotectMode: u64 {
+        /// Do not wake the threads waiting on write-protect faults
+        /// (`UFFDIO_WRITEPROTECT_MODE_DONTWAKE`).
+        const DONTWAKE = sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
+        const _ = !0;
+    }
+}
+
+/// The names of the set bits of `flags` joined by `|` (`"MISSING|MINOR"`),
+/// unnamed bits as one hexadecimal number, `"none"` when empty: flag sets
+/// as operators read them, not as `Debug` shows them.
+pub(crate) fn flag_names<F: bitflags::Flags<Bits = u64>>(flags: F) -> String {
+    let mut parts: Vec<String> = flags.iter_names().map(|(n, _)| n.to_string()).collect();
+    let named = flags.iter_names().fold(0, |a, (_, f)| a | f.bits());
+    let unknown = flags.bits() & !named;
+    if unknown != 0 {
+        parts.push(format!("{unknown:#x}"));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join("|")
+    }
+}
+
 impl Ioctls {
     /// The `Ioctls` bit of an ioctl named by its kernel name
     /// (`"UFFDIO_COPY"`), if this crate knows it.
@@ -184,6 +235,19 @@ impl Ioctls {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_names_read_as_operators_write_them() {
+        assert_eq!(
+            flag_names(RegisterMode::MISSING | RegisterMode::MINOR),
+            "MISSING|MINOR"
+        );
+        assert_eq!(
+            flag_names(RegisterMode::from_bits_retain(1 | 1 << 9)),
+            "MISSING|0x200"
+        );
+        assert_eq!(flag_names(Ioctls::empty()), "none");
+    }
 
     #[test]
     fn unknown_bits_are_kept_and_shown() {

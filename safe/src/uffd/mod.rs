@@ -13,7 +13,7 @@
 //! | ask what the kernel has | [`UffdBuilder::query`], [`query_kernel`] | `UFFDIO_API` on a throw-away fd |
 //! | register | [`Uffd::register`] (`unsafe`) | `UFFDIO_REGISTER` → [`Registration`] with its [`Ioctls`] |
 //! | wait | [`Uffd::poll`], [`Uffd::read_events`], [`Uffd::wait_events`] | `poll(2)`, `read(2)` |
-//! | resolve | [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`continue_range`](Uffd::continue_range), [`write_protect`](Uffd::write_protect), [`poison`](Uffd::poison), [`move_pages`](Uffd::move_pages) (`unsafe`), [`wake`](Uffd::wake) | `UFFDIO_COPY`, `_ZEROPAGE`, `_CONTINUE`, `_WRITEPROTECT`, `_POISON`, `_MOVE`, `_WAKE` |
+//! | resolve | [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`continue_range`](Uffd::continue_range), [`write_protect`](Uffd::write_protect), [`write_unprotect`](Uffd::write_unprotect), [`poison`](Uffd::poison), [`move_pages`](Uffd::move_pages) (`unsafe`), [`wake`](Uffd::wake) | `UFFDIO_COPY`, `_ZEROPAGE`, `_CONTINUE`, `_WRITEPROTECT`, `_POISON`, `_MOVE`, `_WAKE` |
 //! | resolve without losing a wake-up | [`copy_or_wake`](Uffd::copy_or_wake), [`zeropage_or_wake`](Uffd::zeropage_or_wake), [`continue_or_wake`](Uffd::continue_or_wake) | the ioctl, then `UFFDIO_WAKE` on `EEXIST` |
 //! | end | [`Uffd::unregister`], drop | `UFFDIO_UNREGISTER`, `close(2)` |
 //!
@@ -128,11 +128,16 @@ mod register;
 mod resolve;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(feature = "tokio")]
 pub use async_tokio::AsyncUffd;
 pub use event::{Event, EventBuffer, Events, FaultKind};
-pub use flags::{ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, RegisterMode};
+pub(crate) use flags::flag_names;
+pub use flags::{
+    ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, PoisonMode, RegisterMode,
+    UnprotectMode, ZeropageMode,
+};
 pub(crate) use open::has_cap_sys_ptrace;
 pub use open::{DEVICE_PATH, KernelApi, OpenMethod, Origin, UffdBuilder, query_kernel};
 pub use register::Registration;
@@ -154,6 +159,10 @@ pub struct Uffd {
     api: KernelApi,
     user_mode_only: bool,
     parent: Option<u64>,
+    /// True once the descriptor is known to be non-blocking (created so,
+    /// or switched by [`set_nonblocking`](Self::set_nonblocking)), so that
+    /// [`poll`](Self::poll) need not ask `fcntl` each time.
+    nonblocking: AtomicBool,
 }
 
 impl Uffd {
@@ -180,6 +189,7 @@ impl Uffd {
         api: KernelApi,
         user_mode_only: bool,
         parent: Option<u64>,
+        nonblocking: bool,
     ) -> Uffd {
         Uffd {
             fd,
@@ -189,7 +199,23 @@ impl Uffd {
             api,
             user_mode_only,
             parent,
+            nonblocking: AtomicBool::new(nonblocking),
         }
+    }
+
+    /// True when the descriptor is non-blocking: the remembered answer when
+    /// it is known to be, `fcntl(F_GETFL)` otherwise (a descriptor from a
+    /// fork event, or one switched behind this `Uffd`'s back).
+    #[inline]
+    pub(super) fn known_nonblocking(&self) -> Result<bool> {
+        if self.nonblocking.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let on = self.is_nonblocking()?;
+        if on {
+            self.nonblocking.store(true, Ordering::Relaxed);
+        }
+        Ok(on)
     }
 
     /// A process-wide unique number for this userfaultfd (not the fd
@@ -238,7 +264,7 @@ impl Uffd {
     /// [`Error::Os`] from `fcntl`.
     pub fn is_nonblocking(&self) -> Result<bool> {
         let fl = rustix::fs::fcntl_getfl(&self.fd)
-            .map_err(|e| Error::os("fcntl", crate::backing::rustix_errno(e)))?;
+            .map_err(|e| Error::os("fcntl", crate::error::rustix_errno(e)))?;
         Ok(fl.contains(rustix::fs::OFlags::NONBLOCK))
     }
 
@@ -249,10 +275,12 @@ impl Uffd {
     ///
     /// [`Error::Os`] from `fcntl`.
     pub fn set_nonblocking(&self, on: bool) -> Result<()> {
-        let map = |e| Error::os("fcntl", crate::backing::rustix_errno(e));
+        let map = |e| Error::os("fcntl", crate::error::rustix_errno(e));
         let mut fl = rustix::fs::fcntl_getfl(&self.fd).map_err(map)?;
         fl.set(rustix::fs::OFlags::NONBLOCK, on);
-        rustix::fs::fcntl_setfl(&self.fd, fl).map_err(map)
+        rustix::fs::fcntl_setfl(&self.fd, fl).map_err(map)?;
+        self.nonblocking.store(on, Ordering::Relaxed);
+        Ok(())
     }
 
     #[inline]

@@ -201,6 +201,7 @@ impl UffdBuilder {
             api,
             self.user_mode_only,
             None,
+            self.non_blocking,
         ))
     }
 
@@ -254,8 +255,11 @@ impl UffdBuilder {
     fn open_device(&self, flags: libc::c_int) -> Result<OwnedFd, (&'static str, Errno)> {
         use rustix::fs::{Mode, OFlags};
         let dev = rustix::fs::open(&self.device, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| ("open", crate::backing::rustix_errno(e)))?;
-        crate::sys::uffd::userfaultfd_from_device(dev.as_fd(), flags)
+            .map_err(|e| ("open", crate::error::rustix_errno(e)))?;
+        crate::sys::uffd::check_userfaultfd_device(dev.as_fd())
+            .map_err(|e| ("USERFAULTFD_IOC_NEW", e))?;
+        // SAFETY: `dev` was just checked to be the userfaultfd device.
+        unsafe { crate::sys::uffd::userfaultfd_from_device(dev.as_fd(), flags) }
             .map_err(|e| ("USERFAULTFD_IOC_NEW", e))
     }
 
@@ -297,6 +301,11 @@ impl UffdBuilder {
                 format!("{path} is not backed by the userfaultfd driver").into()
             }
             ("open", _) => format!("{path} could not be opened").into(),
+            ("USERFAULTFD_IOC_NEW", Errno::ENODEV) => format!(
+                "{path} is not a userfaultfd device (the misc character device that \
+                 /sys/dev/char or /proc/misc names userfaultfd), so the ioctl was not issued"
+            )
+            .into(),
             (_, Errno::EINVAL) if self.user_mode_only => USER_MODE_ONLY_UNKNOWN.into(),
             (_, Errno::ENOTTY | Errno::EINVAL) => {
                 format!("{path} does not answer USERFAULTFD_IOC_NEW: not a userfaultfd device")
@@ -331,9 +340,9 @@ impl UffdBuilder {
             let missing = required.difference(offered);
             if !missing.is_empty() {
                 return Err(Error::unsupported(
-                    format!("userfaultfd features {missing:?}"),
+                    format!("userfaultfd features {}", super::flag_names(missing)),
                     Some(errno),
-                    format!("the kernel offers only {offered:?}"),
+                    format!("the kernel offers only {}", super::flag_names(offered)),
                 ));
             }
             if errno == Errno::EPERM && want.contains(Features::EVENT_FORK) {
@@ -352,7 +361,10 @@ impl UffdBuilder {
                 return Err(Error::os_hint(
                     "UFFDIO_API",
                     errno,
-                    format!("the kernel refused the features {want:?}"),
+                    format!(
+                        "the kernel refused the features {}",
+                        super::flag_names(want)
+                    ),
                 ));
             }
             want = narrowed;
@@ -360,7 +372,10 @@ impl UffdBuilder {
         Err(Error::os_hint(
             "UFFDIO_API",
             Errno::EINVAL,
-            format!("the kernel refused every subset of the features {want:?} tried"),
+            format!(
+                "the kernel refused every subset of the features {} tried",
+                super::flag_names(want)
+            ),
         ))
     }
 }
@@ -407,12 +422,16 @@ fn eperm_hint() -> String {
 pub(crate) fn has_cap_sys_ptrace() -> Option<bool> {
     const CAP_SYS_PTRACE: u32 = 19;
     let status = std::fs::read_to_string("/proc/thread-self/status").ok()?;
+    Some(cap_eff(&status)? & (1 << CAP_SYS_PTRACE) != 0)
+}
+
+/// The `CapEff:` mask of `/proc/<pid>/status` text.
+pub(super) fn cap_eff(status: &str) -> Option<u64> {
     let hex = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))?
         .trim();
-    let caps = u64::from_str_radix(hex, 16).ok()?;
-    Some(caps & (1 << CAP_SYS_PTRACE) != 0)
+    u64::from_str_radix(hex, 16).ok()
 }
 
 /// `ioctl(fd, UFFDIO_API, {UFFD_API, features})`.
@@ -446,4 +465,39 @@ pub(super) fn next_id() -> u64 {
 /// As [`UffdBuilder::create`] and [`UffdBuilder::query`].
 pub fn query_kernel() -> Result<KernelApi> {
     UffdBuilder::new().query()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `/proc/<pid>/status` text: `CapEff` is read from well-formed text
+    /// and nothing panics on mutated text; `/proc/misc` likewise.
+    #[test]
+    fn hostile_status_and_misc_text() {
+        crate::fuzzing::run("/proc/self/status CapEff", |g| {
+            let caps = g.edgy_u64();
+            let text = format!(
+                "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t{caps:016x}\nCapBnd:\t{:x}\n",
+                g.u64()
+            );
+            assert_eq!(cap_eff(&text), Some(caps));
+            let mut bytes = text.into_bytes();
+            g.mutate(&mut bytes);
+            let _ = cap_eff(&String::from_utf8_lossy(&bytes));
+        });
+        crate::fuzzing::run("/proc/misc", |g| {
+            let minor = g.below(1 << 20) as u32;
+            let text = format!(" 61 loop-control\n{minor} userfaultfd\n232 kvm\n");
+            assert!(crate::sys::uffd::misc_lists_userfaultfd(&text, minor));
+            assert!(!crate::sys::uffd::misc_lists_userfaultfd(
+                &text,
+                minor ^ 1 << 21
+            ));
+            let mut bytes = text.into_bytes();
+            g.mutate(&mut bytes);
+            let _ =
+                crate::sys::uffd::misc_lists_userfaultfd(&String::from_utf8_lossy(&bytes), minor);
+        });
+    }
 }

@@ -135,9 +135,20 @@ impl Uffd {
     /// ioctls the kernel offers on it.
     ///
     /// `start` and `len` must be multiples of the page size (of the huge
-    /// page size for hugetlbfs), and the range must be mapped. Which modes
-    /// a memory type accepts: MISSING and WP everywhere userfaultfd works;
-    /// MINOR only on shmem and hugetlbfs (not private anonymous memory).
+    /// page size for hugetlbfs). Which modes a memory type accepts: MISSING
+    /// and WP everywhere userfaultfd works; MINOR only on shmem and
+    /// hugetlbfs (not private anonymous memory).
+    ///
+    /// # Holes
+    ///
+    /// The range need not be mapped throughout: the kernel registers the
+    /// mappings inside it and skips the holes between them, and refuses
+    /// only a range with no mapping at all (`EINVAL`). The returned
+    /// [`Registration`] spans the whole range, holes included. An access to
+    /// a hole is a `SIGSEGV` as ever, a mapping created in a hole later is
+    /// not registered, and a resolution into a hole fails with `ENOENT`.
+    /// Every mapping in the range must accept `mode`, or nothing is
+    /// registered.
     ///
     /// # Registering a range again
     ///
@@ -170,8 +181,9 @@ impl Uffd {
     ///
     /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range
     /// (checked before the system call); [`Error::Os`] from the kernel:
-    /// `EINVAL` (part of the range is not mapped, the memory type does not
-    /// support `mode`, a hugetlbfs range is not huge-page aligned), `EBUSY`
+    /// `EINVAL` (no part of the range is mapped, a mapping's memory type
+    /// does not support `mode`, a hugetlbfs range is not huge-page
+    /// aligned), `EBUSY`
     /// (registered with another userfaultfd), `EPERM` (a read-only
     /// mapping of a file opened without write access), `ENOMEM`.
     ///
@@ -222,7 +234,7 @@ impl Uffd {
     /// # Errors
     ///
     /// [`Error::InvalidArgument`] when `reg` belongs to another userfaultfd;
-    /// [`Error::Os`] (`EINVAL`: the range is no longer mapped as registered).
+    /// [`Error::Os`] (`EINVAL`: no part of the range is mapped any more).
     ///
     /// # References
     ///
@@ -264,7 +276,7 @@ impl Uffd {
                     Error::os_hint(
                         OP,
                         e,
-                        "the range is not (entirely) mapped, or a hugetlbfs range is not \
+                        "no part of the range is mapped, or a hugetlbfs range is not \
                          huge-page aligned",
                     )
                 } else {
@@ -329,9 +341,10 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
     match errno {
         Errno::EINVAL => {
             let mut text = String::from(
-                "part of the range is not mapped, or its memory type does not support ",
+                "no part of the range is mapped (holes between mappings are skipped), or the \
+                 memory type of a mapping in it does not support ",
             );
-            text.push_str(&format!("{mode:?}"));
+            text.push_str(&super::flags::flag_names(mode));
             if mode.contains(RegisterMode::MINOR) {
                 text.push_str(
                     " (MINOR needs shmem or hugetlbfs; private anonymous memory has no page \
@@ -348,7 +361,7 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
         Errno::EPERM => "the mapping is of a file opened without write access (userfaultfd needs \
              VM_MAYWRITE)"
             .into(),
-        Errno::ENOMEM => "the range lies outside the process's address space".into(),
+        Errno::ENOMEM => "no part of the range is mapped (it lies past every mapping)".into(),
         _ => "registration failed".into(),
     }
 }

@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use uffd_sys as sys;
 
 use super::register::check_range;
-use super::{ContinueMode, CopyMode, Ioctls, MoveMode, RegisterMode, Registration, Uffd};
+use super::{
+    ContinueMode, CopyMode, Ioctls, MoveMode, PoisonMode, RegisterMode, Registration, Uffd,
+    UnprotectMode, ZeropageMode,
+};
 use crate::error::{Errno, Error, Result};
 
 /// What a `*_or_wake` method did.
@@ -115,9 +118,9 @@ fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
              registered"
         )
         .into(),
-        (_, Errno::ENOENT) => {
-            "the range is no longer registered with this userfaultfd (unmapped or remapped)".into()
-        }
+        (_, Errno::ENOENT) => "no mapping registered with this userfaultfd is there: the range \
+             was unmapped or remapped, or lies in a hole the registration spanned"
+            .into(),
         (_, Errno::ESRCH) => "the process whose memory the range is has exited".into(),
         (_, Errno::ENOMEM) => "the kernel ran out of memory".into(),
         _ => format!("{op} failed").into(),
@@ -145,14 +148,67 @@ fn unoffered_error(op: &'static str, reg: &Registration) -> Error {
         format!("{op} on the range {:#x}+{:#x}", reg.start, reg.len),
         None,
         format!(
-            "the kernel's ioctl mask for the registration is {:?} ({:#x})",
-            reg.ioctls,
+            "the kernel's ioctl mask for the registration is {} ({:#x})",
+            super::flags::flag_names(reg.ioctls),
             reg.ioctls.bits()
         ),
     )
 }
 
+/// The argument of a resolution ioctl: its request, its name in errors,
+/// and the field where the kernel stores the bytes done (or a negated
+/// errno).
+trait ResolveArg {
+    const OP: &'static str;
+    const REQUEST: u32;
+    fn done(&self) -> i64;
+}
+
+macro_rules! resolve_arg {
+    ($($ty:ident => $request:ident, $done:expr;)*) => {$(
+        impl ResolveArg for sys::$ty {
+            const OP: &'static str = stringify!($request);
+            const REQUEST: u32 = sys::$request;
+            #[inline]
+            fn done(&self) -> i64 {
+                let done: fn(&Self) -> i64 = $done;
+                done(self)
+            }
+        }
+    )*};
+}
+
+resolve_arg! {
+    uffdio_copy => UFFDIO_COPY, |a| a.copy;
+    uffdio_zeropage => UFFDIO_ZEROPAGE, |a| a.zeropage;
+    uffdio_continue => UFFDIO_CONTINUE, |a| a.mapped;
+    uffdio_poison => UFFDIO_POISON, |a| a.updated;
+    uffdio_move => UFFDIO_MOVE, |a| a.move_;
+    // No partial progress is reported for these two.
+    uffdio_writeprotect => UFFDIO_WRITEPROTECT, |_| 0;
+    uffdio_range => UFFDIO_WAKE, |_| 0;
+}
+
 impl Uffd {
+    /// Issues the resolution ioctl of `arg` on this userfaultfd and decodes
+    /// its result for a range of `len` bytes: the one body every
+    /// resolution shares.
+    ///
+    /// # Safety
+    ///
+    /// The pointers in `arg` (COPY's and MOVE's `src`) must be valid for
+    /// `len` bytes, and what the ioctl does to the memory of its range (and,
+    /// for MOVE, of its source) must not break a Rust reference.
+    #[inline]
+    unsafe fn issue<A: ResolveArg>(&self, mut arg: A, len: usize) -> Result<usize> {
+        // SAFETY: `A::REQUEST` is the request whose argument is an `A`
+        // (`ResolveArg` is implemented for exactly those pairs), `arg` is a
+        // live local the kernel reads and writes, and the request's effect
+        // on memory is the caller's promise above.
+        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), A::REQUEST, &raw mut arg) };
+        decode(A::OP, len, r, arg.done())
+    }
+
     /// The checks every resolution makes before its system call: the
     /// registration is this userfaultfd's, the range is non-empty,
     /// page-aligned, does not wrap and lies inside it, and its ioctl mask
@@ -259,25 +315,24 @@ impl Uffd {
     /// with this userfaultfd, page-aligned, and the mask offers COPY.
     #[inline]
     pub(crate) fn copy_prechecked(&self, dst: usize, src: &[u8], mode: CopyMode) -> Result<usize> {
-        const OP: &str = "UFFDIO_COPY";
-        let mut arg = sys::uffdio_copy {
+        let arg = sys::uffdio_copy {
             dst: dst as u64,
             src: src.as_ptr() as u64,
             len: src.len() as u64,
             mode: mode.bits(),
             copy: 0,
         };
-        // SAFETY: UFFDIO_COPY reads and writes one `uffdio_copy` (`arg`) and
-        // reads `len` bytes at `src`, a live slice. It writes only into
-        // pages of a range registered with this userfaultfd that are not
-        // present, which the registration's contract leaves to the handler.
-        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_COPY, &mut arg) };
-        decode(OP, src.len(), r, arg.copy)
+        // SAFETY: UFFDIO_COPY reads `len` bytes at `src`, a live slice. It
+        // writes only into pages of a range registered with this
+        // userfaultfd that are not present, which the registration's
+        // contract leaves to the handler.
+        unsafe { self.issue(arg, src.len()) }
     }
 
     /// `ioctl(uffd, UFFDIO_ZEROPAGE, {range, mode})`—maps zero pages at the
-    /// missing pages of `[dst, dst + len)` and, unless `dontwake`, wakes the
-    /// threads waiting on them; returns the bytes done.
+    /// missing pages of `[dst, dst + len)` and, unless
+    /// [`ZeropageMode::DONTWAKE`], wakes the threads waiting on them;
+    /// returns the bytes done.
     ///
     /// Not offered on hugetlbfs. Like [`copy`](Self::copy), a failure wakes
     /// nobody; see [`zeropage_or_wake`](Self::zeropage_or_wake).
@@ -295,24 +350,18 @@ impl Uffd {
         reg: &Registration,
         dst: usize,
         len: usize,
-        dontwake: bool,
+        mode: ZeropageMode,
     ) -> Result<usize> {
-        const OP: &str = "UFFDIO_ZEROPAGE";
-        self.check_resolve(OP, Ioctls::ZEROPAGE, reg, dst, len)?;
-        let mut arg = sys::uffdio_zeropage {
+        self.check_resolve("UFFDIO_ZEROPAGE", Ioctls::ZEROPAGE, reg, dst, len)?;
+        let arg = sys::uffdio_zeropage {
             range: range(dst, len),
-            mode: if dontwake {
-                sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE
-            } else {
-                0
-            },
+            mode: mode.bits(),
             zeropage: 0,
         };
-        // SAFETY: UFFDIO_ZEROPAGE reads and writes one `uffdio_zeropage`
-        // (`arg`); it maps zero pages only where a range registered with
-        // this userfaultfd has none.
-        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_ZEROPAGE, &mut arg) };
-        decode(OP, len, r, arg.zeropage)
+        // SAFETY: UFFDIO_ZEROPAGE has no pointer but its range; it maps zero
+        // pages only where a range registered with this userfaultfd has
+        // none.
+        unsafe { self.issue(arg, len) }
     }
 
     /// `ioctl(uffd, UFFDIO_CONTINUE, {range, mode})`—maps the pages the
@@ -364,78 +413,89 @@ impl Uffd {
         len: usize,
         mode: ContinueMode,
     ) -> Result<usize> {
-        const OP: &str = "UFFDIO_CONTINUE";
-        let mut arg = sys::uffdio_continue {
+        let arg = sys::uffdio_continue {
             range: range(start, len),
             mode: mode.bits(),
             mapped: 0,
         };
-        // SAFETY: UFFDIO_CONTINUE reads and writes one `uffdio_continue`
-        // (`arg`); it maps existing page-cache pages only where a range
-        // registered with this userfaultfd has no page mapped.
-        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_CONTINUE, &mut arg) };
-        decode(OP, len, r, arg.mapped)
+        // SAFETY: UFFDIO_CONTINUE has no pointer but its range; it maps
+        // existing page-cache pages only where a range registered with this
+        // userfaultfd has no page mapped.
+        unsafe { self.issue(arg, len) }
     }
 
-    /// `ioctl(uffd, UFFDIO_WRITEPROTECT, {range, mode})`—write-protects
-    /// (`protect`) or unprotects `[start, start + len)`; unprotecting wakes
-    /// the threads waiting on write-protect faults in it unless `dontwake`.
-    /// Returns the bytes done (the whole range; the kernel reports no
-    /// partial progress for this ioctl).
+    /// `ioctl(uffd, UFFDIO_WRITEPROTECT, {range, UFFDIO_WRITEPROTECT_MODE_WP})`—write-protects
+    /// `[start, start + len)`: a later write to it raises a write-protect
+    /// fault that waits for [`write_unprotect`](Self::write_unprotect).
+    /// Wakes nobody. Returns the bytes done (the whole range; the kernel
+    /// reports no partial progress for this ioctl).
     ///
     /// Offered only on ranges registered [`RegisterMode::WP`].
     ///
     /// # Errors
     ///
-    /// Before the system call as [`copy`](Self::copy), and
-    /// [`Error::InvalidArgument`] for `protect` with `dontwake` (the kernel
-    /// refuses the pair: protecting wakes nobody). From the kernel: `EAGAIN`,
-    /// `ENOENT`, `EINVAL`, `ESRCH`.
+    /// Before the system call as [`copy`](Self::copy). From the kernel:
+    /// `EAGAIN`, `ENOENT`, `EINVAL`, `ESRCH`.
     ///
     /// # References
     ///
     /// - [`UFFDIO_WRITEPROTECT(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_WRITEPROTECT.2const.html)
     #[doc(alias = "UFFDIO_WRITEPROTECT")]
-    pub fn write_protect(
+    pub fn write_protect(&self, reg: &Registration, start: usize, len: usize) -> Result<usize> {
+        self.writeprotect(reg, start, len, sys::UFFDIO_WRITEPROTECT_MODE_WP)
+    }
+
+    /// `ioctl(uffd, UFFDIO_WRITEPROTECT, {range, mode})` without
+    /// `UFFDIO_WRITEPROTECT_MODE_WP`—removes write protection from
+    /// `[start, start + len)` and, unless [`UnprotectMode::DONTWAKE`],
+    /// wakes the threads waiting on write-protect faults in it. Returns the
+    /// bytes done (the whole range).
+    ///
+    /// Offered only on ranges registered [`RegisterMode::WP`].
+    ///
+    /// # Errors
+    ///
+    /// As [`write_protect`](Self::write_protect).
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_WRITEPROTECT(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_WRITEPROTECT.2const.html)
+    #[doc(alias = "UFFDIO_WRITEPROTECT")]
+    pub fn write_unprotect(
         &self,
         reg: &Registration,
         start: usize,
         len: usize,
-        protect: bool,
-        dontwake: bool,
+        mode: UnprotectMode,
     ) -> Result<usize> {
-        const OP: &str = "UFFDIO_WRITEPROTECT";
-        self.check_resolve(OP, Ioctls::WRITEPROTECT, reg, start, len)?;
-        if protect && dontwake {
-            return Err(Error::invalid(
-                OP,
-                "dontwake applies only when removing protection (the kernel refuses WP with \
-                 DONTWAKE)",
-            ));
-        }
-        let mut mode = 0;
-        if protect {
-            mode |= sys::UFFDIO_WRITEPROTECT_MODE_WP;
-        }
-        if dontwake {
-            mode |= sys::UFFDIO_WRITEPROTECT_MODE_DONTWAKE;
-        }
-        let mut arg = sys::uffdio_writeprotect {
+        // Only DONTWAKE is a mode of unprotecting; WP would protect.
+        let bits = mode.bits() & !sys::UFFDIO_WRITEPROTECT_MODE_WP;
+        self.writeprotect(reg, start, len, bits)
+    }
+
+    fn writeprotect(
+        &self,
+        reg: &Registration,
+        start: usize,
+        len: usize,
+        mode: u64,
+    ) -> Result<usize> {
+        self.check_resolve("UFFDIO_WRITEPROTECT", Ioctls::WRITEPROTECT, reg, start, len)?;
+        let arg = sys::uffdio_writeprotect {
             range: range(start, len),
             mode,
         };
-        // SAFETY: UFFDIO_WRITEPROTECT reads one `uffdio_writeprotect`
-        // (`arg`); it changes only the protection of a range registered WP
-        // with this userfaultfd.
-        let r =
-            unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_WRITEPROTECT, &mut arg) };
-        decode(OP, len, r, 0)
+        // SAFETY: UFFDIO_WRITEPROTECT has no pointer but its range; it
+        // changes only the protection of a range registered WP with this
+        // userfaultfd.
+        unsafe { self.issue(arg, len) }
     }
 
     /// `ioctl(uffd, UFFDIO_POISON, {range, mode})`—marks the missing pages
     /// of `[start, start + len)` as poisoned, so that accessing them raises
-    /// `SIGBUS` (as for a hardware memory error), and unless `dontwake`
-    /// wakes the waiting threads; returns the bytes done. Linux 6.6+.
+    /// `SIGBUS` (as for a hardware memory error), and unless
+    /// [`PoisonMode::DONTWAKE`] wakes the waiting threads; returns the bytes
+    /// done. Linux 6.6+.
     ///
     /// # Errors
     ///
@@ -450,24 +510,18 @@ impl Uffd {
         reg: &Registration,
         start: usize,
         len: usize,
-        dontwake: bool,
+        mode: PoisonMode,
     ) -> Result<usize> {
-        const OP: &str = "UFFDIO_POISON";
-        self.check_resolve(OP, Ioctls::POISON, reg, start, len)?;
-        let mut arg = sys::uffdio_poison {
+        self.check_resolve("UFFDIO_POISON", Ioctls::POISON, reg, start, len)?;
+        let arg = sys::uffdio_poison {
             range: range(start, len),
-            mode: if dontwake {
-                sys::UFFDIO_POISON_MODE_DONTWAKE
-            } else {
-                0
-            },
+            mode: mode.bits(),
             updated: 0,
         };
-        // SAFETY: UFFDIO_POISON reads and writes one `uffdio_poison`
-        // (`arg`); it installs poison markers only where a range registered
-        // with this userfaultfd has no page.
-        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_POISON, &mut arg) };
-        decode(OP, len, r, arg.updated)
+        // SAFETY: UFFDIO_POISON has no pointer but its range; it installs
+        // poison markers only where a range registered with this
+        // userfaultfd has no page.
+        unsafe { self.issue(arg, len) }
     }
 
     /// `ioctl(uffd, UFFDIO_MOVE, {dst, src, len, mode})`—moves the pages at
@@ -518,19 +572,18 @@ impl Uffd {
         const OP: &str = "UFFDIO_MOVE";
         self.check_resolve(OP, Ioctls::MOVE, reg, dst, len)?;
         check_range(OP, src, len)?;
-        let mut arg = sys::uffdio_move {
+        let arg = sys::uffdio_move {
             dst: dst as u64,
             src: src as u64,
             len: len as u64,
             mode: mode.bits(),
             move_: 0,
         };
-        // SAFETY: UFFDIO_MOVE reads and writes one `uffdio_move` (`arg`). It
-        // fills only missing pages of a range registered with this
-        // userfaultfd, and unmaps the source pages, which the caller
-        // promised no Rust reference points into.
-        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_MOVE, &mut arg) };
-        decode(OP, len, r, arg.move_)
+        // SAFETY: UFFDIO_MOVE fills only missing pages of a range registered
+        // with this userfaultfd, and unmaps the source pages, which the
+        // caller promised no Rust reference points into; the kernel checks
+        // that the source is mapped (ENOENT otherwise).
+        unsafe { self.issue(arg, len) }
     }
 
     /// `ioctl(uffd, UFFDIO_WAKE, {start, len})`—wakes the threads waiting
@@ -561,12 +614,9 @@ impl Uffd {
     /// offers WAKE).
     #[inline]
     pub(crate) fn wake_prechecked(&self, start: usize, len: usize) -> Result<usize> {
-        const OP: &str = "UFFDIO_WAKE";
-        let mut arg = range(start, len);
-        // SAFETY: UFFDIO_WAKE reads one `uffdio_range` (`arg`); it only
-        // wakes threads of this userfaultfd's address space.
-        let r = unsafe { crate::sys::ioctl_mut(self.as_fd_ref(), sys::UFFDIO_WAKE, &mut arg) };
-        decode(OP, len, r, 0)
+        // SAFETY: UFFDIO_WAKE has no pointer but its range; it only wakes
+        // threads of this userfaultfd's address space.
+        unsafe { self.issue(range(start, len), len) }
     }
 
     /// [`copy`](Self::copy), and when the kernel answers `EEXIST`,
@@ -595,7 +645,7 @@ impl Uffd {
     }
 
     /// [`zeropage`](Self::zeropage), waking the range after `EEXIST` (unless
-    /// `dontwake`), as [`copy_or_wake`](Self::copy_or_wake).
+    /// [`ZeropageMode::DONTWAKE`]), as [`copy_or_wake`](Self::copy_or_wake).
     ///
     /// # Errors
     ///
@@ -606,10 +656,11 @@ impl Uffd {
         reg: &Registration,
         dst: usize,
         len: usize,
-        dontwake: bool,
+        mode: ZeropageMode,
     ) -> Result<Resolved> {
+        let dontwake = mode.contains(ZeropageMode::DONTWAKE);
         self.or_wake("UFFDIO_ZEROPAGE", reg, dst, len, dontwake, |off| {
-            self.zeropage(reg, dst + off, len - off, dontwake)
+            self.zeropage(reg, dst + off, len - off, mode)
         })
     }
 
@@ -724,7 +775,7 @@ mod tests {
         };
         let e = text(uffd.copy(&other, reg.start + 1, &data[..1], CopyMode::empty()));
         assert!(e.contains("belongs to userfaultfd"), "{e}");
-        let e = text(uffd.zeropage(&reg, reg.start + 1, 0, false));
+        let e = text(uffd.zeropage(&reg, reg.start + 1, 0, ZeropageMode::empty()));
         assert!(e.contains("the length is zero"), "{e}");
         let e = text(uffd.copy(&reg, reg.start + 1, &data, CopyMode::empty()));
         assert!(e.contains("must be multiples of the page size"), "{e}");
