@@ -306,6 +306,39 @@ fn gmem_flags(bits: u64) -> String {
     }
 }
 
+/// `system 1, VM 0`: a capability's value on `/dev/kvm` and on the VM.
+fn cap_values(system: &Status<i32>, vm: &Status<i32>) -> String {
+    match (system, vm) {
+        (Status::Supported(s), Status::Supported(v)) => format!("system {s}, VM {v}"),
+        (Status::Supported(s), Status::NotProbed { .. }) => format!("system {s}"),
+        (Status::Supported(s), other) => {
+            format!("system {s}, VM {}", status(other, i32::to_string))
+        }
+        (other, _) => status(other, i32::to_string),
+    }
+}
+
+/// The bits of a flag set that have names (the sets keep unknown bits, so
+/// `all()` is every bit).
+fn named_bits<F: bitflags::Flags<Bits = u64>>() -> u64 {
+    F::FLAGS
+        .iter()
+        .filter(|f| f.is_named())
+        .fold(0, |acc, f| acc | f.value().bits())
+}
+
+/// Names of the set bits of `bits`, unknown ones as `bitN(unknown)`.
+fn bit_names(names: Vec<String>, bits: u64, known: u64) -> String {
+    let mut names = names;
+    let unknown = bits & !known;
+    for bit in 0..64 {
+        if unknown & (1 << bit) != 0 {
+            names.push(format!("bit{bit}(unknown)"));
+        }
+    }
+    names.join(" ")
+}
+
 /// The grouped human table.
 pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
     let mut out = Out::new();
@@ -371,12 +404,15 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
     );
     if let Status::Supported(api) = &u.api {
         let f = api.features();
-        let mut names: Vec<String> = f.iter_names().map(|(n, _)| n.to_string()).collect();
-        let unknown = f.bits() & !userfault::uffd::Features::all().bits();
-        if unknown != 0 {
-            names.push(format!("{unknown:#x}"));
-        }
-        out.field("features", &names.join(" "));
+        let names = f.iter_names().map(|(n, _)| n.to_string()).collect();
+        let known = named_bits::<userfault::uffd::Features>();
+        out.field("features", &bit_names(names, f.bits(), known));
+        let i = api.ioctls();
+        let names = i.iter_names().map(|(n, _)| n.to_string()).collect();
+        out.field(
+            "ioctls",
+            &bit_names(names, i.bits(), named_bits::<Ioctls>()),
+        );
     }
 
     // Registration matrix.
@@ -407,11 +443,23 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
             notes.push(format!("{}: not probed: {first}", row.kind.label()));
         }
     }
-    let legend: Vec<String> = Ioctls::all()
+    let mut legend: Vec<String> = Ioctls::all()
         .iter_names()
         .filter(|(_, f)| !f.intersects(Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API))
         .map(|(n, f)| format!("{n}={:#x}", f.bits()))
         .collect();
+    let seen = caps
+        .memory
+        .iter()
+        .flat_map(|row| &row.modes)
+        .filter_map(|m| m.ioctls.supported().map(|i| i.bits()))
+        .fold(0, |acc, bits| acc | bits);
+    let unknown = seen & !named_bits::<Ioctls>();
+    for bit in 0..64 {
+        if unknown & (1 << bit) != 0 {
+            legend.push(format!("bit{bit}(unknown)={:#x}", 1u64 << bit));
+        }
+    }
     out.wrapped("  mask bits:", 13, &legend.join(" "));
     for note in notes {
         out.wrapped("  -", 4, &note);
@@ -456,12 +504,13 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
             &status(&first.value, i32::to_string),
         );
     } else {
-        out.raw("  KVM_CHECK_EXTENSION on /dev/kvm:");
+        out.raw("  KVM_CHECK_EXTENSION on /dev/kvm, and on a default-type VM:");
     }
     for KvmCap {
         number,
         name,
         value,
+        vm_value,
         ..
     } in &k.capabilities
     {
@@ -469,7 +518,7 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
             continue;
         }
         let label = format!("    {number} {name:<40}");
-        out.wrapped(&label, 8, &status(value, i32::to_string));
+        out.wrapped(&label, 8, &cap_values(value, vm_value));
     }
     let colliding_unprobed = k.colliding.iter().all(|c| not_probed(&c.value));
     if let Some(first) = k.colliding.first().filter(|_| colliding_unprobed) {
@@ -487,6 +536,7 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
         mainline_name,
         out_of_tree,
         value,
+        vm_value,
         ..
     } in &k.colliding
     {
@@ -494,7 +544,7 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
             break;
         }
         let label = format!("    {number} {mainline_name:<40}");
-        let text = format!("{}  (was {out_of_tree})", status(value, i32::to_string));
+        let text = format!("{}  (was {out_of_tree})", cap_values(value, vm_value));
         out.wrapped(&label, 8, &text);
     }
     out.field("KVM_CREATE_VM", &unit(&k.vm));
@@ -503,6 +553,7 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
         "KVM_CAP_GUEST_MEMFD_FLAGS (VM)",
         &status(&k.guest_memfd_flags, |b| gmem_flags(*b)),
     );
+    out.field("guest_memfd as a memslot", &unit(&k.guest_memfd_slot));
     out.field("MMAP|INIT_SHARED + mmap", &unit(&k.guest_memfd_mmap));
     out.field(
         "out-of-tree flavour",
@@ -570,4 +621,22 @@ pub fn list() -> String {
         out.wrapped(&label, LIST_COLUMN, &meaning);
     }
     out.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_bits_are_named_as_such() {
+        let ioctls = named_bits::<Ioctls>();
+        // A bit no kernel uses yet (Linux 7.3's fd ioctl bit 10 shows the
+        // same way until it has a name here).
+        let bits = Ioctls::API.bits() | 1 << 50;
+        let names = vec!["API".to_string()];
+        assert_eq!(bit_names(names, bits, ioctls), "API bit50(unknown)");
+        let features = named_bits::<userfault::uffd::Features>();
+        assert_eq!(features & (1 << 40), 0);
+        assert_eq!(bit_names(Vec::new(), 1 << 40, features), "bit40(unknown)");
+    }
 }

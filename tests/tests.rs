@@ -2,7 +2,7 @@
 //! kernel of the machine and the C headers installed on it.
 //!
 //! A test that needs something this machine lacks prints
-//! `SKIP <test>: <reason>` and returns; `USERFAULT_TEST_REQUIRE` (a comma
+//! `SKIP <test>: <reason> [<capability>]` and returns; `USERFAULT_TEST_REQUIRE` (a comma
 //! list of capability names, see `util`) turns such a skip into a failure.
 
 // Shared fixtures: skip reporting and USERFAULT_TEST_REQUIRE.

@@ -13,6 +13,7 @@
 //! | `hugetlb` | reserved huge pages (`vm.nr_hugepages`) and hugetlbfs memfds |
 //! | `c-headers` | a C compiler and the system's `<linux/*.h>` headers |
 //! | `root` | running as root (to switch to an unprivileged user) |
+//! | `uffd-user-mode-only` | `UFFD_USER_MODE_ONLY` (Linux 5.11) |
 //! | `uffd-minor-shmem` | MINOR faults on shmem (`UFFD_FEATURE_MINOR_SHMEM`, Linux 5.14) |
 //! | `uffd-minor-hugetlb` | MINOR faults on hugetlbfs (`UFFD_FEATURE_MINOR_HUGETLBFS`, Linux 5.13) |
 //! | `uffd-wp-shmem` | write protection on shmem and hugetlbfs (`UFFD_FEATURE_WP_HUGETLBFS_SHMEM`, Linux 5.19) |
@@ -45,6 +46,7 @@ pub const CAPABILITIES: &[&str] = &[
     "hugetlb",
     "c-headers",
     "root",
+    "uffd-user-mode-only",
     "uffd-minor-shmem",
     "uffd-minor-hugetlb",
     "uffd-wp-shmem",
@@ -81,14 +83,112 @@ pub fn required(capability: &str) -> bool {
 
 /// Reports that `test` cannot run for want of `capability`.
 ///
-/// Prints `SKIP <test>: <reason>` straight to the process's stderr (past the
-/// test harness's capture) and returns, or fails the test when the
-/// capability is required.
+/// Prints `SKIP <test>: <reason> [<capability>]` straight to the process's
+/// stderr (past the test harness's capture) and returns, or fails the test
+/// when the capability is required.
 pub fn skip(test: &str, capability: &str, reason: &str) {
     if required(capability) {
         panic!("{test}: required capability {capability} is unavailable: {reason}");
     }
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason}");
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {reason} [{capability}]");
+}
+
+/// The kernel's userfaultfd feature word, from a raw `UFFDIO_API` with no
+/// features on a throw-away `userfaultfd(2)` (asked once per process), or
+/// why there is none.
+pub fn uffd_features() -> Result<u64, String> {
+    static WORD: std::sync::OnceLock<Result<u64, String>> = std::sync::OnceLock::new();
+    WORD.get_or_init(|| {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: userfaultfd(2) takes only flags.
+        let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(format!(
+                "userfaultfd(2) failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let mut api = uffd_sys::uffdio_api {
+            api: uffd_sys::UFFD_API,
+            features: 0,
+            ioctls: 0,
+        };
+        // SAFETY: UFFDIO_API reads and writes one uffdio_api, which `api` is.
+        let r = unsafe {
+            libc::ioctl(
+                fd.as_raw_fd(),
+                uffd_sys::UFFDIO_API as libc::c_ulong,
+                &raw mut api,
+            )
+        };
+        if r != 0 {
+            return Err(format!("UFFDIO_API: {}", std::io::Error::last_os_error()));
+        }
+        Ok(api.features)
+    })
+    .clone()
+}
+
+/// The userfaultfd feature bit behind a test capability name, and what it
+/// is called, for the names a feature bit decides.
+fn feature_of(capability: &str) -> Option<(u64, &'static str)> {
+    Some(match capability {
+        "uffd-minor-shmem" => (
+            uffd_sys::UFFD_FEATURE_MINOR_SHMEM,
+            "UFFD_FEATURE_MINOR_SHMEM (Linux 5.14)",
+        ),
+        "uffd-minor-hugetlb" => (
+            uffd_sys::UFFD_FEATURE_MINOR_HUGETLBFS,
+            "UFFD_FEATURE_MINOR_HUGETLBFS (Linux 5.13)",
+        ),
+        "uffd-wp-shmem" => (
+            uffd_sys::UFFD_FEATURE_WP_HUGETLBFS_SHMEM,
+            "UFFD_FEATURE_WP_HUGETLBFS_SHMEM (Linux 5.19)",
+        ),
+        "uffd-wp-async" => (
+            uffd_sys::UFFD_FEATURE_WP_ASYNC,
+            "UFFD_FEATURE_WP_ASYNC (Linux 6.7)",
+        ),
+        "uffd-poison" => (
+            uffd_sys::UFFD_FEATURE_POISON,
+            "UFFD_FEATURE_POISON / UFFDIO_POISON (Linux 6.6)",
+        ),
+        "uffd-move" => (
+            uffd_sys::UFFD_FEATURE_MOVE,
+            "UFFD_FEATURE_MOVE / UFFDIO_MOVE (Linux 6.8)",
+        ),
+        _ => return None,
+    })
+}
+
+/// Whether the kernel offers the feature behind `capability` (`uffd`, or a
+/// name of [`feature_of`]); `Err` with the reason when it does not.
+pub fn has_feature(capability: &str) -> Result<(), String> {
+    if capability == "uffd" {
+        return uffd_features().map(drop);
+    }
+    let (bit, what) = feature_of(capability)
+        .unwrap_or_else(|| panic!("{capability} is not decided by a feature bit"));
+    let word = uffd_features()?;
+    if word & bit == bit {
+        Ok(())
+    } else {
+        Err(format!("the kernel's feature word {word:#x} lacks {what}"))
+    }
+}
+
+/// True when the kernel has the userfaultfd feature behind `capability`;
+/// otherwise skips `test` charged to it and returns false.
+pub fn need(test: &str, capability: &str) -> bool {
+    match has_feature(capability) {
+        Ok(()) => true,
+        Err(reason) => {
+            skip(test, capability, &reason);
+            false
+        }
+    }
 }
 
 /// Writes a line past the harness's capture, for counts worth seeing in CI.

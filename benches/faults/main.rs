@@ -9,7 +9,9 @@
 //! faulting threads, batched reads), `shmem` (MINOR → CONTINUE,
 //! CONTINUE-only write + CONTINUE, COPY), `chunk` (64 KiB COPY), `huge`
 //! (hugetlb 2 MiB COPY), `kvm` (a vCPU demand-paging a memslot), `cost`
-//! (handler instructions per fault under callgrind), `probe` (how long
+//! (handler instructions per fault under callgrind), `pager` (a 1 GiB
+//! snapshot restore: the page server against a Firecracker-style per-page
+//! handler), `probe` (how long
 //! `Capabilities::probe()` and the `userfault-probe` binary take). `--smoke` runs every
 //! scenario once at tiny sizes, and the cost scenario natively. Every run
 //! verifies every byte served. Nothing here asserts a time.
@@ -22,6 +24,7 @@ mod raw;
 mod cost;
 mod huge;
 mod kvm;
+mod pager;
 mod probe;
 mod safe;
 
@@ -29,7 +32,7 @@ use harness::{Anon, Interleaved, Options, PAGE, Sample, run_faults, source, veri
 use uffd_sys as sys;
 
 const USAGE: &str =
-    "usage: faults [--smoke] [--rounds N] [anon|anon-mt|shmem|chunk|huge|kvm|cost|probe]...
+    "usage: faults [--smoke] [--rounds N] [anon|anon-mt|shmem|chunk|huge|kvm|pager|cost|probe]...
        faults cost-child <raw|safe|safe-uffd> <faults>";
 
 const MIB: usize = 1 << 20;
@@ -94,6 +97,15 @@ fn main() {
             Ok(report) => report.print(&[("safe", "raw")]),
             Err(why) => println!("\n### KVM demand paging: SKIP: {why}"),
         }
+    }
+    if o.wants("pager") {
+        let len = if o.smoke { 4 * MIB } else { 1024 * MIB };
+        let src = harness::source(len);
+        pager::run(&src, len, &o).print(&[
+            ("demand", "fc-raw"),
+            ("prefetch", "fc-raw"),
+            ("replay", "fc-raw"),
+        ]);
     }
     if o.wants("cost") {
         cost::run(&o);

@@ -74,6 +74,10 @@ fn serve(region: Served<'_>, uffd: &Uffd, image: &[u8], stop: &AtomicBool) -> us
 
 fn demand_page(test: &str, continue_only: bool) {
     let (_kvm, vm) = require!(test, "kvm", super::open_vm());
+    // A CONTINUE-only region registers MISSING|MINOR on its shmem memfd.
+    if continue_only && !crate::util::need(test, "uffd-minor-shmem") {
+        return;
+    }
     let uffd = Arc::new(require!(
         test,
         "uffd",

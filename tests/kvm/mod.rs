@@ -32,6 +32,10 @@ mod foreign_fds;
 // guest_memfd, KVM_MEM_USERFAULT) and how the crate reports it.
 mod refusals;
 
+// The posted series executed: guest_memfd served through the typed layer,
+// CONTINUE-only guest_memfd, a vCPU taking KVM userfault exits.
+mod series;
+
 // KVM_EXIT_MEMORY_FAULT decoding from kvm_run bytes.
 mod exit;
 
@@ -60,6 +64,73 @@ pub fn borrow(vm: &VmFd) -> BorrowedFd<'_> {
 pub fn shared_gmem(vm: BorrowedFd<'_>, size: u64) -> Result<GuestMemfd, String> {
     GuestMemfd::create(vm, size, GmemFlags::MMAP | GmemFlags::INIT_SHARED)
         .map_err(|e| format!("no MMAP|INIT_SHARED guest_memfd: {e}"))
+}
+
+/// A `MMAP | INIT_SHARED` guest_memfd of `size` bytes for `vm`, or `None`
+/// after skipping `test`: charged to `gmem` when the kernel creates no
+/// guest_memfd at all, to `gmem-mmap` when it creates them but not
+/// mappable ones (Linux 6.8 to 6.17).
+pub fn need_shared_gmem(test: &str, vm: BorrowedFd<'_>, size: u64) -> Option<GuestMemfd> {
+    if let Err(e) = GuestMemfd::create(vm, size, GmemFlags::empty()) {
+        crate::util::skip(test, "gmem", &format!("no guest_memfd: {e}"));
+        return None;
+    }
+    match shared_gmem(vm, size) {
+        Ok(gmem) => Some(gmem),
+        Err(reason) => {
+            crate::util::skip(test, "gmem-mmap", &reason);
+            None
+        }
+    }
+}
+
+/// True when a guest_memfd is accepted as a memslot of a default-type VM
+/// (tried on a scratch VM); otherwise skips `test`, charged to `gmem-slot`
+/// (or to `gmem` / `kvm-memslot2` when what it builds on is missing).
+pub fn need_gmem_slot(test: &str) -> bool {
+    // The slot's memory first, so that it is dropped after the VM.
+    let memory =
+        userfault::mem::Mapping::anonymous(PAGE, userfault::mem::Sharing::Private).expect("mmap");
+    let Ok((_kvm, vm_fd)) = open_vm() else {
+        crate::util::skip(test, "kvm", "no VM");
+        return false;
+    };
+    let vm = borrow(&vm_fd);
+    let memory2 = userfault::kvm::check_extension(vm, gmem_sys::KVM_CAP_USER_MEMORY2).unwrap_or(0);
+    if memory2 <= 0 {
+        crate::util::skip(
+            test,
+            "kvm-memslot2",
+            "KVM_CAP_USER_MEMORY2 is 0 on the VM: no KVM_SET_USER_MEMORY_REGION2 (Linux 6.8)",
+        );
+        return false;
+    }
+    let gmem = match GuestMemfd::create(vm, PAGE as u64, GmemFlags::empty()) {
+        Ok(g) => g,
+        Err(e) => {
+            crate::util::skip(test, "gmem", &format!("no guest_memfd: {e}"));
+            return false;
+        }
+    };
+    let slot = userfault::kvm::Memslot::from_mapping(0, 0, &memory).guest_memfd(&gmem, 0);
+    // SAFETY: the scratch VM has no vCPU, and the slot is deleted below
+    // (or was never created) while `memory` and `gmem` live.
+    let accepted = match unsafe { slot.set(vm) } {
+        Ok(()) => {
+            userfault::kvm::Memslot::delete(vm, 0, 0).expect("delete the scratch slot");
+            true
+        }
+        Err(e) => {
+            crate::util::skip(
+                test,
+                "gmem-slot",
+                &format!("the default VM type takes no guest_memfd memslot: {e}"),
+            );
+            false
+        }
+    };
+    drop(vm_fd);
+    accepted
 }
 
 /// Copies `data` into a mapping at `offset`.

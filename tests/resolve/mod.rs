@@ -38,7 +38,18 @@ pub fn source_page(offset: u64, page: usize) -> Vec<u8> {
 }
 
 /// A userfaultfd for these tests: non-blocking, THREAD_ID not needed.
+/// `None` (after a SKIP line) without userfaultfd or without MINOR faults
+/// on shmem, which every region here registers.
 pub fn open_uffd(test: &str) -> Option<Arc<Uffd>> {
+    open_uffd_for(test, "uffd-minor-shmem")
+}
+
+/// [`open_uffd`] for a test whose regions need the feature behind
+/// `capability` (a `util::need` name).
+pub fn open_uffd_for(test: &str, capability: &str) -> Option<Arc<Uffd>> {
+    if !crate::util::need(test, capability) {
+        return None;
+    }
     match Uffd::builder().non_blocking(true).create() {
         Ok(u) => Some(Arc::new(u)),
         Err(e) => {
@@ -216,7 +227,9 @@ fn continue_only_regions_register_missing_and_minor() {
 fn hugetlb_continue_only_restores_a_snapshot() {
     const TEST: &str = "hugetlb_continue_only_restores_a_snapshot";
     require!(TEST, "hugetlb", hugetlb_available(8));
-    let Some(uffd) = open_uffd(TEST) else { return };
+    let Some(uffd) = open_uffd_for(TEST, "uffd-minor-hugetlb") else {
+        return;
+    };
     let huge = HugePageSize::Size2M.bytes();
     let size = 8 * huge;
     let memfd = Arc::new(

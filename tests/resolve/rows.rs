@@ -364,7 +364,9 @@ fn a_backing_answering_eexist_is_already_populated() {
 #[test]
 fn a_page_size_below_the_base_page_is_refused() {
     const TEST: &str = "a_page_size_below_the_base_page_is_refused";
-    let Some(uffd) = open_uffd(TEST) else { return };
+    let Some(uffd) = super::open_uffd_for(TEST, "uffd") else {
+        return;
+    };
     let mapping = shmem_mapping(2);
     // SAFETY: fresh mapping, nothing references it; the call is refused
     // before it registers anything.

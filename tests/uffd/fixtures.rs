@@ -419,3 +419,26 @@ pub fn without_caps<T: Send + 'static>(
 pub fn ok<T>(result: userfault::Result<T>) -> Result<T, String> {
     result.map_err(|e| e.to_string())
 }
+
+/// True when the kernel registers `kind` in `mode` as far as its feature
+/// word says (MINOR and WP on shmem and hugetlbfs came after the rest);
+/// otherwise skips `test` for `kind`, charged to the missing feature, and
+/// returns false.
+pub fn supports(test: &str, kind: Kind, mode: userfault::uffd::RegisterMode) -> bool {
+    use userfault::uffd::RegisterMode;
+    let test = format!("{test} [{kind:?}]");
+    let mut needs = Vec::new();
+    if mode.contains(RegisterMode::MINOR) {
+        match kind {
+            Kind::AnonShared | Kind::Memfd => needs.push("uffd-minor-shmem"),
+            Kind::Hugetlb => needs.push("uffd-minor-hugetlb"),
+            Kind::AnonPrivate => {}
+        }
+    }
+    if mode.contains(RegisterMode::WP) && kind != Kind::AnonPrivate {
+        needs.push("uffd-wp-shmem");
+    }
+    needs
+        .into_iter()
+        .all(|capability| util::need(&test, capability))
+}

@@ -38,8 +38,9 @@
 //! | `<memory>-<mode>` | `UFFDIO_REGISTER` in that mode alone succeeds; memory `anon`, `anon-shared`, `shmem`, `hugetlb`, `gmem`; mode `missing`, `wp`, `minor` (`shmem-minor`, `anon-wp`, …) |
 //! | `hugetlb` | a hugetlb memfd of the default huge page size can be mapped |
 //! | `kvm` | `/dev/kvm` opens and `KVM_CREATE_VM` works |
-//! | `kvm-cap:<NAME>` | `KVM_CHECK_EXTENSION(KVM_CAP_<NAME>)` is positive, for the mainline capabilities in [`KVM_CAPABILITIES`] (`kvm-cap:USER_MEMORY2`, …) |
-//! | `gmem` | `KVM_CREATE_GUEST_MEMFD` works |
+//! | `kvm-cap:<NAME>` | `KVM_CHECK_EXTENSION(KVM_CAP_<NAME>)` is positive on a default-type VM (on `/dev/kvm` when no VM could be created), for the mainline capabilities in [`KVM_CAPABILITIES`] (`kvm-cap:USER_MEMORY2`, …) |
+//! | `gmem` | `KVM_CREATE_GUEST_MEMFD` works (creating one; not yet using it) |
+//! | `gmem-slot` | a guest_memfd is accepted as a memslot of a default-type VM |
 //! | `gmem-mmap` | a `MMAP \| INIT_SHARED` guest_memfd can be created and mapped |
 //! | `gmem-uffd` | a guest_memfd mapping registers `MISSING \| MINOR` |
 //! | `gmem-uffd-copy` | `UFFDIO_COPY` of one page into such a range works |
@@ -495,8 +496,11 @@ pub struct GmemUffd {
     pub class: Status<RangeClass>,
 }
 
-/// A mainline KVM capability, as `KVM_CHECK_EXTENSION` on `/dev/kvm`
-/// returned it.
+/// A mainline KVM capability, as `KVM_CHECK_EXTENSION` returned it on
+/// `/dev/kvm` (the system-wide value) and on a scratch VM of the default
+/// type (what that VM can use: they differ, for example
+/// `KVM_CAP_GUEST_MEMFD` is 1 system-wide and 0 for Linux 6.12's default
+/// VM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
@@ -505,9 +509,11 @@ pub struct KvmCap {
     pub number: u32,
     /// Its mainline name (`"KVM_CAP_GUEST_MEMFD"`).
     pub name: &'static str,
-    /// The integer returned (0: absent; some capabilities return a count
-    /// or a mask).
+    /// The integer returned on `/dev/kvm` (0: absent; some capabilities
+    /// return a count or a mask).
     pub value: Status<i32>,
+    /// The integer returned on a scratch VM of the default type (type 0).
+    pub vm_value: Status<i32>,
 }
 
 /// A capability number that mainline and out-of-tree series gave different
@@ -526,6 +532,8 @@ pub struct CollidingCap {
     pub out_of_tree: &'static str,
     /// The integer `KVM_CHECK_EXTENSION` returned on `/dev/kvm`.
     pub value: Status<i32>,
+    /// The integer it returned on a scratch VM of the default type.
+    pub vm_value: Status<i32>,
 }
 
 /// The mainline capabilities [`KvmCaps::capabilities`] reports, in order,
@@ -603,9 +611,11 @@ pub struct KvmCaps {
     pub device: DeviceNode,
     /// `KVM_GET_API_VERSION` (12).
     pub api_version: Status<i32>,
-    /// `KVM_CHECK_EXTENSION` on `/dev/kvm` for [`KVM_CAPABILITIES`].
+    /// `KVM_CHECK_EXTENSION` on `/dev/kvm` and on a scratch VM for
+    /// [`KVM_CAPABILITIES`].
     pub capabilities: Vec<KvmCap>,
-    /// `KVM_CHECK_EXTENSION` on `/dev/kvm` for [`COLLIDING_CAPABILITIES`].
+    /// `KVM_CHECK_EXTENSION` on `/dev/kvm` and on a scratch VM for
+    /// [`COLLIDING_CAPABILITIES`].
     pub colliding: Vec<CollidingCap>,
     /// `KVM_CREATE_VM` of the default type (0).
     pub vm: Status,
@@ -614,6 +624,12 @@ pub struct KvmCaps {
     /// `KVM_CHECK_EXTENSION(KVM_CAP_GUEST_MEMFD_FLAGS)` on the scratch VM:
     /// the flags it advertises (a hint; bits 2 and 3 are ambiguous).
     pub guest_memfd_flags: Status<u64>,
+    /// A guest_memfd of the default-type VM as a memslot of it
+    /// (`KVM_SET_USER_MEMORY_REGION2` with `KVM_MEM_GUEST_MEMFD`): what a
+    /// VMM needs before it can give a guest guest_memfd memory. Linux 6.12
+    /// creates guest_memfds for the default VM but refuses them as slots
+    /// (`EINVAL`).
+    pub guest_memfd_slot: Status,
     /// `KVM_CREATE_GUEST_MEMFD` with `MMAP | INIT_SHARED` and `mmap` of it.
     pub guest_memfd_mmap: Status,
     /// Which bit means what, established by trying.

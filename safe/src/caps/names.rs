@@ -28,7 +28,14 @@ const FIXED: &[(&str, &str)] = &[
         "a hugetlb memfd of the default huge page size can be mapped",
     ),
     ("kvm", "/dev/kvm opens and KVM_CREATE_VM works"),
-    ("gmem", "KVM_CREATE_GUEST_MEMFD works"),
+    (
+        "gmem",
+        "KVM_CREATE_GUEST_MEMFD works (creating one, not using it)",
+    ),
+    (
+        "gmem-slot",
+        "a guest_memfd is accepted as a memslot of a default-type VM",
+    ),
     (
         "gmem-mmap",
         "a MMAP|INIT_SHARED guest_memfd can be created and mapped",
@@ -94,7 +101,7 @@ pub(super) fn all() -> Vec<(String, String)> {
         let short = name.trim_start_matches("KVM_CAP_");
         out.push((
             format!("kvm-cap:{short}"),
-            format!("KVM_CHECK_EXTENSION({name}) is positive"),
+            format!("KVM_CHECK_EXTENSION({name}) is positive on a default-type VM"),
         ));
     }
     out
@@ -161,6 +168,7 @@ impl Capabilities {
                 }
             }
             "gmem" => from_status(&kvm.guest_memfd, "KVM_CREATE_GUEST_MEMFD"),
+            "gmem-slot" => from_status(&kvm.guest_memfd_slot, "guest_memfd memslot"),
             "gmem-mmap" => from_status(&kvm.guest_memfd_mmap, "MMAP|INIT_SHARED guest_memfd"),
             "gmem-uffd" => match self
                 .memory(MemoryKind::GuestMemfd)
@@ -215,9 +223,20 @@ impl Capabilities {
         if let Some(cap) = name.strip_prefix("kvm-cap:") {
             let full = format!("KVM_CAP_{cap}");
             let entry = self.kvm.capabilities.iter().find(|c| c.name == full)?;
-            return Some(match &entry.value {
-                Status::Supported(v) => (*v > 0, format!("KVM_CHECK_EXTENSION({full}) = {v}")),
-                other => from_status(other, &full),
+            let system = match &entry.value {
+                Status::Supported(v) => format!("{v} on /dev/kvm"),
+                other => from_status(other, "on /dev/kvm").1,
+            };
+            return Some(match (&entry.vm_value, &entry.value) {
+                (Status::Supported(v), _) => (
+                    *v > 0,
+                    format!("KVM_CHECK_EXTENSION({full}) = {v} on a default-type VM ({system})"),
+                ),
+                (_, Status::Supported(v)) => (
+                    *v > 0,
+                    format!("KVM_CHECK_EXTENSION({full}) = {v} on /dev/kvm (no VM to ask)"),
+                ),
+                (other, _) => from_status(other, &full),
             });
         }
         for kind in MemoryKind::ALL {

@@ -11,7 +11,7 @@ use super::{
 use crate::backing::{HugePageSize, Memfd};
 use crate::error::rustix_errno;
 use crate::error::{Errno, Result};
-use crate::kvm::{GmemFlags, GmemFlavour, GuestMemfd, Kvm, Vm, probe_userfault};
+use crate::kvm::{GmemFlags, GmemFlavour, GuestMemfd, Kvm, Memslot, Vm, probe_userfault};
 use crate::mem::{Mapping, Sharing};
 use crate::uffd::{CopyMode, DEVICE_PATH, Ioctls, OpenMethod, RegisterMode, Uffd};
 
@@ -496,21 +496,23 @@ fn kvm(page: usize) -> KvmProbe {
         }
     };
     let check = |cap: u32| Status::from_result(kvm.check_extension(cap));
-    let capabilities = KVM_CAPABILITIES
+    let mut capabilities: Vec<KvmCap> = KVM_CAPABILITIES
         .iter()
         .map(|&(number, name)| KvmCap {
             number,
             name,
             value: check(number),
+            vm_value: Status::not_probed("no VM"),
         })
         .collect();
-    let colliding = COLLIDING_CAPABILITIES
+    let mut colliding: Vec<CollidingCap> = COLLIDING_CAPABILITIES
         .iter()
         .map(|&(number, mainline_name, out_of_tree)| CollidingCap {
             number,
             mainline_name,
             out_of_tree,
             value: check(number),
+            vm_value: Status::not_probed("no VM"),
         })
         .collect();
     let api_version = Status::from_result(kvm.api_version());
@@ -523,6 +525,12 @@ fn kvm(page: usize) -> KvmProbe {
                 "KVM_CREATE_VM failed: {}",
                 status.reason().unwrap_or("unknown")
             );
+            for c in &mut capabilities {
+                c.vm_value = Status::not_probed(why.clone());
+            }
+            for c in &mut colliding {
+                c.vm_value = Status::not_probed(why.clone());
+            }
             let mut caps = kvm_not_probed(device, &why);
             caps.api_version = api_version;
             caps.capabilities = capabilities;
@@ -536,8 +544,19 @@ fn kvm(page: usize) -> KvmProbe {
         }
     };
 
-    let guest_memfd =
-        Status::from_result(GuestMemfd::create(&vm, page as u64, GmemFlags::empty()).map(drop));
+    for c in &mut capabilities {
+        c.vm_value = Status::from_result(vm.check_extension(c.number));
+    }
+    for c in &mut colliding {
+        c.vm_value = Status::from_result(vm.check_extension(c.number));
+    }
+    let plain = GuestMemfd::create(&vm, page as u64, GmemFlags::empty());
+    let vm_gmem_cap = vm.check_extension(gmem_sys::KVM_CAP_GUEST_MEMFD).ok();
+    let guest_memfd_slot = match &plain {
+        Ok(gmem) => gmem_slot(&vm, gmem, page, vm_gmem_cap),
+        Err(_) => Status::not_probed("no guest_memfd could be created"),
+    };
+    let guest_memfd = Status::from_result(plain.map(drop));
     let guest_memfd_flags = Status::from_result(
         vm.check_extension(gmem_sys::KVM_CAP_GUEST_MEMFD_FLAGS)
             .map(|v| u64::try_from(v).unwrap_or(0)),
@@ -559,6 +578,7 @@ fn kvm(page: usize) -> KvmProbe {
             vm: Status::Supported(()),
             guest_memfd,
             guest_memfd_flags,
+            guest_memfd_slot,
             guest_memfd_mmap,
             flavour,
             guest_memfd_write,
@@ -566,6 +586,33 @@ fn kvm(page: usize) -> KvmProbe {
             userfault,
         },
         gmem,
+    }
+}
+
+/// `gmem` (one page, of `vm`) as slot 0 of `vm`, at guest address 0 over
+/// a scratch anonymous page, then deleted.
+fn gmem_slot(vm: &Vm, gmem: &GuestMemfd, page: usize, vm_gmem_cap: Option<i32>) -> Status {
+    let memory = match Mapping::anonymous(page, Sharing::Private) {
+        Ok(m) => m,
+        Err(e) => return Status::from_result(Err(e)),
+    };
+    let slot = Memslot::from_mapping(0, 0, &memory).guest_memfd(gmem, 0);
+    // SAFETY: `vm` has no vCPU, so nothing touches `memory` through the
+    // slot, which is deleted below while `memory` and `gmem` still live.
+    match unsafe { slot.set(vm) } {
+        Ok(()) => {
+            let _ = Memslot::delete(vm, 0, 0);
+            Status::Supported(())
+        }
+        Err(e) if e.errno() == Some(Errno::EINVAL) && vm_gmem_cap == Some(0) => {
+            Status::unsupported(
+                Some(Errno::EINVAL),
+                "KVM_SET_USER_MEMORY_REGION2 with KVM_MEM_GUEST_MEMFD: the default VM type \
+             creates guest_memfds but does not take them as memslots (it answers \
+             KVM_CAP_GUEST_MEMFD = 0; Linux 6.12 does this); other VM types may",
+            )
+        }
+        Err(e) => Status::from_result(Err(e)),
     }
 }
 
@@ -627,6 +674,7 @@ fn kvm_not_probed(device: DeviceNode, why: &str) -> KvmCaps {
                 number,
                 name,
                 value: Status::not_probed(why),
+                vm_value: Status::not_probed(why),
             })
             .collect(),
         colliding: COLLIDING_CAPABILITIES
@@ -636,11 +684,13 @@ fn kvm_not_probed(device: DeviceNode, why: &str) -> KvmCaps {
                 mainline_name,
                 out_of_tree,
                 value: Status::not_probed(why),
+                vm_value: Status::not_probed(why),
             })
             .collect(),
         vm: Status::not_probed(why),
         guest_memfd: Status::not_probed(why),
         guest_memfd_flags: Status::not_probed(why),
+        guest_memfd_slot: Status::not_probed(why),
         guest_memfd_mmap: Status::not_probed(why),
         flavour: Status::not_probed(why),
         guest_memfd_write: Status::not_probed(why),

@@ -1,5 +1,6 @@
 //! `KVM_SET_USER_MEMORY_REGION2`: memslots over anonymous memory, memfds and
-//! guest_memfd, with the KVM userfault bitmap where the kernel has it.
+//! guest_memfd, with the KVM userfault bitmap where the kernel has it; plain
+//! slots through `KVM_SET_USER_MEMORY_REGION` on kernels before Linux 6.8.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
@@ -11,6 +12,7 @@ use crate::mem::Mapping;
 use crate::sys;
 
 const OP: &str = "KVM_SET_USER_MEMORY_REGION2";
+const OP_V1: &str = "KVM_SET_USER_MEMORY_REGION";
 
 bitflags::bitflags! {
     /// `kvm_userspace_memory_region2.flags` (`KVM_MEM_*`). Unknown bits are
@@ -31,7 +33,8 @@ bitflags::bitflags! {
     }
 }
 
-/// A memslot to create or change with `KVM_SET_USER_MEMORY_REGION2`.
+/// A memslot to create or change with `KVM_SET_USER_MEMORY_REGION2` (or,
+/// for a plain slot on a kernel without it, `KVM_SET_USER_MEMORY_REGION`).
 ///
 /// Built from the slot id and guest physical range, then given its user
 /// memory ([`userspace_addr`](Memslot::userspace_addr) or
@@ -130,8 +133,11 @@ impl<'a> Memslot<'a> {
     /// with `KVM_EXIT_MEMORY_FAULT`. The bitmap must have been made for
     /// this slot's guest physical range. Only kernels with the posted KVM
     /// userfault series accept it; [`set`](Memslot::set) reports the others
-    /// as `Unsupported`. Re-issuing an existing slot with or without this is
-    /// how the series enables and disables userfault.
+    /// with `EINVAL` (see [`set`](Memslot::set)). Re-issuing an existing
+    /// slot with or without this is how the series enables and disables
+    /// userfault; one port of the series to Linux 7.3 refuses that change
+    /// on guest_memfd slots (`EINVAL`) while taking it on other slots, so a
+    /// guest_memfd slot that is to trap is best created with it.
     pub fn userfault(mut self, bitmap: &'a UserfaultBitmap) -> Memslot<'a> {
         self.flags |= MemslotFlags::USERFAULT;
         self.userfault = Some(bitmap);
@@ -211,6 +217,11 @@ impl<'a> Memslot<'a> {
     /// changes the flags of an existing one, on the VM `vm` (a
     /// [`Vm`](super::Vm) or any borrowed VM file descriptor).
     ///
+    /// On a kernel without `KVM_SET_USER_MEMORY_REGION2` (before Linux 6.8:
+    /// the request fails `ENOTTY`), a slot without guest_memfd and without
+    /// userfault is set with `KVM_SET_USER_MEMORY_REGION` instead, which
+    /// takes the same slot, flags, range and address.
+    ///
     /// # Safety
     ///
     /// Until the slot is deleted or the VM is closed, the guest — and KVM on
@@ -224,71 +235,113 @@ impl<'a> Memslot<'a> {
     /// # Errors
     ///
     /// `InvalidArgument` for a zero size, unaligned addresses or a bitmap
-    /// made for another range. With [`userfault`](Memslot::userfault), a
-    /// kernel that refuses `KVM_MEM_USERFAULT` — established by trying it
-    /// on a scratch VM when this slot is refused with `EINVAL` — gives
-    /// `Unsupported` with the errno. Otherwise the ioctl's errno, with a
-    /// hint: `EINVAL` for a guest_memfd slot says that such slots cannot be
-    /// modified, only deleted; `EEXIST` that the range overlaps another
-    /// slot.
+    /// made for another range. `Unsupported` (errno `ENOTTY`) for a
+    /// guest_memfd or userfault slot on a kernel without
+    /// `KVM_SET_USER_MEMORY_REGION2` (Linux 6.8). Otherwise the ioctl's
+    /// errno, with a hint: `EINVAL` for a guest_memfd slot says that such
+    /// slots cannot be modified, only deleted, and that the VM type may not
+    /// take guest_memfd slots; `EINVAL` with
+    /// [`userfault`](Memslot::userfault) that the kernel may lack
+    /// `KVM_MEM_USERFAULT` ([`probe_userfault`](super::probe_userfault)
+    /// decides); `EEXIST` that the range overlaps another slot. Building the
+    /// error makes no further system call.
     ///
     /// # References
     ///
-    /// [`KVM_SET_USER_MEMORY_REGION2`](https://docs.kernel.org/virt/kvm/api.html#kvm-set-user-memory-region2)
+    /// [`KVM_SET_USER_MEMORY_REGION2`](https://docs.kernel.org/virt/kvm/api.html#kvm-set-user-memory-region2),
+    /// [`KVM_SET_USER_MEMORY_REGION`](https://docs.kernel.org/virt/kvm/api.html#kvm-set-user-memory-region)
     #[doc(alias = "KVM_SET_USER_MEMORY_REGION2")]
+    #[doc(alias = "KVM_SET_USER_MEMORY_REGION")]
     pub unsafe fn set(&self, vm: impl AsFd) -> Result<()> {
         self.check()?;
         let raw = self.to_raw();
         // SAFETY: the caller keeps the slot's memory and bitmap alive and
         // free of Rust references for the slot's lifetime (this function's
         // contract).
-        let errno = match unsafe { sys::kvm::set_user_memory_region2(vm.as_fd(), &raw) } {
-            Ok(()) => return Ok(()),
-            Err(errno) => errno,
-        };
-        Err(self.explain(errno))
+        match unsafe { sys::kvm::set_user_memory_region2(vm.as_fd(), &raw) } {
+            Ok(()) => Ok(()),
+            // SAFETY: as above; the same slot through the older request.
+            Err(Errno::ENOTTY) => unsafe { self.set_without_region2(vm.as_fd()) },
+            Err(errno) => Err(self.explain(errno)),
+        }
     }
 
+    /// What of this slot only `KVM_SET_USER_MEMORY_REGION2` can express.
+    fn needs_region2(&self) -> Option<&'static str> {
+        if self.guest_memfd.is_some() {
+            Some("a guest_memfd memslot (KVM_MEM_GUEST_MEMFD)")
+        } else if self.userfault.is_some() || self.flags.contains(MemslotFlags::USERFAULT) {
+            Some("a KVM userfault memslot (KVM_MEM_USERFAULT)")
+        } else {
+            None
+        }
+    }
+
+    /// `KVM_SET_USER_MEMORY_REGION`, after `KVM_SET_USER_MEMORY_REGION2`
+    /// failed `ENOTTY`.
+    ///
+    /// # Safety
+    ///
+    /// As [`set`](Memslot::set).
+    unsafe fn set_without_region2(&self, vm: BorrowedFd<'_>) -> Result<()> {
+        if let Some(what) = self.needs_region2() {
+            return Err(Error::unsupported(
+                what,
+                Some(Errno::ENOTTY),
+                "KVM_SET_USER_MEMORY_REGION2 failed ENOTTY: this kernel lacks it (it came in \
+                 Linux 6.8; it is the only memslot ioctl that takes a guest_memfd or a \
+                 userfault bitmap, while plain slots still work through \
+                 KVM_SET_USER_MEMORY_REGION), or the descriptor is not a KVM VM",
+            ));
+        }
+        let raw = self.raw_v1();
+        // SAFETY: forwarded to the caller's contract (the same slot).
+        match unsafe { sys::kvm::set_user_memory_region(vm, &raw) } {
+            Ok(()) => Ok(()),
+            Err(errno @ Errno::ENOTTY) => Err(Error::os_hint(
+                OP_V1,
+                errno,
+                "the file descriptor is not a KVM VM",
+            )),
+            Err(errno) => Err(explain_plain(OP_V1, errno)),
+        }
+    }
+
+    /// The slot in the layout of `KVM_SET_USER_MEMORY_REGION`.
+    fn raw_v1(&self) -> kvm_bindings::kvm_userspace_memory_region {
+        kvm_bindings::kvm_userspace_memory_region {
+            slot: u32::from(self.address_space) << 16 | u32::from(self.slot),
+            flags: self.flags.bits(),
+            guest_phys_addr: self.guest_phys_addr,
+            memory_size: self.memory_size,
+            userspace_addr: self.userspace_addr,
+        }
+    }
+
+    /// The error for `errno` from `KVM_SET_USER_MEMORY_REGION2`, with what
+    /// it means for this slot; no system call is made to find out more.
     fn explain(&self, errno: Errno) -> Error {
         match errno {
-            Errno::EINVAL if self.flags.contains(MemslotFlags::USERFAULT) => {
-                match super::open_and_probe_userfault() {
-                    Err(e) if e.is_unsupported() => e,
-                    Ok(()) => Error::os_hint(
-                        OP,
-                        errno,
-                        "the kernel takes KVM_MEM_USERFAULT (a scratch slot accepted it) but \
-                         refused this slot: a guest_memfd slot may change only its \
-                         KVM_MEM_USERFAULT flag, and the guest_memfd must belong to this VM",
-                    ),
-                    Err(e) => Error::os_hint(
-                        OP,
-                        errno,
-                        format!("KVM_MEM_USERFAULT may be unsupported; probing it failed: {e}"),
-                    ),
-                }
-            }
+            Errno::EINVAL if self.flags.contains(MemslotFlags::USERFAULT) => Error::os_hint(
+                OP,
+                errno,
+                "the kernel may lack KVM_MEM_USERFAULT (posted series \"KVM: Introduce KVM \
+                 Userfault\"; probe_userfault decides); with it, a guest_memfd slot may change \
+                 only its KVM_MEM_USERFAULT flag (some ports refuse even that), and the \
+                 guest_memfd must belong to this VM",
+            ),
             Errno::EINVAL if self.flags.contains(MemslotFlags::GUEST_MEMFD) => Error::os_hint(
                 OP,
                 errno,
                 format!(
                     "guest_memfd slots cannot be modified, only deleted (delete slot {} first \
-                     if it exists); otherwise the guest_memfd must belong to this VM and \
-                     offset + size lie inside it",
+                     if it exists); otherwise the VM type may not take guest_memfd slots \
+                     (Linux 6.12's default VM does not), or the guest_memfd does not belong \
+                     to this VM or offset + size do not lie inside it",
                     self.slot
                 ),
             ),
-            Errno::EINVAL => Error::os_hint(
-                OP,
-                errno,
-                "an existing slot may change only its flags, not its range or address; \
-                 READONLY needs KVM_CAP_READONLY_MEM; the slot id must be below \
-                 KVM_CAP_NR_MEMSLOTS",
-            ),
-            Errno::EEXIST => {
-                Error::os_hint(OP, errno, "the guest physical range overlaps another slot")
-            }
-            _ => Error::os(OP, errno),
+            _ => explain_plain(OP, errno),
         }
     }
 
@@ -305,7 +358,8 @@ impl<'a> Memslot<'a> {
 
     /// `ioctl(vm, KVM_SET_USER_MEMORY_REGION2, {slot, memory_size: 0})`:
     /// deletes slot `slot` of address space `address_space`. The guest loses
-    /// access to its memory at once.
+    /// access to its memory at once. On a kernel without
+    /// `KVM_SET_USER_MEMORY_REGION2`, `KVM_SET_USER_MEMORY_REGION` does it.
     ///
     /// # Errors
     ///
@@ -316,20 +370,46 @@ impl<'a> Memslot<'a> {
     ///
     /// [`KVM_SET_USER_MEMORY_REGION2`](https://docs.kernel.org/virt/kvm/api.html#kvm-set-user-memory-region2)
     pub fn delete(vm: impl AsFd, slot: u16, address_space: u16) -> Result<()> {
-        let raw = Memslot::new(slot, 0, 0)
-            .address_space(address_space)
-            .to_raw();
+        let slot_id = Memslot::new(slot, 0, 0).address_space(address_space);
+        let raw = slot_id.to_raw();
         // SAFETY: a zero-sized region gives the guest no memory; it only
         // removes the slot.
-        match unsafe { sys::kvm::set_user_memory_region2(vm.as_fd(), &raw) } {
+        let (op, result) = match unsafe { sys::kvm::set_user_memory_region2(vm.as_fd(), &raw) } {
+            Err(Errno::ENOTTY) => {
+                let raw = slot_id.raw_v1();
+                // SAFETY: as above, through the older request.
+                let r = unsafe { sys::kvm::set_user_memory_region(vm.as_fd(), &raw) };
+                (OP_V1, r)
+            }
+            r => (OP, r),
+        };
+        match result {
             Ok(()) => Ok(()),
             Err(errno @ Errno::EINVAL) => Err(Error::os_hint(
-                OP,
+                op,
                 errno,
                 format!("there is no slot {slot} in address space {address_space} to delete"),
             )),
-            Err(errno) => Err(Error::os(OP, errno)),
+            Err(errno) => Err(Error::os(op, errno)),
         }
+    }
+}
+
+/// The error for `errno` from either memslot ioctl on a slot without
+/// guest_memfd and userfault.
+fn explain_plain(op: &'static str, errno: Errno) -> Error {
+    match errno {
+        Errno::EINVAL => Error::os_hint(
+            op,
+            errno,
+            "an existing slot may change only its flags, not its range or address; \
+             READONLY needs KVM_CAP_READONLY_MEM; the slot id must be below \
+             KVM_CAP_NR_MEMSLOTS",
+        ),
+        Errno::EEXIST => {
+            Error::os_hint(op, errno, "the guest physical range overlaps another slot")
+        }
+        _ => Error::os(op, errno),
     }
 }
 

@@ -8,7 +8,7 @@
 //! | [`GuestMemfd`], [`GmemFlags`] | `KVM_CREATE_GUEST_MEMFD`, shared `mmap`, punch-hole | 6.8+; `MMAP`/`INIT_SHARED` 6.18+ |
 //! | [`GmemFlavour`] | which bit is `WRITE` / `NO_DIRECT_MAP`, found by trying | posted series |
 //! | [`GuestMemfd::write_at`], its [`Backing`](crate::backing::Backing) `fill` | population by `pwrite` | posted series ("use write for population") |
-//! | [`Memslot`], [`MemslotFlags`] | `KVM_SET_USER_MEMORY_REGION2`, delete | 6.8+ |
+//! | [`Memslot`], [`MemslotFlags`] | `KVM_SET_USER_MEMORY_REGION2`, delete | 6.8+; plain slots through `KVM_SET_USER_MEMORY_REGION` before |
 //! | [`Memslot::userfault`], [`UserfaultBitmap`], [`probe_userfault`] | `KVM_MEM_USERFAULT` + `userfault_bitmap` | posted series ("KVM Userfault") |
 //! | [`MemoryFault`], [`MemoryFaultFlags`] | `KVM_EXIT_MEMORY_FAULT` from `kvm_run` | 6.8+; USERFAULT flag: posted series |
 //! | [`Stage2Resolver`], [`Stage2Fault`] | write the page, then clear the bit, through the file's [`PageState`](crate::resolve::PageState) | works with any [`Backing`](crate::backing::Backing) |
@@ -215,5 +215,3 @@ pub use handle::{Kvm, Vm, check_extension};
 pub use memslot::{Memslot, MemslotFlags};
 pub use stage2::{Stage2Fault, Stage2Resolver};
 pub use userfault::{UserfaultBitmap, probe_userfault};
-
-use userfault::open_and_probe_userfault;

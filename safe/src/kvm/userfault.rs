@@ -4,7 +4,7 @@ use std::fmt;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Kvm, Memslot};
+use super::Memslot;
 use crate::error::{Errno, Error, Result};
 use crate::mem::{Mapping, Sharing};
 use crate::sys;
@@ -281,7 +281,7 @@ impl fmt::Debug for UserfaultBitmap {
 }
 
 /// Does the kernel take `KVM_MEM_USERFAULT`? Decided by trying: creates a
-/// scratch VM (type 0) on `kvm` (a [`Kvm`] or a borrowed `/dev/kvm`) and
+/// scratch VM (type 0) on `kvm` (a [`Kvm`](super::Kvm) or a borrowed `/dev/kvm`) and
 /// sets a one-page memslot with `KVM_MEM_USERFAULT` and a bitmap. Capability
 /// numbers are not consulted: `KVM_CAP_USERFAULT` was 243 in the upstream
 /// v3 posting and 245 in Firecracker's stack, and mainline gave both to
@@ -349,11 +349,6 @@ fn no_memory_region2(errno: Option<Errno>) -> Error {
         "this kernel has no KVM_SET_USER_MEMORY_REGION2 (KVM_CAP_USER_MEMORY2), which KVM \
          userfault memslots need: run Linux 6.8 or newer with the posted KVM userfault series",
     )
-}
-
-/// [`probe_userfault`] on a freshly opened `/dev/kvm`.
-pub(super) fn open_and_probe_userfault() -> Result<()> {
-    probe_userfault(Kvm::open()?)
 }
 
 #[cfg(test)]

@@ -178,3 +178,32 @@ pub(crate) unsafe fn set_user_memory_region2(
     // What the new slot lets the guest touch is the caller's contract above.
     unsafe { ioctl_mut(vm, gmem_sys::KVM_SET_USER_MEMORY_REGION2, &raw mut arg) }.map(drop)
 }
+
+/// `KVM_SET_USER_MEMORY_REGION`: `_IOW(KVMIO, 0x46, struct
+/// kvm_userspace_memory_region)` (`<linux/kvm.h>`, every kernel with KVM).
+/// The 32-byte layout is `kvm_bindings::kvm_userspace_memory_region`.
+pub(crate) const KVM_SET_USER_MEMORY_REGION: u32 = gmem_sys::ioctl::iow(
+    gmem_sys::KVMIO,
+    0x46,
+    std::mem::size_of::<kvm_bindings::kvm_userspace_memory_region>(),
+);
+
+/// `ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region)`: the original memslot
+/// ioctl, for kernels before `KVM_SET_USER_MEMORY_REGION2` (Linux 6.8). It
+/// has no guest_memfd and no userfault bitmap.
+///
+/// # Safety
+///
+/// As [`set_user_memory_region2`]: the guest (and KVM) use the memory at
+/// `region.userspace_addr .. + region.memory_size` until the slot is
+/// deleted or the VM closed.
+pub(crate) unsafe fn set_user_memory_region(
+    vm: BorrowedFd<'_>,
+    region: &kvm_bindings::kvm_userspace_memory_region,
+) -> Result<(), Errno> {
+    let mut arg = *region;
+    // SAFETY: the argument is a 32-byte `kvm_userspace_memory_region`, the
+    // size the request number encodes, and the kernel only reads it. What
+    // the new slot lets the guest touch is the caller's contract above.
+    unsafe { ioctl_mut(vm, KVM_SET_USER_MEMORY_REGION, &raw mut arg) }.map(drop)
+}

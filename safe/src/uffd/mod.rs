@@ -124,6 +124,7 @@ mod async_tokio;
 mod event;
 mod flags;
 mod open;
+mod received;
 mod register;
 mod resolve;
 

@@ -38,6 +38,9 @@ pub enum Origin {
     Device,
     /// Delivered by the kernel in a fork event for a child process.
     Fork,
+    /// Created and negotiated by another process and received from it
+    /// ([`Uffd::from_received`]), typically over a Unix socket.
+    Received,
 }
 
 /// The kernel's answer to `UFFDIO_API`: every feature it supports and the

@@ -127,6 +127,20 @@ fn hint(op: &'static str, errno: Errno) -> Cow<'static, str> {
     }
 }
 
+/// `EINVAL` from `UFFDIO_CONTINUE` with `UFFDIO_CONTINUE_MODE_WP`.
+#[cold]
+#[inline(never)]
+fn continue_wp_error() -> Error {
+    Error::os_hint(
+        "UFFDIO_CONTINUE",
+        Errno::EINVAL,
+        "kernels before Linux 6.4 have no UFFDIO_CONTINUE_MODE_WP and refuse the mode with \
+         EINVAL (retry without ContinueMode::WP, then write-protect with UFFDIO_WRITEPROTECT); \
+         on newer kernels: the memory does not support CONTINUE, a hugetlbfs range is not \
+         huge-page aligned, or the range is no longer registered",
+    )
+}
+
 /// A range outside the registration it is resolved through.
 #[cold]
 #[inline(never)]
@@ -376,7 +390,8 @@ impl Uffd {
     /// # Errors
     ///
     /// As [`copy`](Self::copy), and `EFAULT` when the page cache has no page
-    /// at an offset of the range.
+    /// at an offset of the range. `EINVAL` with [`ContinueMode::WP`] says
+    /// that kernels before Linux 6.4 lack `UFFDIO_CONTINUE_MODE_WP`.
     ///
     /// # References
     ///
@@ -398,7 +413,14 @@ impl Uffd {
                 "ContinueMode::WP needs a range registered with RegisterMode::WP",
             ));
         }
-        self.continue_prechecked(start, len, mode)
+        let mapped = self.continue_prechecked(start, len, mode);
+        if mode.contains(ContinueMode::WP)
+            && let Err(e) = &mapped
+            && e.errno() == Some(Errno::EINVAL)
+        {
+            return Err(continue_wp_error());
+        }
+        mapped
     }
 
     /// The `UFFDIO_CONTINUE` of [`continue_range`](Self::continue_range)

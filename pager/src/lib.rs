@@ -1,0 +1,80 @@
+//! A page server over userfaultfd: restores guest memory from a snapshot
+//! with chunked demand faults, a background populator and working-set
+//! replay, and serves Firecracker as its page-fault handler.
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`Server`] | handler threads over one userfaultfd, a populator, counters |
+//! | [`Range`] | a registered range and the source offset it is served from |
+//! | [`source`] | page sources: a snapshot file, zeros, a diff over a base |
+//! | [`WorkingSet`] | the order pages were first needed, in a small versioned file |
+//! | [`firecracker`] | Firecracker's handshake: the userfaultfd and guest memory layout over a Unix socket |
+//! | [`Stats`] | counters and the demand-fault latency histogram, readable while it runs |
+//!
+//! # How faults are served
+//!
+//! Each handler thread polls the userfaultfd, reads a batch of events and
+//! resolves each page fault together with the not-yet-resolved pages of
+//! the aligned chunk around it ([`Config::chunk`]): one `pread` of the
+//! source, one `UFFDIO_COPY` per stretch of data pages and one
+//! `UFFDIO_ZEROPAGE` per stretch of zero pages. A page another thread
+//! resolved first (`EEXIST`) is woken with `UFFDIO_WAKE`, so no faulting
+//! thread is left asleep. The populator fills what is left, the recorded
+//! working set first, and steps aside whenever a demand fault is pending;
+//! once every page is in it unregisters the ranges, and the server stops
+//! ([`Exit::Complete`]).
+//!
+//! REMOVE events (a balloon's `MADV_DONTNEED`) make the next fault on
+//! those pages map zeros, never the snapshot, and the populator leaves them
+//! unbacked; UNMAP retires pages; REMAP moves them (their state moves
+//! along); FORK serves the child's copy from the state the parent had.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use userfault::mem::{Mapping, Sharing};
+//! use userfault::uffd::{Features, RegisterMode, Uffd};
+//! use userfault_pager::source::FileSource;
+//! use userfault_pager::{Config, Exit, Range, Server};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let snapshot = Arc::new(FileSource::open("guest.mem")?);
+//! let guest = Mapping::anonymous(1 << 30, Sharing::Private)?;
+//! let uffd = Arc::new(
+//!     Uffd::builder()
+//!         .non_blocking(true)
+//!         .request_features(Features::EVENT_REMOVE)
+//!         .create()?,
+//! );
+//! // SAFETY: the guest's memory is reached only through raw pointers.
+//! let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING)? };
+//!
+//! let server = Server::start(
+//!     uffd,
+//!     &[Range::new(reg, 0)],
+//!     snapshot,
+//!     Config { threads: 4, ..Config::default() },
+//! )?;
+//! // ... run the guest; server.stats() reads the counters meanwhile ...
+//! let report = server.wait();
+//! assert!(matches!(report.exit, Exit::Complete));
+//! println!("{} demand faults", report.stats.demand_faults);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+pub mod firecracker;
+mod resolver;
+mod server;
+pub mod source;
+mod stats;
+mod workingset;
+
+pub use error::Error;
+pub use resolver::Range;
+pub use server::{Config, Exit, Report, Server};
+pub use source::PageSource;
+pub use stats::{Latency, Stats};
+pub use workingset::WorkingSet;

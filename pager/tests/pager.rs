@@ -1,0 +1,1050 @@
+//! The page server against the real kernel: in process through the
+//! library, and as the `userfault-pager firecracker` binary with this test
+//! playing Firecracker's side.
+
+#[allow(dead_code, unused_macros, unused_imports)]
+#[path = "../../tests/util.rs"]
+mod util;
+
+use std::io::{IoSlice, Write as _};
+use std::mem::MaybeUninit;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+use userfault::mem::{Mapping, Sharing};
+use userfault::uffd::{Features, RegisterMode, Uffd};
+use userfault_pager::source::FileSource;
+use userfault_pager::{Config, Exit, Range, Server, WorkingSet};
+
+const PAGE: usize = 4096;
+
+/// The byte at offset `j` of snapshot page `i`: every 7th page is all
+/// zero (served with UFFDIO_ZEROPAGE), the others carry their index.
+fn expected(i: usize, j: usize) -> u8 {
+    if i % 7 == 3 {
+        0
+    } else {
+        ((i * 31 + j / 64 + 1) % 251) as u8 + 1
+    }
+}
+
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("userfault-pager-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A snapshot file of `pages` pages; pages `hole` are left as a hole.
+/// Returns the file's contents as read back.
+fn snapshot(path: &Path, pages: usize, hole: std::ops::Range<usize>) -> Vec<u8> {
+    let f = std::fs::File::create(path).unwrap();
+    f.set_len((pages * PAGE) as u64).unwrap();
+    let mut page = vec![0u8; PAGE];
+    for i in (0..pages).filter(|i| !hole.contains(i)) {
+        for (j, b) in page.iter_mut().enumerate() {
+            *b = expected(i, j);
+        }
+        f.write_all_at(&page, (i * PAGE) as u64).unwrap();
+    }
+    let bytes = std::fs::read(path).unwrap();
+    assert_eq!(bytes.len(), pages * PAGE);
+    for i in (0..pages).step_by(13) {
+        assert_eq!(&bytes[i * PAGE..(i + 1) * PAGE], &want(i, &hole)[..]);
+    }
+    bytes
+}
+
+/// Page `i` of snapshot contents `file`.
+fn file_page(file: &[u8], i: usize) -> &[u8] {
+    &file[i * PAGE..(i + 1) * PAGE]
+}
+
+fn want(i: usize, hole: &std::ops::Range<usize>) -> Vec<u8> {
+    if hole.contains(&i) || i % 7 == 3 {
+        return vec![0; PAGE];
+    }
+    (0..PAGE).map(|j| expected(i, j)).collect()
+}
+
+/// Reads page `i` of guest memory at `base` (faulting it in) through raw
+/// pointers only.
+fn read_page(base: usize, i: usize) -> Vec<u8> {
+    let mut out = vec![0u8; PAGE];
+    // SAFETY: `base + i * PAGE .. + PAGE` lies in a live mapping the test
+    // owns; it is copied through a raw pointer, never a reference, into a
+    // buffer of PAGE bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping((base + i * PAGE) as *const u8, out.as_mut_ptr(), PAGE)
+    };
+    out
+}
+
+fn new_uffd(test: &str, features: Features) -> Option<Uffd> {
+    match Uffd::builder()
+        .non_blocking(true)
+        .request_features(features)
+        .create()
+    {
+        Ok(u) if u.features().contains(Features::EVENT_REMOVE) => Some(u),
+        Ok(_) => {
+            util::skip(test, "uffd", "UFFD_FEATURE_EVENT_REMOVE is not offered");
+            None
+        }
+        Err(e) => {
+            util::skip(test, "uffd", &e.to_string());
+            None
+        }
+    }
+}
+
+/// `madvise(MADV_DONTNEED)`: a balloon inflating over `[addr, addr + len)`.
+fn balloon(addr: usize, len: usize) {
+    // SAFETY: the range is part of a mapping the test owns and reaches only
+    // through raw pointers; dropping its pages is what is being tested.
+    unsafe {
+        rustix::mm::madvise(addr as *mut _, len, rustix::mm::Advice::LinuxDontNeed).unwrap();
+    }
+}
+
+/// Touches `pages` pages of `base` from `threads` threads, each in its own
+/// order, and checks every byte.
+fn touch_all(base: usize, pages: usize, threads: usize, file: &[u8]) {
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            s.spawn(move || {
+                for k in 0..pages {
+                    // Thread t walks a different stride through the pages.
+                    let i = (k * (2 * t + 1) + t * 97) % pages;
+                    assert_eq!(
+                        read_page(base, i),
+                        file_page(file, i),
+                        "page {i}, thread {t}"
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn library_serves_every_byte_from_four_threads_and_zeros_after_remove() {
+    const TEST: &str = "library_serves_every_byte_from_four_threads_and_zeros_after_remove";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    const PAGES: usize = 4096; // 16 MiB
+    let hole = 1000..1100;
+    let dir = scratch_dir("lib-threads");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, hole.clone());
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(&file).unwrap()),
+        Config {
+            threads: 4,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let started = Instant::now();
+    util::with_deadline(TEST, Duration::from_secs(120), || {
+        touch_all(guest.addr(), PAGES, 4, &bytes);
+        // The last resolutions woke their threads before updating the
+        // counters: give them a moment.
+        let settled = Instant::now() + Duration::from_secs(10);
+        while server.stats().remaining_pages != 0 && Instant::now() < settled {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(server.stats().remaining_pages, 0);
+        // A balloon takes 1 MiB back: those pages read as zeros afterwards.
+        balloon(guest.addr() + 2048 * PAGE, 256 * PAGE);
+        for i in 2048..2048 + 256 {
+            assert!(
+                read_page(guest.addr(), i).iter().all(|&b| b == 0),
+                "removed page {i}"
+            );
+        }
+        // The rest is untouched.
+        for i in (0..PAGES).step_by(61).filter(|i| !(2048..2304).contains(i)) {
+            assert_eq!(read_page(guest.addr(), i), want(i, &hole), "page {i}");
+        }
+    });
+    let report = server.shutdown();
+    let s = &report.stats;
+    assert!(matches!(report.exit, Exit::Shutdown), "{:?}", report.exit);
+    assert_eq!(s.total_pages, PAGES as u64);
+    assert_eq!(s.removed_pages, 256);
+    // Every page came in once from the snapshot (chunks included), then
+    // the removed ones once more as zeros.
+    assert_eq!(s.demand_pages, PAGES as u64 + 256);
+    let zero_in_source = (0..PAGES)
+        .filter(|i| i % 7 == 3 || hole.contains(i))
+        .count() as u64;
+    assert_eq!(s.zero_pages, zero_in_source + 256);
+    assert_eq!(
+        s.copied_bytes,
+        (PAGES as u64 - zero_in_source) * PAGE as u64
+    );
+    assert!(s.demand_faults >= (PAGES / 16) as u64 + 256);
+    assert_eq!(s.latency.count, s.demand_faults);
+    util::report(&format!(
+        "{TEST}: {PAGES} pages, 4 threads, {} faults ({} already present), p50 {} ns, {:?}",
+        s.demand_faults,
+        s.already_present,
+        s.latency.p50_ns,
+        started.elapsed()
+    ));
+}
+
+#[test]
+fn library_prefetches_working_set_then_rest_and_unregisters() {
+    const TEST: &str = "library_prefetches_working_set_then_rest_and_unregisters";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    const PAGES: usize = 8192; // 32 MiB
+    let dir = scratch_dir("lib-prefetch");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let ws = WorkingSet::from_pages(4096, (0..64).map(|k| (PAGES - 1 - k * 97) as u64)).unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(&file).unwrap()),
+        Config {
+            threads: 2,
+            working_set: Some(ws),
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let report = util::with_deadline(TEST, Duration::from_secs(120), || {
+        // A guest touching pages while the populator runs.
+        for i in (0..PAGES).step_by(509) {
+            assert_eq!(read_page(guest.addr(), i), want(i, &(0..0)), "page {i}");
+        }
+        server.wait()
+    });
+    assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
+    let s = &report.stats;
+    assert_eq!(s.remaining_pages, 0);
+    assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64);
+    // Unregistered: smaps no longer shows `um` for the range, and every
+    // byte is there (a missing page would now read as zeros).
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let head = format!("{:x}-", guest.addr());
+    let flags = smaps
+        .split_inclusive('\n')
+        .skip_while(|l| !l.starts_with(&head))
+        .find(|l| l.starts_with("VmFlags:"))
+        .unwrap_or_default();
+    assert!(!flags.split_whitespace().any(|f| f == "um"), "{flags}");
+    for i in 0..PAGES {
+        assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
+    }
+}
+
+#[test]
+fn library_records_the_order_pages_were_first_needed() {
+    const TEST: &str = "library_records_the_order_pages_were_first_needed";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    const PAGES: usize = 512;
+    let dir = scratch_dir("lib-record");
+    let file = dir.join("mem");
+    snapshot(&file, PAGES, 0..0);
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        // Served from the file's second half: entries are file pages.
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(&file).unwrap()),
+        Config {
+            threads: 1,
+            chunk: PAGE,
+            prefetch: false,
+            record: true,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let order: Vec<usize> = (0..100).map(|k| (k * 37 + 5) % PAGES).collect();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        for &i in &order {
+            read_page(guest.addr(), i);
+            // Touching again records nothing new.
+            read_page(guest.addr(), i);
+        }
+    });
+    let report = server.shutdown();
+    let ws = report.recorded.unwrap();
+    let want: Vec<u64> = order.iter().map(|&i| i as u64).collect();
+    assert_eq!(ws.pages(), &want[..]);
+    let path = dir.join("ws");
+    ws.save(&path).unwrap();
+    assert_eq!(WorkingSet::load(&path).unwrap(), ws);
+}
+
+#[test]
+fn library_follows_a_remap_and_an_unmap() {
+    const TEST: &str = "library_follows_a_remap_and_an_unmap";
+    let Some(uffd) = new_uffd(
+        TEST,
+        Features::EVENT_REMOVE | Features::EVENT_REMAP | Features::EVENT_UNMAP,
+    ) else {
+        return;
+    };
+    if !uffd
+        .features()
+        .contains(Features::EVENT_REMAP | Features::EVENT_UNMAP)
+    {
+        return util::skip(TEST, "uffd", "REMAP/UNMAP events are not offered");
+    }
+    const PAGES: usize = 1024;
+    let dir = scratch_dir("lib-remap");
+    let file = dir.join("mem");
+    snapshot(&file, PAGES, 0..0);
+    // A raw mapping the test remaps (Mapping would unmap the old address).
+    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
+    let base = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            PAGES * PAGE,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .unwrap() as usize;
+    // SAFETY: the mapping is reached only through raw pointers.
+    let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(&file).unwrap()),
+        Config {
+            threads: 2,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        assert_eq!(read_page(base, 0), want(0, &(0..0)));
+        // Move the second half elsewhere: onto a fresh reservation.
+        let half = PAGES / 2 * PAGE;
+        // SAFETY: a new inaccessible mapping at an address of the kernel's
+        // choosing, replaced by the move below.
+        let target = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                half,
+                rustix::mm::ProtFlags::empty(),
+                rustix::mm::MapFlags::PRIVATE,
+            )
+        }
+        .unwrap();
+        // SAFETY: moves part of the test's own mapping onto the
+        // reservation; nothing holds a reference into either.
+        let moved = unsafe {
+            rustix::mm::mremap_fixed(
+                (base + half) as *mut _,
+                half,
+                half,
+                rustix::mm::MremapFlags::MAYMOVE,
+                target,
+            )
+        }
+        .unwrap() as usize;
+        for i in 0..PAGES / 2 {
+            assert_eq!(
+                read_page(moved, i),
+                want(PAGES / 2 + i, &(0..0)),
+                "moved page {i}"
+            );
+        }
+        for i in 1..PAGES / 2 {
+            assert_eq!(read_page(base, i), want(i, &(0..0)), "page {i}");
+        }
+        // SAFETY: unmaps the test's own mappings; nothing refers to them.
+        unsafe {
+            rustix::mm::munmap(moved as *mut _, half).unwrap();
+            rustix::mm::munmap(base as *mut _, half).unwrap();
+        }
+    });
+    let report = server.shutdown();
+    let s = &report.stats;
+    assert_eq!(s.remaps, 1, "{s:?}");
+    // Each page was served once, at its old or its new address, and then
+    // retired by the unmaps.
+    assert_eq!(s.demand_pages, PAGES as u64, "{s:?}");
+    assert_eq!(s.unmapped_pages, PAGES as u64, "{s:?}");
+}
+
+// ---------------------------------------------------------------------
+// The binary, with this test as Firecracker.
+
+/// The binary under test; `USERFAULT_PAGER_BIN` overrides the path Cargo
+/// built it at (for a copy of both binaries run under another kernel).
+fn pager_bin() -> PathBuf {
+    std::env::var_os("USERFAULT_PAGER_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_userfault-pager").into(),
+        PathBuf::from,
+    )
+}
+
+struct Pager {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Pager {
+    fn spawn(dir: &Path, args: &[&str]) -> Pager {
+        let stderr = dir.join("stderr");
+        let child = Command::new(pager_bin())
+            .arg("firecracker")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        Pager { child, stderr }
+    }
+
+    /// Waits for the pager to exit (a hang fails the test): its status
+    /// code and what it printed.
+    fn wait(mut self, limit: Duration) -> (i32, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let text = std::fs::read_to_string(&self.stderr).unwrap();
+                return (status.code().unwrap_or(-1), text);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let text = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+                panic!("the pager did not exit within {limit:?}:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn connect(socket: &Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match UnixStream::connect(socket) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() > deadline => panic!("connect {}: {e}", socket.display()),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+/// Firecracker's one handshake message: `json`, with `fd` as `SCM_RIGHTS`.
+fn send_handshake(stream: &UnixStream, json: &str, fd: Option<std::os::fd::BorrowedFd<'_>>) {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+    }
+    let iov = [IoSlice::new(json.as_bytes())];
+    let n = rustix::net::sendmsg(stream, &iov, &mut control, SendFlags::empty()).unwrap();
+    assert_eq!(n, json.len());
+}
+
+fn layout(regions: &[(usize, usize, usize)]) -> String {
+    let items: Vec<String> = regions
+        .iter()
+        .map(|&(addr, size, offset)| {
+            format!(
+                r#"{{"base_host_virt_addr":{addr},"size":{size},"offset":{offset},"page_size":{PAGE},"page_size_kib":{PAGE}}}"#
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Guest memory as Firecracker sets it up: anonymous regions registered
+/// (MISSING) with a non-blocking userfaultfd that has EVENT_REMOVE.
+struct Vmm {
+    uffd: Uffd,
+    regions: Vec<Mapping>,
+}
+
+impl Vmm {
+    fn new(test: &str, sizes: &[usize]) -> Option<Vmm> {
+        let uffd = new_uffd(test, Features::EVENT_REMOVE)?;
+        let regions: Vec<Mapping> = sizes
+            .iter()
+            .map(|&n| Mapping::anonymous(n, Sharing::Private).unwrap())
+            .collect();
+        for m in &regions {
+            // SAFETY: guest memory is reached only through raw pointers.
+            unsafe { uffd.register(m.addr(), m.len(), RegisterMode::MISSING) }.unwrap();
+        }
+        Some(Vmm { uffd, regions })
+    }
+
+    fn layout(&self) -> String {
+        let mut offset = 0;
+        let regions: Vec<(usize, usize, usize)> = self
+            .regions
+            .iter()
+            .map(|m| {
+                let r = (m.addr(), m.len(), offset);
+                offset += m.len();
+                r
+            })
+            .collect();
+        layout(&regions)
+    }
+}
+
+#[test]
+fn firecracker_restore_serves_every_byte_and_balloon_zeros() {
+    const TEST: &str = "firecracker_restore_serves_every_byte_and_balloon_zeros";
+    const PAGES: usize = 8192; // 32 MiB in two regions
+    let Some(vmm) = Vmm::new(TEST, &[PAGES / 2 * PAGE, PAGES / 2 * PAGE]) else {
+        return;
+    };
+    let dir = scratch_dir("fc-restore");
+    let mem = dir.join("mem");
+    let hole = 6000..6100;
+    let bytes = snapshot(&mem, PAGES, hole.clone());
+    let socket = dir.join("uffd.sock");
+    let stats = dir.join("stats.json");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--threads",
+            "4",
+            "--no-prefetch",
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    let started = Instant::now();
+    util::with_deadline(TEST, Duration::from_secs(120), || {
+        let half = PAGES / 2;
+        for (r, m) in vmm.regions.iter().enumerate() {
+            let base = m.addr();
+            std::thread::scope(|s| {
+                for t in 0..4 {
+                    let bytes = &bytes;
+                    s.spawn(move || {
+                        for k in 0..half {
+                            let i = (k * (2 * t + 1) + t * 89) % half;
+                            let file_page = r * half + i;
+                            assert_eq!(
+                                read_page(base, i),
+                                self::file_page(bytes, file_page),
+                                "file page {file_page}"
+                            );
+                        }
+                    });
+                }
+            });
+        }
+        // Inflate a balloon over 2 MiB of the second region.
+        let second = vmm.regions[1].addr();
+        balloon(second + 100 * PAGE, 512 * PAGE);
+        for i in 100..612 {
+            assert!(
+                read_page(second, i).iter().all(|&b| b == 0),
+                "ballooned page {i}"
+            );
+        }
+        assert_eq!(read_page(second, 99), want(half + 99, &hole));
+        assert_eq!(read_page(second, 612), want(half + 612, &hole));
+    });
+    let elapsed = started.elapsed();
+    // Firecracker exits: its end of the connection closes.
+    drop(stream);
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("closed its connection"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["total_pages"], PAGES as u64);
+    assert_eq!(json["remaining_pages"], 0);
+    assert_eq!(json["removed_pages"], 512);
+    assert_eq!(json["demand_pages"], PAGES as u64 + 512);
+    util::report(&format!(
+        "{TEST}: {PAGES} pages in 2 regions, 4 VMM threads, 4 handler threads, {} faults, {elapsed:?}",
+        json["demand_faults"]
+    ));
+    assert!(!socket.exists(), "the socket file is removed at exit");
+}
+
+#[test]
+fn firecracker_records_then_replays_a_working_set() {
+    const TEST: &str = "firecracker_records_then_replays_a_working_set";
+    const PAGES: usize = 4096;
+    let dir = scratch_dir("fc-ws");
+    let mem = dir.join("mem");
+    let bytes = snapshot(&mem, PAGES, 0..0);
+    let ws = dir.join("ws");
+    let socket = dir.join("uffd.sock");
+    let order: Vec<usize> = (0..200).map(|k| (k * 131 + 7) % PAGES).collect();
+
+    // Restore 1: demand only, recording.
+    {
+        let Some(vmm) = Vmm::new(TEST, &[PAGES * PAGE]) else {
+            return;
+        };
+        let pager = Pager::spawn(
+            &dir,
+            &[
+                "--socket",
+                socket.to_str().unwrap(),
+                "--mem-file",
+                mem.to_str().unwrap(),
+                "--no-prefetch",
+                "--chunk",
+                "4K",
+                "--record-working-set",
+                ws.to_str().unwrap(),
+            ],
+        );
+        let stream = connect(&socket);
+        send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+        util::with_deadline(TEST, Duration::from_secs(60), || {
+            for &i in &order {
+                assert_eq!(read_page(vmm.regions[0].addr(), i), want(i, &(0..0)));
+            }
+        });
+        drop(stream);
+        let (code, text) = pager.wait(Duration::from_secs(30));
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            text.contains("recorded a working set of 200 pages"),
+            "{text}"
+        );
+    }
+    let recorded = WorkingSet::load(&ws).unwrap();
+    let want_pages: Vec<u64> = order.iter().map(|&i| i as u64).collect();
+    assert_eq!(recorded.pages(), &want_pages[..]);
+
+    // Restore 2: replay, then the rest; the pager finishes by itself.
+    let Some(vmm) = Vmm::new(TEST, &[PAGES * PAGE]) else {
+        return;
+    };
+    let stats = dir.join("stats.json");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--working-set",
+            ws.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    let (code, text) = pager.wait(Duration::from_secs(60));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("every page served"), "{text}");
+    assert!(
+        text.contains("prefetching 200 working-set pages first"),
+        "{text}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["prefetch_pages"], PAGES as u64);
+    assert_eq!(json["demand_faults"], 0);
+    // Unregistered and complete: every byte is there without a handler.
+    for i in 0..PAGES {
+        assert_eq!(
+            read_page(vmm.regions[0].addr(), i),
+            file_page(&bytes, i),
+            "page {i}"
+        );
+    }
+    drop(stream);
+}
+
+/// The VMM of `firecracker_vmm_dying_mid_restore_ends_the_pager`, run in a
+/// child process: restores, touches some pages, and exits abruptly.
+#[test]
+fn vmm_stand_in() {
+    let Ok(socket) = std::env::var("USERFAULT_PAGER_TEST_VMM_SOCKET") else {
+        return;
+    };
+    let vmm = Vmm::new("vmm_stand_in", &[2048 * PAGE]).expect("userfaultfd");
+    let stream = connect(Path::new(&socket));
+    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    for i in 0..50 {
+        assert_eq!(
+            read_page(vmm.regions[0].addr(), i * 7),
+            want(i * 7, &(0..0))
+        );
+    }
+    let _ = writeln!(std::io::stderr(), "vmm stand-in: touched 50 pages, exiting");
+    std::process::exit(0);
+}
+
+#[test]
+fn firecracker_vmm_dying_mid_restore_ends_the_pager() {
+    const TEST: &str = "firecracker_vmm_dying_mid_restore_ends_the_pager";
+    if new_uffd(TEST, Features::EVENT_REMOVE).is_none() {
+        return;
+    }
+    let dir = scratch_dir("fc-dies");
+    let mem = dir.join("mem");
+    snapshot(&mem, 2048, 0..0);
+    let socket = dir.join("uffd.sock");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--no-prefetch",
+        ],
+    );
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "vmm_stand_in",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("USERFAULT_PAGER_TEST_VMM_SOCKET", &socket)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the VMM stand-in failed: {status}");
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("closed its connection") || text.contains("has exited"),
+        "{text}"
+    );
+    assert!(text.contains("had not been needed yet"), "{text}");
+}
+
+#[test]
+fn firecracker_malformed_json_is_refused_and_nothing_served() {
+    const TEST: &str = "firecracker_malformed_json_is_refused_and_nothing_served";
+    let Some(vmm) = Vmm::new(TEST, &[64 * PAGE]) else {
+        return;
+    };
+    let dir = scratch_dir("fc-json");
+    let mem = dir.join("mem");
+    snapshot(&mem, 64, 0..0);
+    let socket = dir.join("uffd.sock");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    send_handshake(
+        &stream,
+        r#"[{"base_host_virt_addr": 4096, "size": "#,
+        Some(vmm.uffd.as_fd()),
+    );
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("malformed guest memory layout"), "{text}");
+    assert!(text.contains("nothing was served"), "{text}");
+    assert_no_fault_served(&vmm);
+}
+
+#[test]
+fn firecracker_missing_fd_is_refused_and_nothing_served() {
+    const TEST: &str = "firecracker_missing_fd_is_refused_and_nothing_served";
+    let Some(vmm) = Vmm::new(TEST, &[64 * PAGE]) else {
+        return;
+    };
+    let dir = scratch_dir("fc-nofd");
+    let mem = dir.join("mem");
+    snapshot(&mem, 64, 0..0);
+    let socket = dir.join("uffd.sock");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    send_handshake(&stream, &vmm.layout(), None);
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("no userfaultfd"), "{text}");
+    assert_no_fault_served(&vmm);
+}
+
+/// Nothing was resolved in the VMM's memory: a fault there still reaches
+/// the VMM's own userfaultfd, which answers it here.
+fn assert_no_fault_served(vmm: &Vmm) {
+    let m = &vmm.regions[0];
+    let reg = {
+        // SAFETY: re-registering the test's own registered range returns
+        // its Registration and changes nothing.
+        unsafe { vmm.uffd.register(m.addr(), m.len(), RegisterMode::MISSING) }.unwrap()
+    };
+    let addr = m.addr();
+    let reader = std::thread::spawn(move || read_page(addr, 0)[0]);
+    let mut buf = userfault::uffd::EventBuffer::with_capacity(4);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = false;
+    while !seen && Instant::now() < deadline {
+        for ev in vmm
+            .uffd
+            .wait_events(&mut buf, Some(Duration::from_millis(50)))
+            .unwrap()
+        {
+            if let userfault::uffd::Event::PageFault { address, .. } = ev {
+                assert_eq!(address & !(PAGE - 1), addr);
+                seen = true;
+            }
+        }
+    }
+    assert!(seen, "the first page was not missing: something served it");
+    vmm.uffd
+        .copy_or_wake(
+            &reg,
+            addr,
+            &[0xee; PAGE],
+            userfault::uffd::CopyMode::empty(),
+        )
+        .unwrap();
+    assert_eq!(reader.join().unwrap(), 0xee);
+}
+
+#[test]
+fn library_serves_a_forked_child_from_the_parents_state() {
+    const TEST: &str = "library_serves_a_forked_child_from_the_parents_state";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_FORK) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
+    }
+    const PAGES: usize = 256;
+    let dir = scratch_dir("lib-fork");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(&file).unwrap()),
+        Config {
+            threads: 2,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let base = guest.addr();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        // The parent has the first half; a balloon took pages 10..20.
+        for i in 0..PAGES / 2 {
+            assert_eq!(read_page(base, i), file_page(&bytes, i));
+        }
+        balloon(base + 10 * PAGE, 10 * PAGE);
+        // SAFETY: the child only reads memory, compares and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+        if pid == 0 {
+            // The child: its second half faults into the child's
+            // userfaultfd, served from the state the parent had.
+            let ok = (0..PAGES).all(|i| {
+                let page = read_page(base, i);
+                if (10..20).contains(&i) {
+                    page.iter().all(|&b| b == 0)
+                } else {
+                    page == file_page(&bytes, i)
+                }
+            });
+            // SAFETY: ends the child without running the parent's
+            // destructors or atexit handlers.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(r, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "the child saw wrong contents (status {status:#x})"
+        );
+    });
+    let report = server.shutdown();
+    assert_eq!(report.stats.forks, 1);
+    assert_eq!(report.stats.removed_pages, 10);
+}
+
+#[test]
+fn firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time() {
+    const TEST: &str = "firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time";
+    const HUGE: usize = 2 << 20;
+    const HUGE_PAGES: usize = 4;
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    // SAFETY: a new anonymous huge-page mapping at an address of the
+    // kernel's choosing.
+    let mapped = unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            HUGE_PAGES * HUGE,
+            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+            rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::HUGETLB,
+        )
+    };
+    let base = match mapped {
+        Ok(p) => p as usize,
+        Err(e) => return util::skip(TEST, "hugetlb", &format!("MAP_HUGETLB: {e}")),
+    };
+    // SAFETY: the mapping is reached only through raw pointers.
+    unsafe { uffd.register(base, HUGE_PAGES * HUGE, RegisterMode::MISSING) }.unwrap();
+    let pages = HUGE_PAGES * HUGE / PAGE;
+    let dir = scratch_dir("fc-huge");
+    let mem = dir.join("mem");
+    let bytes = snapshot(&mem, pages, 0..0);
+    let socket = dir.join("uffd.sock");
+    let stats = dir.join("stats.json");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--no-prefetch",
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    let json = format!(
+        r#"[{{"base_host_virt_addr":{base},"size":{},"offset":0,"page_size_kib":{HUGE}}}]"#,
+        HUGE_PAGES * HUGE
+    );
+    send_handshake(&stream, &json, Some(uffd.as_fd()));
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                let bytes = &bytes;
+                s.spawn(move || {
+                    for k in 0..pages {
+                        let i = (k * (2 * t + 1) + t * 513) % pages;
+                        assert_eq!(read_page(base, i), file_page(bytes, i), "page {i}");
+                    }
+                });
+            }
+        });
+    });
+    drop(stream);
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    // Counted in huge pages, each copied once.
+    assert_eq!(json["total_pages"], HUGE_PAGES as u64);
+    assert_eq!(json["demand_pages"], HUGE_PAGES as u64);
+    assert_eq!(json["copied_bytes"], (HUGE_PAGES * HUGE) as u64);
+    drop(uffd);
+    // SAFETY: unmaps the test's own mapping; nothing refers to it.
+    unsafe { rustix::mm::munmap(base as *mut _, HUGE_PAGES * HUGE) }.unwrap();
+}
+
+#[test]
+fn firecracker_sigterm_stops_cleanly_and_saves_the_recording() {
+    const TEST: &str = "firecracker_sigterm_stops_cleanly_and_saves_the_recording";
+    let Some(vmm) = Vmm::new(TEST, &[256 * PAGE]) else {
+        return;
+    };
+    let dir = scratch_dir("fc-sigterm");
+    let mem = dir.join("mem");
+    let bytes = snapshot(&mem, 256, 0..0);
+    let socket = dir.join("uffd.sock");
+    let ws = dir.join("ws");
+    let stats = dir.join("stats.json");
+    let pager = Pager::spawn(
+        &dir,
+        &[
+            "--socket",
+            socket.to_str().unwrap(),
+            "--mem-file",
+            mem.to_str().unwrap(),
+            "--no-prefetch",
+            "--chunk",
+            "4K",
+            "--record-working-set",
+            ws.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+    );
+    let stream = connect(&socket);
+    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        for i in [9, 3, 200, 77] {
+            assert_eq!(read_page(vmm.regions[0].addr(), i), file_page(&bytes, i));
+        }
+    });
+    // SAFETY: signals the pager process this test spawned.
+    let r = unsafe { libc::kill(pager.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(r, 0);
+    let (code, text) = pager.wait(Duration::from_secs(30));
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("stopped by signal 15"), "{text}");
+    assert_eq!(WorkingSet::load(&ws).unwrap().pages(), &[9, 3, 200, 77]);
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(json["demand_faults"], 4);
+    drop(stream);
+}
