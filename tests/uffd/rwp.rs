@@ -150,8 +150,8 @@ fn rwp_faults_block_until_unprotected_and_keep_the_data() {
         let flags = expect_rwp(&uffd, mem.page_addr(0), false);
         assert_eq!(flags, FaultFlags::RWP, "{kind:?}");
         assert!(reader.still_blocked(), "{kind:?}: the reader went on");
-        match region.fault(mem.page_addr(0), FaultKind::Rwp) {
-            Some(Fault::Rwp(f)) => assert_eq!(ok(f.unprotect()), Ok(Resolution::Resolved)),
+        match region.fault_at(mem.page_addr(0), FaultKind::Rwp) {
+            Some(Fault::Rwp(f)) => assert_eq!(ok(f.unprotect()), Ok(Resolution::Mapped)),
             other => panic!("{kind:?}: expected a typed RWP fault, got {other:?}"),
         }
         assert_eq!(reader.wait().data, data[0], "{kind:?}: the reader's data");

@@ -26,6 +26,7 @@
 //! ```
 
 use super::{Class, RawFault, Region, Resolution};
+use crate::backing::Backing;
 use crate::error::Result;
 use crate::uffd::RwprotectMode;
 
@@ -71,6 +72,14 @@ macro_rules! common {
                 self.raw.region.wake(self.raw.page)
             }
         }
+
+        impl<'r, C: Class, B: Backing> $ty<'r, C, B> {
+            /// The file offset of the faulting page, for a region with a
+            /// backing file; `None` for one without (anonymous memory).
+            pub fn backing_offset(&self) -> Option<u64> {
+                self.raw.region.file_offset_of(self.raw.page)
+            }
+        }
     };
 }
 
@@ -95,7 +104,7 @@ impl<C: Class, B> RwpFault<'_, C, B> {
             .uffd
             .rwprotect(&region.reg, page, region.page_size, RwprotectMode::empty())
         {
-            Ok(_) => Ok(Resolution::Resolved),
+            Ok(_) => Ok(Resolution::Mapped),
             Err(e) => Err(region.wake_after(page, e)),
         }
     }

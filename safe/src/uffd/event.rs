@@ -113,6 +113,10 @@ pub enum Event {
         thread_id: Option<u32>,
         /// The raw `UFFD_PAGEFAULT_FLAG_*` bits.
         flags: FaultFlags,
+        /// [`Uffd::id`] of the userfaultfd the event was read from: a typed
+        /// region only takes faults of its own userfaultfd (a fork child's
+        /// faults at the same addresses are not its own).
+        uffd_id: u64,
     },
     /// `UFFD_EVENT_FORK`: a process with registered ranges forked; the
     /// child's copies of them are registered with `uffd`, which receives
@@ -323,6 +327,7 @@ fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
             .contains(Features::THREAD_ID)
             .then(|| u32_at(msg, ARG2)),
         flags,
+        uffd_id: source.id,
     }
 }
 
@@ -586,6 +591,7 @@ mod tests {
                 write,
                 thread_id,
                 flags,
+                ..
             } => {
                 assert_eq!(
                     (address, kind, write),
@@ -735,7 +741,9 @@ mod tests {
                     write,
                     thread_id,
                     flags,
+                    uffd_id,
                 } => {
+                    assert_eq!(uffd_id, src.id, "the record names its userfaultfd");
                     assert_eq!(m[0], sys::UFFD_EVENT_PAGEFAULT);
                     assert_eq!(address, word(ARG1));
                     assert_eq!(flags.bits(), u64_at(&m, ARG0), "every flag bit kept");
