@@ -2,8 +2,8 @@
 /*
  * The mainline userfaultfd user-space ABI, written for the userfault project
  * from the facts in PROVENANCE.md (values and layouts of the kernel's
- * include/uapi/linux/userfaultfd.h, Linux 6.8 and later; unchanged through
- * the 7.x releases examined).
+ * include/uapi/linux/userfaultfd.h as of Linux 7.3, which added read-write
+ * protection: UFFDIO_REGISTER_MODE_RWP, UFFDIO_RWPROTECT and UFFDIO_SET_MODE).
  *
  * ioctl request numbers are written as _IO/_IOR/_IOWR expressions. bindgen
  * cannot evaluate them; the generator translates each one into a call of
@@ -42,6 +42,8 @@
 #define _UFFDIO_WRITEPROTECT 0x06
 #define _UFFDIO_CONTINUE 0x07
 #define _UFFDIO_POISON 0x08
+#define _UFFDIO_RWPROTECT 0x09
+#define _UFFDIO_SET_MODE 0x0A
 #define _UFFDIO_API 0x3F
 
 /* ---- messages read from a userfaultfd --------------------------------- */
@@ -135,6 +137,7 @@ struct uffd_msg {
 #define UFFD_PAGEFAULT_FLAG_WRITE (1 << 0)
 #define UFFD_PAGEFAULT_FLAG_WP (1 << 1)
 #define UFFD_PAGEFAULT_FLAG_MINOR (1 << 2)
+#define UFFD_PAGEFAULT_FLAG_RWP (1 << 3)
 
 /* ---- UFFDIO_API -------------------------------------------------------- */
 
@@ -165,6 +168,8 @@ struct uffdio_api {
 #define UFFD_FEATURE_POISON (1 << 14)
 #define UFFD_FEATURE_WP_ASYNC (1 << 15)
 #define UFFD_FEATURE_MOVE (1 << 16)
+#define UFFD_FEATURE_RWP (1 << 17)
+#define UFFD_FEATURE_RWP_ASYNC (1 << 18)
 
 /* ---- range ioctls ------------------------------------------------------ */
 
@@ -187,6 +192,7 @@ struct uffdio_register {
 #define UFFDIO_REGISTER_MODE_MISSING (1ULL << 0)
 #define UFFDIO_REGISTER_MODE_WP (1ULL << 1)
 #define UFFDIO_REGISTER_MODE_MINOR (1ULL << 2)
+#define UFFDIO_REGISTER_MODE_RWP (1ULL << 3)
 
 struct uffdio_copy {
 	/* Destination address in the registered range; page-aligned. */
@@ -264,12 +270,31 @@ struct uffdio_move {
 #define UFFDIO_MOVE_MODE_DONTWAKE (1ULL << 0)
 #define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES (1ULL << 1)
 
+struct uffdio_rwprotect {
+	/* The range to read-write protect or un-protect. */
+	struct uffdio_range range;
+	/* UFFDIO_RWPROTECT_MODE_*; without MODE_RWP the range is un-protected. */
+	__u64 mode;
+};
+
+#define UFFDIO_RWPROTECT_MODE_RWP (1ULL << 0)
+#define UFFDIO_RWPROTECT_MODE_DONTWAKE (1ULL << 1)
+
+/* ---- run-time mode switches -------------------------------------------- */
+
+struct uffdio_set_mode {
+	/* Async features to turn on (only UFFD_FEATURE_RWP_ASYNC). */
+	__u64 enable;
+	/* Async features to turn off; a bit in both enable and disable is invalid. */
+	__u64 disable;
+};
+
 /* ---- masks reported by UFFDIO_API and UFFDIO_REGISTER ---------------- */
 
 /* Register modes the kernel accepts in uffdio_register.mode. */
 #define UFFD_API_REGISTER_MODES \
 	(UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP | \
-	 UFFDIO_REGISTER_MODE_MINOR)
+	 UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_RWP)
 
 /* Features a kernel with this ABI can report from UFFDIO_API. */
 #define UFFD_API_FEATURES \
@@ -280,25 +305,26 @@ struct uffdio_move {
 	 UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_MINOR_HUGETLBFS | \
 	 UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_EXACT_ADDRESS | \
 	 UFFD_FEATURE_WP_HUGETLBFS_SHMEM | UFFD_FEATURE_WP_UNPOPULATED | \
-	 UFFD_FEATURE_POISON | UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_MOVE)
+	 UFFD_FEATURE_POISON | UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_MOVE | \
+	 UFFD_FEATURE_RWP | UFFD_FEATURE_RWP_ASYNC)
 
 /* The ioctls valid on the userfaultfd itself (reported by UFFDIO_API). */
 #define UFFD_API_IOCTLS \
 	(1ULL << _UFFDIO_REGISTER | 1ULL << _UFFDIO_UNREGISTER | \
-	 1ULL << _UFFDIO_API)
+	 1ULL << _UFFDIO_SET_MODE | 1ULL << _UFFDIO_API)
 
 /* The range ioctls a registration can report (anonymous and shmem). */
 #define UFFD_API_RANGE_IOCTLS \
 	(1ULL << _UFFDIO_WAKE | 1ULL << _UFFDIO_COPY | \
 	 1ULL << _UFFDIO_ZEROPAGE | 1ULL << _UFFDIO_MOVE | \
 	 1ULL << _UFFDIO_WRITEPROTECT | 1ULL << _UFFDIO_CONTINUE | \
-	 1ULL << _UFFDIO_POISON)
+	 1ULL << _UFFDIO_POISON | 1ULL << _UFFDIO_RWPROTECT)
 
 /* The range ioctls a hugetlb registration can report. */
 #define UFFD_API_RANGE_IOCTLS_BASIC \
 	(1ULL << _UFFDIO_WAKE | 1ULL << _UFFDIO_COPY | \
 	 1ULL << _UFFDIO_WRITEPROTECT | 1ULL << _UFFDIO_CONTINUE | \
-	 1ULL << _UFFDIO_POISON)
+	 1ULL << _UFFDIO_POISON | 1ULL << _UFFDIO_RWPROTECT)
 
 /* ---- ioctl request numbers --------------------------------------------- */
 
@@ -323,5 +349,10 @@ struct uffdio_move {
 #define UFFDIO_CONTINUE _IOWR(UFFDIO, _UFFDIO_CONTINUE, struct uffdio_continue)
 /* Mark a range poisoned: accesses raise SIGBUS. */
 #define UFFDIO_POISON _IOWR(UFFDIO, _UFFDIO_POISON, struct uffdio_poison)
+/* Read-write protect or un-protect a range registered in RWP mode. */
+#define UFFDIO_RWPROTECT \
+	_IOWR(UFFDIO, _UFFDIO_RWPROTECT, struct uffdio_rwprotect)
+/* Turn async modes on or off on a live userfaultfd. */
+#define UFFDIO_SET_MODE _IOW(UFFDIO, _UFFDIO_SET_MODE, struct uffdio_set_mode)
 
 #endif

@@ -417,7 +417,7 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
 
     // Registration matrix.
     out.heading("UFFDIO_REGISTER  ioctl mask per memory type and mode, or the errno");
-    let widths = [10, 10, 10, 15, 16];
+    let widths = [10, 10, 10, 15, 18, 6];
     let mut header = format!("  {:<16}", "memory");
     for (mode, w) in REGISTER_MODES.iter().zip(widths) {
         let _ = write!(header, "{:<w$}", mode_label(*mode));
@@ -445,7 +445,9 @@ pub fn table(caps: &Capabilities, elapsed: Duration, version: &str) -> String {
     }
     let mut legend: Vec<String> = Ioctls::all()
         .iter_names()
-        .filter(|(_, f)| !f.intersects(Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API))
+        .filter(|(_, f)| {
+            !f.intersects(Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::SET_MODE | Ioctls::API)
+        })
         .map(|(n, f)| format!("{n}={:#x}", f.bits()))
         .collect();
     let seen = caps

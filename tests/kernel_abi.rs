@@ -92,14 +92,14 @@ fn register(fd: RawFd, start: u64, len: usize, mode: u64) -> u64 {
 }
 
 /// The fd-level ioctls `UFFDIO_API` reports hold every one the sys crate
-/// names (REGISTER, UNREGISTER, API); newer kernels add their own (Linux 7.3:
-/// bit 10, `UFFDIO_SET_MODE`), which are reported, not refused.
-fn assert_api_ioctls(what: &str, ioctls: u64) {
+/// names for this kernel (REGISTER, UNREGISTER, API, and SET_MODE where it
+/// has RWP); bits of kernels newer still are reported, not refused.
+fn assert_api_ioctls(what: &str, ioctls: u64, features: u64) {
+    let expected = fd_ioctls(features);
     assert_eq!(
-        ioctls & uffd::UFFD_API_IOCTLS,
-        uffd::UFFD_API_IOCTLS,
-        "{what}: ioctls {ioctls:#x} lack some of {:#x}",
-        uffd::UFFD_API_IOCTLS
+        ioctls & expected,
+        expected,
+        "{what}: ioctls {ioctls:#x} lack some of {expected:#x}"
     );
     let newer = ioctls & !uffd::UFFD_API_IOCTLS;
     if newer != 0 {
@@ -113,12 +113,22 @@ fn bit(nr: u32) -> u64 {
     1 << nr
 }
 
+/// The ioctls `UFFDIO_API` offers on the fd: `UFFD_API_IOCTLS`, without
+/// `UFFDIO_SET_MODE` on kernels before 7.3 (which have no RWP either).
+fn fd_ioctls(features: u64) -> u64 {
+    if features & uffd::UFFD_FEATURE_RWP != 0 {
+        uffd::UFFD_API_IOCTLS
+    } else {
+        uffd::UFFD_API_IOCTLS & !bit(uffd::_UFFDIO_SET_MODE)
+    }
+}
+
 #[test]
 fn userfaultfd_accepts_every_request_number() {
     const TEST: &str = "userfaultfd_accepts_every_request_number";
     let probe = require!(TEST, "uffd", new_uffd());
     let all = handshake(probe.as_raw_fd(), 0).expect("UFFDIO_API with no features");
-    assert_api_ioctls("UFFDIO_API", all.ioctls);
+    assert_api_ioctls("UFFDIO_API", all.ioctls, all.features);
     // A second handshake on the same fd is refused: the request was understood.
     let again = handshake(probe.as_raw_fd(), 0).expect_err("second UFFDIO_API");
     assert_eq!(again.raw_os_error(), Some(libc::EINVAL));
@@ -275,6 +285,83 @@ fn userfaultfd_accepts_every_request_number() {
 }
 
 #[test]
+fn userfaultfd_accepts_the_rwp_request_numbers() {
+    const TEST: &str = "userfaultfd_accepts_the_rwp_request_numbers";
+    let probe = require!(TEST, "uffd", new_uffd());
+    let all = handshake(probe.as_raw_fd(), 0).expect("UFFDIO_API with no features");
+    if all.features & uffd::UFFD_FEATURE_RWP == 0 {
+        util::skip(
+            TEST,
+            "uffd-rwp",
+            &format!(
+                "RWP needs Linux 7.3: features {:#x} lack UFFD_FEATURE_RWP",
+                all.features
+            ),
+        );
+        return;
+    }
+    let fd_owned = new_uffd().expect("second userfaultfd");
+    let fd = fd_owned.as_raw_fd();
+    handshake(fd, uffd::UFFD_FEATURE_RWP).expect("UFFDIO_API with RWP");
+    let mem = anon(2 * PAGE);
+    let mask = register(
+        fd,
+        page_addr(&mem, 0),
+        mem.len(),
+        uffd::UFFDIO_REGISTER_MODE_RWP,
+    );
+    assert_ne!(
+        mask & bit(uffd::_UFFDIO_RWPROTECT),
+        0,
+        "anon RWP mask {mask:#x}"
+    );
+    for mode in [uffd::UFFDIO_RWPROTECT_MODE_RWP, 0] {
+        let mut rp = uffd::uffdio_rwprotect {
+            range: uffd::uffdio_range {
+                start: page_addr(&mem, 0),
+                len: mem.len() as u64,
+            },
+            mode,
+        };
+        ioctl_ptr(fd, uffd::UFFDIO_RWPROTECT, &mut rp).expect("UFFDIO_RWPROTECT");
+    }
+    for (enable, disable) in [
+        (uffd::UFFD_FEATURE_RWP_ASYNC, 0),
+        (0, uffd::UFFD_FEATURE_RWP_ASYNC),
+    ] {
+        let mut sm = uffd::uffdio_set_mode { enable, disable };
+        ioctl_ptr(fd, uffd::UFFDIO_SET_MODE, &mut sm).expect("UFFDIO_SET_MODE");
+    }
+
+    // PAGEMAP_SCAN with the 7.3 category: the touched page is reported.
+    assert_eq!(read(&mem, PAGE + 1), 0);
+    let pagemap = std::fs::File::open("/proc/self/pagemap").expect("pagemap");
+    let mut regions = [uffd::pagemap::page_region::default(); 4];
+    let mut arg = uffd::pagemap::pm_scan_arg {
+        size: std::mem::size_of::<uffd::pagemap::pm_scan_arg>() as u64,
+        start: page_addr(&mem, 0),
+        end: page_addr(&mem, 2),
+        vec: regions.as_mut_ptr() as u64,
+        vec_len: regions.len() as u64,
+        category_mask: uffd::pagemap::PAGE_IS_PRESENT,
+        return_mask: uffd::pagemap::PAGE_IS_PRESENT | uffd::pagemap::PAGE_IS_ACCESSED,
+        ..Default::default()
+    };
+    let n = ioctl_ptr(pagemap.as_raw_fd(), uffd::pagemap::PAGEMAP_SCAN, &mut arg)
+        .expect("PAGEMAP_SCAN");
+    assert_eq!(n, 1, "{:?}", &regions[..n as usize]);
+    assert_eq!(
+        (regions[0].start, regions[0].end),
+        (page_addr(&mem, 1), page_addr(&mem, 2))
+    );
+    assert_eq!(
+        arg.walk_end,
+        page_addr(&mem, 2),
+        "the walk covered the range"
+    );
+}
+
+#[test]
 fn dev_userfaultfd_accepts_ioc_new() {
     const TEST: &str = "dev_userfaultfd_accepts_ioc_new";
     let dev = require!(
@@ -291,7 +378,11 @@ fn dev_userfaultfd_accepts_ioc_new() {
         ioctl_int(dev.as_raw_fd(), uffd::USERFAULTFD_IOC_NEW, flags).expect("USERFAULTFD_IOC_NEW");
     let fd = owned(fd as i64).expect("new uffd");
     let api = handshake(fd.as_raw_fd(), 0).expect("UFFDIO_API on a /dev/userfaultfd uffd");
-    assert_api_ioctls("UFFDIO_API on a /dev/userfaultfd uffd", api.ioctls);
+    assert_api_ioctls(
+        "UFFDIO_API on a /dev/userfaultfd uffd",
+        api.ioctls,
+        api.features,
+    );
     assert_ne!(api.features & uffd::UFFD_FEATURE_MISSING_SHMEM, 0);
 }
 

@@ -24,7 +24,7 @@ const PAGE: usize = 4096;
 const NOBODY: u32 = 65534;
 
 /// The register modes of the document's rows, in order.
-const MODES: [(&str, u64); 5] = [
+const MODES: [(&str, u64); 6] = [
     ("MISSING", sys::UFFDIO_REGISTER_MODE_MISSING),
     ("WP", sys::UFFDIO_REGISTER_MODE_WP),
     ("MINOR", sys::UFFDIO_REGISTER_MODE_MINOR),
@@ -38,6 +38,7 @@ const MODES: [(&str, u64); 5] = [
             | sys::UFFDIO_REGISTER_MODE_WP
             | sys::UFFDIO_REGISTER_MODE_MINOR,
     ),
+    ("RWP", sys::UFFDIO_REGISTER_MODE_RWP),
 ];
 
 fn run(args: &[&str]) -> Output {
@@ -216,6 +217,11 @@ fn json_has_the_documented_fields() {
 /// A userfaultfd from the system call after `UFFDIO_API` with no
 /// features, and the kernel's answer (features, ioctls).
 fn raw_uffd() -> Result<(OwnedFd, u64, u64), String> {
+    raw_uffd_with(0)
+}
+
+/// A raw userfaultfd negotiated with `features`.
+fn raw_uffd_with(features: u64) -> Result<(OwnedFd, u64, u64), String> {
     // SAFETY: userfaultfd(2) takes one integer and touches no memory.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
     if fd < 0 {
@@ -228,7 +234,7 @@ fn raw_uffd() -> Result<(OwnedFd, u64, u64), String> {
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     let mut api = sys::uffdio_api {
         api: sys::UFFD_API,
-        features: 0,
+        features,
         ioctls: 0,
     };
     // SAFETY: UFFDIO_API reads and writes one uffdio_api, which `api` is.
@@ -283,8 +289,26 @@ fn feature_word_matches_raw_uffdio_api() {
     util::report(&format!("probe_cli: UFFDIO_API features {features:#x}"));
 }
 
+/// The raw userfaultfds the rows are compared with: one without features,
+/// and one with `UFFD_FEATURE_RWP` for the RWP column where the kernel
+/// offers it (as the probe registers).
+struct RawUffds {
+    plain: OwnedFd,
+    rwp: Option<OwnedFd>,
+}
+
+fn raw_uffds() -> Result<RawUffds, String> {
+    let (plain, features, _) = raw_uffd()?;
+    let rwp = if features & sys::UFFD_FEATURE_RWP != 0 {
+        Some(raw_uffd_with(sys::UFFD_FEATURE_RWP)?.0)
+    } else {
+        None
+    };
+    Ok(RawUffds { plain, rwp })
+}
+
 /// Compares one row of the document with raw registrations of `map`.
-fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Mapping) {
+fn compare_row(uffds: &RawUffds, kind: &str, map: &Mapping) {
     let row = document()["memory"]
         .as_array()
         .expect("memory")
@@ -293,6 +317,16 @@ fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Mapping) {
         .expect("row");
     for ((label, mode), reported) in MODES.iter().zip(row["modes"].as_array().expect("modes")) {
         let ioctls = &reported["ioctls"];
+        let uffd = if *mode & sys::UFFDIO_REGISTER_MODE_RWP == 0 {
+            uffds.plain.as_fd()
+        } else if let Some(rwp) = &uffds.rwp {
+            rwp.as_fd()
+        } else {
+            // No RWP in the kernel: the probe says so without a system call.
+            assert_eq!(status_of(ioctls), "unsupported", "{kind} {label}: {ioctls}");
+            assert!(ioctls["errno"].is_null(), "{kind} {label}: {ioctls}");
+            continue;
+        };
         match raw_register(uffd, map.addr(), map.len(), *mode) {
             Ok(mask) => {
                 assert_eq!(status_of(ioctls), "supported", "{kind} {label}: {ioctls}");
@@ -312,8 +346,8 @@ fn compare_row(uffd: BorrowedFd<'_>, kind: &str, map: &Mapping) {
 #[test]
 fn masks_match_raw_uffdio_register() {
     const TEST: &str = "masks_match_raw_uffdio_register";
-    let (uffd, _, _) = require!(TEST, "uffd", raw_uffd());
-    let uffd = uffd.as_fd();
+    let uffds = require!(TEST, "uffd", raw_uffds());
+    let uffd = &uffds;
     compare_row(
         uffd,
         "anon_private",

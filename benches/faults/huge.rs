@@ -96,7 +96,7 @@ fn safe_run(src: &[u8], len: usize) -> Sample {
     let memfd = Arc::new(
         Memfd::hugetlb(c"userfault-bench", len as u64, HugePageSize::Size2M).expect("memfd"),
     );
-    let map = Arc::new(BackedMapping::new(memfd, 0, len).expect("mmap"));
+    let map = BackedMapping::whole(memfd).expect("mmap");
     let uffd = Arc::new(Uffd::new().expect("userfaultfd"));
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region = unsafe {

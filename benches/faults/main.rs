@@ -79,6 +79,10 @@ fn main() {
         for len in sizes(&[256 * MIB]) {
             chunk(&src, len, &o).print(&[("safe", "raw")]);
         }
+        for len in sizes(&[64 * MIB]) {
+            shmem_chunk(&src, len, &o).print(&[("safe-64k", "raw-64k"), ("safe-64k", "safe-4k")]);
+        }
+        safe::state_memory();
     }
     if o.wants("huge") {
         let len = if o.smoke { 4 * MIB } else { 256 * MIB };
@@ -188,7 +192,7 @@ fn shmem_raw_missing(src: &[u8], len: usize, write_continue: bool) -> Sample {
     let file = raw::memfd(len, 0);
     let fd = file.as_raw_fd();
     let missing = if write_continue {
-        raw::Missing::WriteContinue { fd }
+        raw::Missing::WriteContinue { fd, unit: PAGE }
     } else {
         raw::Missing::Copy { unit: PAGE }
     };
@@ -196,6 +200,17 @@ fn shmem_raw_missing(src: &[u8], len: usize, write_continue: bool) -> Sample {
 }
 
 fn shmem_raw_run(what: &str, src: &[u8], len: usize, file: i32, missing: raw::Missing) -> Sample {
+    shmem_raw_run_unit(what, src, len, file, missing, PAGE)
+}
+
+fn shmem_raw_run_unit(
+    what: &str,
+    src: &[u8],
+    len: usize,
+    file: i32,
+    missing: raw::Missing,
+    unit: usize,
+) -> Sample {
     use std::os::fd::AsRawFd;
     let map = raw::Shared::new(file, len);
     let uffd = raw::open_syscall();
@@ -210,13 +225,35 @@ fn shmem_raw_run(what: &str, src: &[u8], len: usize, file: i32, missing: raw::Mi
         missing,
     };
     let mut msgs = raw::Msgs::new(1);
-    let s = run_faults(what, map.addr, len, PAGE, 1, len / PAGE, || {
+    let s = run_faults(what, map.addr, len, unit, 1, len / unit, || {
         h.serve(&mut msgs)
     });
     raw::unregister(fd, map.addr, len);
     // SAFETY: unregistered; no reference into it.
     unsafe { verify(what, map.addr, &src[..len]) };
     s
+}
+
+/// Scenario 4b: a CONTINUE-only shmem range, each MISSING fault resolved
+/// with one pwrite and one CONTINUE of the 64 KiB block around it: raw,
+/// through the typed window of the shared page state, and the typed path a
+/// page at a time.
+fn shmem_chunk(src: &[u8], len: usize, o: &Options) -> harness::Report {
+    const UNIT: usize = 64 << 10;
+    Interleaved::new(format!(
+        "shmem MISSING|MINOR, write() + CONTINUE of 64 KiB around each fault, {} MiB, 1 faulting thread",
+        len / MIB
+    ))
+    .variant("raw-64k", || {
+        use std::os::fd::AsRawFd;
+        let file = raw::memfd(len, 0);
+        let fd = file.as_raw_fd();
+        let missing = raw::Missing::WriteContinue { fd, unit: UNIT };
+        shmem_raw_run_unit("raw shmem wchunk", src, len, fd, missing, UNIT)
+    })
+    .variant("safe-64k", || safe::shmem_window(src, len, UNIT))
+    .variant("safe-4k", || safe::shmem_write_continue(src, len))
+    .run(o.rounds)
 }
 
 /// Scenario 4a: anonymous memory, each fault resolved by one COPY of the

@@ -193,7 +193,7 @@ pub enum Missing {
     Copy { unit: usize },
     /// `pwrite` of the page into the file (`fd`, at the page's offset in
     /// the mapping), then `UFFDIO_CONTINUE`.
-    WriteContinue { fd: RawFd },
+    WriteContinue { fd: RawFd, unit: usize },
     /// Never expected (MINOR-only runs).
     Unexpected,
 }
@@ -281,14 +281,13 @@ impl Handler {
                     self.settle(dst, unit, "UFFDIO_COPY");
                 }
             }
-            Missing::WriteContinue { fd } => {
-                let page = address & !(crate::harness::PAGE - 1);
-                let off = page - self.base;
-                // SAFETY: one page of the source, which covers the range.
-                let data =
-                    unsafe { std::slice::from_raw_parts(self.src.add(off), crate::harness::PAGE) };
+            Missing::WriteContinue { fd, unit } => {
+                // Blocks are aligned in the range (and the file).
+                let off = (address - self.base) & !(unit - 1);
+                // SAFETY: `unit` bytes of the source, which covers the range.
+                let data = unsafe { std::slice::from_raw_parts(self.src.add(off), unit) };
                 pwrite_all(fd, data, off);
-                self.continue_page(page, crate::harness::PAGE);
+                self.continue_page(self.base + off, unit);
             }
             Missing::Unexpected => panic!("unexpected MISSING fault at {address:#x}"),
         }

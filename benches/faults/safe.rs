@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use userfault::backing::{BackedMapping, Backing, Memfd};
 use userfault::mem::{Mapping, Sharing};
-use userfault::resolve::{Class, Fault, MissingFault, Region, Resolution};
+use userfault::resolve::{Class, Fault, MissingFault, PageState, Region, Resolution};
 use userfault::uffd::{CopyMode, Event, EventBuffer, RegisterMode, Uffd};
 
 use crate::harness::{PAGE, Sample, run_faults, verify};
@@ -22,16 +22,18 @@ pub fn serve_region<C: Class, B>(
     let base = region.registration().start();
     let mut served = 0;
     for event in region.uffd().read_events(buf).expect("read events") {
-        let Event::PageFault { address, kind, .. } = event else {
+        let Event::PageFault { address, .. } = event else {
             panic!("unexpected event {event:?}");
         };
-        let resolved = match region.fault(address, kind) {
+        let resolved = match region.fault(&event) {
             Some(Fault::Missing(f)) => {
                 let off = f.page() - base;
                 missing(f, off)
             }
             Some(Fault::Minor(f)) => f.map(),
             Some(Fault::WriteProtect(f)) => panic!("unexpected WP fault at {:#x}", f.page()),
+            Some(Fault::Rwp(f)) => panic!("unexpected RWP fault at {:#x}", f.page()),
+            Some(Fault::Unknown(f)) => panic!("unexpected fault kind at {:#x}", f.page()),
             None => panic!("fault at {address:#x} outside the region"),
         };
         resolved.expect("resolution");
@@ -99,19 +101,26 @@ pub fn chunk(src: &[u8], len: usize, unit: usize) -> Sample {
 /// A shmem memfd holding `data`.
 pub fn filled_memfd(data: &[u8]) -> Arc<Memfd> {
     let memfd = Memfd::shmem(c"userfault-bench", data.len() as u64).expect("memfd");
-    memfd.fill(0, data).expect("pwrite");
+    let n = rustix::io::pwrite(&memfd, data, 0).expect("pwrite");
+    assert_eq!(n, data.len());
     Arc::new(memfd)
 }
 
-fn shared_map(memfd: Arc<Memfd>) -> Arc<BackedMapping<Memfd>> {
+/// A mapping of the whole of `memfd` with a fresh page state; a file that
+/// `filled_memfd` filled is declared filled (an eagerly restored file).
+fn shared_map(memfd: Arc<Memfd>, filled: bool) -> Arc<BackedMapping<Memfd>> {
     let len = memfd.size() as usize;
-    Arc::new(BackedMapping::new(memfd, 0, len).expect("mmap memfd"))
+    let state = PageState::new(memfd).expect("page state");
+    if filled {
+        state.mark_filled(0, len as u64).expect("mark filled");
+    }
+    Arc::new(BackedMapping::new(&state, 0, len).expect("mmap memfd"))
 }
 
 /// Scenario 3, MINOR: a fresh mapping of the filled file `full`, a
 /// CONTINUE-only region, `f.map()`.
 pub fn shmem_minor(src: &[u8], full: &Arc<Memfd>) -> Sample {
-    let map = shared_map(full.clone());
+    let map = shared_map(full.clone(), true);
     let len = map.len();
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
@@ -139,7 +148,7 @@ pub fn shmem_minor(src: &[u8], full: &Arc<Memfd>) -> Sample {
 /// `f.write_then_continue(page)` (pwrite + CONTINUE).
 pub fn shmem_write_continue(src: &[u8], len: usize) -> Sample {
     let memfd = Arc::new(Memfd::shmem(c"userfault-bench", len as u64).expect("memfd"));
-    let map = shared_map(memfd);
+    let map = shared_map(memfd, false);
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
     let mut buf = EventBuffer::with_capacity(1);
@@ -162,11 +171,54 @@ pub fn shmem_write_continue(src: &[u8], len: usize) -> Sample {
     s
 }
 
+/// Scenario 4b through the typed window of the shared page state:
+/// `f.window(unit)` + `f.write_window_then_continue` (one pwrite and one
+/// CONTINUE per window nobody filled yet).
+pub fn shmem_window(src: &[u8], len: usize, unit: usize) -> Sample {
+    let memfd = Arc::new(Memfd::shmem(c"userfault-bench", len as u64).expect("memfd"));
+    let map = shared_map(memfd, false);
+    // SAFETY: a fresh mapping that only raw pointers reach.
+    let region = unsafe { Region::continue_only(new_uffd(), map.clone()).expect("register") };
+    let mut buf = EventBuffer::with_capacity(1);
+    let s = run_faults(
+        "safe shmem window",
+        map.addr(),
+        len,
+        unit,
+        1,
+        len / unit,
+        || {
+            serve_region(&region, &mut buf, |f, _| {
+                let w = f.window(unit)?;
+                let at = w.file_offset() as usize;
+                f.write_window_then_continue(w, &src[at..at + w.len()])
+            })
+        },
+    );
+    drop(region);
+    // SAFETY: unregistered; no reference into it.
+    unsafe { verify("safe shmem window", map.addr(), &src[..len]) };
+    s
+}
+
+/// Prints the shared page state's resident memory per GiB of guest.
+pub fn state_memory() {
+    let gib = 1u64 << 30;
+    let memfd = Arc::new(Memfd::shmem(c"userfault-bench-state", gib).expect("memfd"));
+    let state = PageState::new(memfd).expect("page state");
+    println!(
+        "\n### shared page state memory\n\n{} bytes per GiB of 4 KiB pages ({} pages: {:.2} bits per page)",
+        state.state_bytes(),
+        state.pages(),
+        state.state_bytes() as f64 * 8.0 / state.pages() as f64
+    );
+}
+
 /// Scenario 3, MISSING on a copy-capable region of the same kind of
 /// mapping (registered MISSING|MINOR as well): `f.copy(page)`.
 pub fn shmem_copy(src: &[u8], len: usize) -> Sample {
     let memfd = Arc::new(Memfd::shmem(c"userfault-bench", len as u64).expect("memfd"));
-    let map = shared_map(memfd);
+    let map = shared_map(memfd, false);
     let mode = RegisterMode::MISSING | RegisterMode::MINOR;
     // SAFETY: a fresh mapping that only raw pointers reach.
     let region =

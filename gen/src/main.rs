@@ -47,6 +47,13 @@ const JOBS: &[Job] = &[
         system_header: Some("linux/userfaultfd.h"),
     },
     Job {
+        header: "pagemap.h",
+        out: "uffd-sys/src/pagemap_generated.rs",
+        rust_path: "uffd_sys::pagemap",
+        ioctl_path: "crate::ioctl",
+        system_header: Some("linux/fs.h"),
+    },
+    Job {
         header: "kvm.h",
         out: "gmem-sys/src/generated/mainline.rs",
         rust_path: "gmem_sys",
@@ -106,6 +113,8 @@ fn int_kind(name: &str) -> IntKind {
         "UFFD_API",
         "UFFD_FEATURE_",
         "UFFD_PAGEFAULT_FLAG_",
+        "PAGE_IS_",
+        "PM_SCAN_",
         "GUEST_MEMFD_FLAG_",
         "KVM_MEMORY_ATTRIBUTE_",
         "KVM_MEMORY_EXIT_FLAG_",

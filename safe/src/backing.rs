@@ -13,17 +13,43 @@
 //! | [`Memfd`] shmem (`memfd_create`) | `pwrite` | base page |
 //! | [`Memfd`] hugetlb (`MFD_HUGETLB`) | copy through an alias mapping | huge page |
 //! | `GuestMemfd` (module `kvm`) | `pwrite`, where the kernel has guest_memfd `write()` | base page |
+//!
+//! Fills and hole punches through this trait take a [`Claimed`], which only
+//! the file's [`PageState`] makes: every fill the crate makes of a file in
+//! use is ordered with every other path that fills or maps its pages.
 
 use std::ffi::CStr;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use crate::resolve::PageState;
 
 use crate::error::{Errno, Error, Result, rustix_errno};
 use crate::mem::{Mapping, Sharing};
 
+/// Proof that the caller holds the [`PageState`] claim on the pages a
+/// [`Backing::fill`] or [`Backing::punch_hole`] touches. Only the page state
+/// makes one; a `Backing` that wraps another passes its own on.
+#[derive(Debug, Clone, Copy)]
+pub struct Claimed<'a> {
+    _private: PhantomData<&'a ()>,
+}
+
+impl Claimed<'_> {
+    pub(crate) fn new() -> Self {
+        Claimed {
+            _private: PhantomData,
+        }
+    }
+}
+
 /// A file whose page cache user space can fill, mapped as guest memory.
 ///
 /// Implemented by [`Memfd`] and by the `kvm` module's guest_memfd; the
-/// resolution code is written against this trait only.
+/// resolution code is written against this trait only. Its fills are made
+/// by the file's [`PageState`] (they need a [`Claimed`]), so a fill never
+/// races with another path's fill or mapping of the same page.
 pub trait Backing: AsFd + Send + Sync {
     /// Size of the file in bytes.
     fn size(&self) -> u64;
@@ -41,7 +67,7 @@ pub trait Backing: AsFd + Send + Sync {
     /// `InvalidArgument` for an unaligned or out-of-range request;
     /// `Unsupported` when the kernel cannot fill this file from user space;
     /// the errno of the write otherwise.
-    fn fill(&self, offset: u64, data: &[u8]) -> Result<()>;
+    fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> Result<()>;
 
     /// `fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
     /// len)`: drops pages from the page cache (the next access faults as
@@ -51,7 +77,8 @@ pub trait Backing: AsFd + Send + Sync {
     ///
     /// `InvalidArgument` for an unaligned or out-of-range request; the
     /// `fallocate` errno otherwise.
-    fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+    fn punch_hole(&self, offset: u64, len: u64, claim: Claimed<'_>) -> Result<()> {
+        let _ = claim;
         check_span(self, "fallocate", offset, len)?;
         let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
         rustix::fs::fallocate(self.as_fd(), flags, offset, len)
@@ -139,10 +166,10 @@ impl HugePageSize {
 /// copying through a private alias mapping, because hugetlbfs has no
 /// `write()`. Unlike `pwrite` into shmem, that copy does not hold the page
 /// locked: the page is in the page cache (zeroed) before the copy is done,
-/// and a MINOR fault on it could map it half-filled. A
-/// [`Region`](crate::resolve::Region) serialises its own fills and MINOR
-/// mappings per page; do not fill a hugetlb memfd behind its back while the
-/// range is in use.
+/// and a MINOR fault on it could map it half-filled. Fills therefore go
+/// through the file's [`PageState`], which keeps every other path off a
+/// page while it is filled, and the copies themselves are serialised by a
+/// lock of the memfd.
 #[derive(Debug)]
 pub struct Memfd {
     fd: OwnedFd,
@@ -150,7 +177,7 @@ pub struct Memfd {
     page_size: usize,
     /// hugetlbfs has no `write()`; pages are filled through this shared
     /// mapping, which is never registered with userfaultfd.
-    alias: Option<Mapping>,
+    alias: Option<(Mapping, Mutex<()>)>,
 }
 
 impl Memfd {
@@ -229,7 +256,10 @@ impl Memfd {
         let alias = if hugetlb {
             let len = usize::try_from(size)
                 .map_err(|_| Error::invalid("mmap", "size exceeds the address space"))?;
-            Some(Mapping::file(fd.as_fd(), 0, len, Sharing::Shared)?)
+            Some((
+                Mapping::file(fd.as_fd(), 0, len, Sharing::Shared)?,
+                Mutex::new(()),
+            ))
         } else {
             None
         };
@@ -268,7 +298,7 @@ impl Backing for Memfd {
         self.page_size
     }
 
-    fn fill(&self, offset: u64, data: &[u8]) -> Result<()> {
+    fn fill(&self, offset: u64, data: &[u8], _claim: Claimed<'_>) -> Result<()> {
         let op = if self.alias.is_some() {
             "fill (hugetlb alias copy)"
         } else {
@@ -277,7 +307,8 @@ impl Backing for Memfd {
         check_span(self, op, offset, data.len() as u64)?;
         match &self.alias {
             None => pwrite_all(self.fd.as_fd(), offset, data).map_err(|e| Error::os("pwrite", e)),
-            Some(alias) => {
+            Some((alias, lock)) => {
+                let _copying = lock.lock().unwrap_or_else(|p| p.into_inner());
                 // Allocate the huge pages first: with none left in the pool
                 // this fails with ENOSPC, where touching the alias mapping
                 // would raise SIGBUS.
@@ -307,7 +338,8 @@ impl Backing for Memfd {
                 // the process holds a reference into it (it is private to
                 // this Memfd and never registered with userfaultfd), and
                 // `data` is a separate live buffer, so the ranges do not
-                // overlap.
+                // overlap. Copies through the alias are serialised by
+                // `lock`, so no two threads store to it at once.
                 unsafe {
                     std::ptr::copy_nonoverlapping(
                         data.as_ptr(),
@@ -321,41 +353,64 @@ impl Backing for Memfd {
     }
 }
 
-/// A shared mapping of part of a [`Backing`]: the one place where addresses
-/// in guest memory and offsets in the backing file are converted.
+/// A shared mapping of part of a [`Backing`], made from the file's
+/// [`PageState`]: the one place where addresses in guest memory and offsets
+/// in the backing file are converted. Any number of mappings of one file
+/// share its state.
 ///
 /// Offsets and addresses are checked: an address outside the mapping or an
 /// offset outside the mapped part of the file is an error, never a wrapped
 /// or truncated number.
 #[derive(Debug)]
 pub struct BackedMapping<B> {
-    backing: std::sync::Arc<B>,
+    state: Arc<PageState<B>>,
     mapping: Mapping,
     offset: u64,
 }
 
 impl<B: Backing> BackedMapping<B> {
     /// `mmap(NULL, len, PROT_READ|PROT_WRITE, MAP_SHARED, backing, offset)`:
-    /// maps `len` bytes of `backing` from `offset`, shared.
+    /// maps `len` bytes of the file of `state` from `offset`, shared.
     ///
     /// # Errors
     ///
     /// `InvalidArgument` for an unaligned or out-of-range span; the `mmap`
     /// errno otherwise (`ENODEV` for a guest_memfd created without
     /// `GUEST_MEMFD_FLAG_MMAP`).
-    pub fn new(backing: std::sync::Arc<B>, offset: u64, len: usize) -> Result<BackedMapping<B>> {
-        check_span(&*backing, "mmap", offset, len as u64)?;
+    pub fn new(state: &Arc<PageState<B>>, offset: u64, len: usize) -> Result<BackedMapping<B>> {
+        let backing = state.backing();
+        check_span(&**backing, "mmap", offset, len as u64)?;
         let mapping = Mapping::file(backing.as_fd(), offset, len, Sharing::Shared)?;
         Ok(BackedMapping {
-            backing,
+            state: state.clone(),
             mapping,
             offset,
         })
     }
 
+    /// A new page state for `backing` and a mapping of the whole file:
+    /// [`PageState::new`] then [`BackedMapping::new`].
+    ///
+    /// # Errors
+    ///
+    /// As those two.
+    pub fn whole(backing: Arc<B>) -> Result<Arc<BackedMapping<B>>> {
+        let len = usize::try_from(backing.size())
+            .map_err(|_| Error::invalid("mmap", "the file exceeds the address space"))?;
+        let state = PageState::new(backing)?;
+        Ok(Arc::new(BackedMapping::new(&state, 0, len)?))
+    }
+}
+
+impl<B> BackedMapping<B> {
     /// The backing file.
-    pub fn backing(&self) -> &std::sync::Arc<B> {
-        &self.backing
+    pub fn backing(&self) -> &Arc<B> {
+        self.state.backing()
+    }
+
+    /// The file's page state, shared by every mapping of the file.
+    pub fn state(&self) -> &Arc<PageState<B>> {
+        &self.state
     }
 
     /// The mapping.
@@ -431,7 +486,8 @@ mod tests {
     fn offsets_and_addresses_convert_and_are_checked() {
         let page = rustix::param::page_size() as u64;
         let memfd = Arc::new(Memfd::shmem(c"offsets", 8 * page).expect("memfd"));
-        let m = BackedMapping::new(memfd, 2 * page, 4 * page as usize).expect("map");
+        let state = PageState::new(memfd).expect("state");
+        let m = BackedMapping::new(&state, 2 * page, 4 * page as usize).expect("map");
         assert_eq!(m.offset_of(m.addr()).expect("start"), 2 * page);
         assert_eq!(
             m.offset_of(m.addr() + page as usize + 7).expect("inside"),
@@ -445,10 +501,9 @@ mod tests {
         assert!(m.offset_of(m.addr() - 1).is_err());
         assert!(m.addr_of(page).is_err());
         assert!(m.addr_of(6 * page).is_err());
-        let err = BackedMapping::new(m.backing().clone(), 6 * page, 4 * page as usize)
-            .expect_err("past end");
+        let err = BackedMapping::new(m.state(), 6 * page, 4 * page as usize).expect_err("past end");
         assert!(err.to_string().contains("outside the file"), "{err}");
-        let err = BackedMapping::new(m.backing().clone(), 1, page as usize).expect_err("unaligned");
+        let err = BackedMapping::new(m.state(), 1, page as usize).expect_err("unaligned");
         assert!(
             err.to_string().contains("multiples of the page size"),
             "{err}"
@@ -460,11 +515,24 @@ mod tests {
         let page = rustix::param::page_size();
         let memfd = Memfd::shmem(c"fill", 2 * page as u64).expect("memfd");
         let data: Vec<u8> = (0..page).map(|i| (i % 251) as u8).collect();
-        memfd.fill(page as u64, &data).expect("fill");
+        memfd
+            .fill(page as u64, &data, Claimed::new())
+            .expect("fill");
         let mut back = vec![0; page];
         rustix::io::pread(&memfd, &mut back, page as u64).expect("pread");
         assert_eq!(back, data);
-        assert!(memfd.fill(1, &data).is_err());
-        assert!(memfd.fill(2 * page as u64, &data).is_err());
+        assert!(memfd.fill(1, &data, Claimed::new()).is_err());
+        assert!(memfd.fill(2 * page as u64, &data, Claimed::new()).is_err());
+    }
+
+    #[test]
+    fn a_file_has_one_page_state() {
+        let page = rustix::param::page_size() as u64;
+        let memfd = Arc::new(Memfd::shmem(c"one-state", 4 * page).expect("memfd"));
+        let state = PageState::new(memfd.clone()).expect("state");
+        let e = PageState::new(memfd.clone()).expect_err("a second state");
+        assert!(e.to_string().contains("already has a page state"), "{e}");
+        drop(state);
+        PageState::new(memfd).expect("a state again once the first is gone");
     }
 }

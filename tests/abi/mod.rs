@@ -99,17 +99,24 @@ fn record_probe(module: &Module, name: &str, union: bool) -> Vec<(String, String
 struct CProbe {
     dir: PathBuf,
     cc: String,
+    /// `-I` directories searched before the system's headers.
+    include: Vec<PathBuf>,
     compiled: usize,
 }
 
 impl CProbe {
     fn new() -> Result<Self, String> {
         let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_string());
-        let dir = std::env::temp_dir().join(format!("userfault-abi-{}", std::process::id()));
+        // One directory per probe: tests run in parallel and each removes
+        // its own on drop.
+        static PROBES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("userfault-abi-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut probe = CProbe {
             dir,
             cc,
+            include: Vec::new(),
             compiled: 0,
         };
         // The toolchain itself must work, or every item would look absent.
@@ -144,6 +151,7 @@ impl CProbe {
         let exe = c.with_extension("");
         std::fs::write(&c, src).map_err(|e| format!("{}: {e}", c.display()))?;
         let out = Command::new(&self.cc)
+            .args(self.include.iter().map(|d| format!("-I{}", d.display())))
             .arg("-o")
             .arg(&exe)
             .arg(&c)
@@ -294,4 +302,72 @@ fn every_item_matches_c_or_the_reference() {
         failures.join("\n")
     );
     assert!(vs_c > 100, "suspiciously few facts compared with C: {vs_c}");
+}
+
+/// The environment variable naming the `usr/include` directory of Linux
+/// 7.3's uAPI headers (Debian's `linux-libc-dev` 7.3, unpacked by
+/// `ci/fetch-7.3-headers.sh`).
+const HEADERS_7_3: &str = "USERFAULT_HEADERS_7_3";
+
+/// Every fact of the mainline modules (userfaultfd, PAGEMAP_SCAN, KVM)
+/// equals C compiled against Linux 7.3's uAPI headers: values, grown masks
+/// and request numbers exactly, layouts field by field. Every userfaultfd
+/// and PAGEMAP_SCAN fact must be in the headers; only KVM records this
+/// project names (the kernel declares them anonymously inside `kvm_run`)
+/// fall back to the reference table.
+#[test]
+fn mainline_items_match_the_linux_7_3_headers() {
+    const TEST: &str = "mainline_items_match_the_linux_7_3_headers";
+    let dir = require!(
+        TEST,
+        "headers-7.3",
+        std::env::var(HEADERS_7_3)
+            .map(PathBuf::from)
+            .map_err(|_| format!("{HEADERS_7_3} is not set (run ci/fetch-7.3-headers.sh)"))
+            .and_then(|d| {
+                if d.join("linux/userfaultfd.h").exists() {
+                    Ok(d)
+                } else {
+                    Err(format!("{}: no linux/userfaultfd.h", d.display()))
+                }
+            })
+    );
+    let mut probe = require!(TEST, "c-headers", CProbe::new());
+    probe.include = vec![dir.clone(), dir.join("x86_64-linux-gnu")];
+    let reference: BTreeMap<&str, u64> = reference::VALUES.iter().copied().collect();
+    let mut failures = Vec::new();
+    let (mut compared, mut pagemap, mut named_here) = (0, 0, 0);
+    for module in generated_items::MODULES {
+        let Some(header) = module.system_header else {
+            continue;
+        };
+        let c = probe.system_values(module, header);
+        for (key, rust) in facts(module) {
+            match c.get(&key) {
+                Some(&v) if v == rust => compared += 1,
+                Some(&v) => failures.push(format!("{key}: Rust {rust:#x} != 7.3 C {v:#x}")),
+                None if module.rust_path == "gmem_sys"
+                    && reference.get(key.as_str()) == Some(&rust) =>
+                {
+                    named_here += 1;
+                }
+                None => failures.push(format!("{key}: not in the 7.3 <{header}>")),
+            }
+            if module.rust_path == "uffd_sys::pagemap" {
+                pagemap += 1;
+            }
+        }
+    }
+    util::report(&format!(
+        "abi 7.3: {compared} facts equal to C compiled against {} ({pagemap} of PAGEMAP_SCAN); \
+         {named_here} facts of KVM records named by this project checked with the reference",
+        dir.display()
+    ));
+    assert!(
+        failures.is_empty(),
+        "{} mismatches with the 7.3 headers:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(pagemap > 30, "PAGEMAP_SCAN items compared: {pagemap}");
 }

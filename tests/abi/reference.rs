@@ -22,9 +22,9 @@ pub const VALUES: &[(&str, u64)] = &[
     ("const uffd_sys::UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES", 1 << 1), // kernel-abi.md §1.2
     ("const uffd_sys::UFFDIO_MOVE", 0xC028_AA05), // kernel-abi.md §1.2
     ("const uffd_sys::UFFDIO_POISON", 0xC020_AA08), // kernel-abi.md §1.2
-    ("const uffd_sys::UFFD_API_FEATURES", 0x1_FFFF), // kernel-abi.md §1.2
-    ("const uffd_sys::UFFD_API_RANGE_IOCTLS", 0x1FC), // kernel-abi.md §1.2
-    ("const uffd_sys::UFFD_API_RANGE_IOCTLS_BASIC", 0x1CC), // kernel-abi.md §1.2
+    ("const uffd_sys::UFFD_API_FEATURES", 0x7_FFFF), // kernel-abi.md §1.2
+    ("const uffd_sys::UFFD_API_RANGE_IOCTLS", 0x3FC), // kernel-abi.md §1.2
+    ("const uffd_sys::UFFD_API_RANGE_IOCTLS_BASIC", 0x3CC), // kernel-abi.md §1.2
     // kernel-abi.md §2.3: { uffdio_range range; u64 mode; s64 updated; }
     ("size uffd_sys::uffdio_poison", 32),
     ("align uffd_sys::uffdio_poison", 8),
@@ -51,6 +51,95 @@ pub const VALUES: &[(&str, u64)] = &[
     ("fsize uffd_sys::uffdio_move.mode", 8),
     ("offset uffd_sys::uffdio_move.move", 32),
     ("fsize uffd_sys::uffdio_move.move", 8),
+    // Linux 7.3 (linux-7.3-rwp.md): read-write protection and run-time mode switches.
+    ("const uffd_sys::_UFFDIO_RWPROTECT", 0x09),
+    ("const uffd_sys::_UFFDIO_SET_MODE", 0x0A),
+    ("const uffd_sys::UFFD_FEATURE_RWP", 1 << 17),
+    ("const uffd_sys::UFFD_FEATURE_RWP_ASYNC", 1 << 18),
+    ("const uffd_sys::UFFDIO_REGISTER_MODE_RWP", 1 << 3),
+    ("const uffd_sys::UFFD_PAGEFAULT_FLAG_RWP", 1 << 3),
+    ("const uffd_sys::UFFDIO_RWPROTECT_MODE_RWP", 1 << 0),
+    ("const uffd_sys::UFFDIO_RWPROTECT_MODE_DONTWAKE", 1 << 1),
+    ("const uffd_sys::UFFDIO_RWPROTECT", 0xC018_AA09),
+    ("const uffd_sys::UFFDIO_SET_MODE", 0x4010_AA0A),
+    ("const uffd_sys::UFFD_API_REGISTER_MODES", 0xF),
+    ("const uffd_sys::UFFD_API_IOCTLS", 0x8000_0000_0000_0403),
+    // linux-7.3-rwp.md: { uffdio_range range; u64 mode; }
+    ("size uffd_sys::uffdio_rwprotect", 24),
+    ("align uffd_sys::uffdio_rwprotect", 8),
+    ("offset uffd_sys::uffdio_rwprotect.range", 0),
+    ("fsize uffd_sys::uffdio_rwprotect.range", 16),
+    ("offset uffd_sys::uffdio_rwprotect.range.start", 0),
+    ("fsize uffd_sys::uffdio_rwprotect.range.start", 8),
+    ("offset uffd_sys::uffdio_rwprotect.range.len", 8),
+    ("fsize uffd_sys::uffdio_rwprotect.range.len", 8),
+    ("offset uffd_sys::uffdio_rwprotect.mode", 16),
+    ("fsize uffd_sys::uffdio_rwprotect.mode", 8),
+    // linux-7.3-rwp.md: { u64 enable; u64 disable; }
+    ("size uffd_sys::uffdio_set_mode", 16),
+    ("align uffd_sys::uffdio_set_mode", 8),
+    ("offset uffd_sys::uffdio_set_mode.enable", 0),
+    ("fsize uffd_sys::uffdio_set_mode.enable", 8),
+    ("offset uffd_sys::uffdio_set_mode.disable", 8),
+    ("fsize uffd_sys::uffdio_set_mode.disable", 8),
+    // PAGEMAP_SCAN (<linux/fs.h>, 6.7; PAGE_IS_ACCESSED 7.3; linux-7.3-rwp.md).
+    ("const uffd_sys::pagemap::PROCFS_IOCTL_MAGIC", 0x66),
+    ("const uffd_sys::pagemap::PAGE_IS_WPALLOWED", 1 << 0),
+    ("const uffd_sys::pagemap::PAGE_IS_WRITTEN", 1 << 1),
+    ("const uffd_sys::pagemap::PAGE_IS_FILE", 1 << 2),
+    ("const uffd_sys::pagemap::PAGE_IS_PRESENT", 1 << 3),
+    ("const uffd_sys::pagemap::PAGE_IS_SWAPPED", 1 << 4),
+    ("const uffd_sys::pagemap::PAGE_IS_PFNZERO", 1 << 5),
+    ("const uffd_sys::pagemap::PAGE_IS_HUGE", 1 << 6),
+    ("const uffd_sys::pagemap::PAGE_IS_SOFT_DIRTY", 1 << 7),
+    ("const uffd_sys::pagemap::PAGE_IS_GUARD", 1 << 8),
+    ("const uffd_sys::pagemap::PAGE_IS_ACCESSED", 1 << 9),
+    ("const uffd_sys::pagemap::PM_SCAN_WP_MATCHING", 1 << 0),
+    ("const uffd_sys::pagemap::PM_SCAN_CHECK_WPASYNC", 1 << 1),
+    ("const uffd_sys::pagemap::PAGEMAP_SCAN", 0xC060_6610),
+    ("size uffd_sys::pagemap::page_region", 24),
+    ("align uffd_sys::pagemap::page_region", 8),
+    ("offset uffd_sys::pagemap::page_region.start", 0),
+    ("fsize uffd_sys::pagemap::page_region.start", 8),
+    ("offset uffd_sys::pagemap::page_region.end", 8),
+    ("fsize uffd_sys::pagemap::page_region.end", 8),
+    ("offset uffd_sys::pagemap::page_region.categories", 16),
+    ("fsize uffd_sys::pagemap::page_region.categories", 8),
+    ("size uffd_sys::pagemap::pm_scan_arg", 96),
+    ("align uffd_sys::pagemap::pm_scan_arg", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.size", 0),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.size", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.flags", 8),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.flags", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.start", 16),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.start", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.end", 24),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.end", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.walk_end", 32),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.walk_end", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.vec", 40),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.vec", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.vec_len", 48),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.vec_len", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.max_pages", 56),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.max_pages", 8),
+    (
+        "offset uffd_sys::pagemap::pm_scan_arg.category_inverted",
+        64,
+    ),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.category_inverted", 8),
+    ("offset uffd_sys::pagemap::pm_scan_arg.category_mask", 72),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.category_mask", 8),
+    (
+        "offset uffd_sys::pagemap::pm_scan_arg.category_anyof_mask",
+        80,
+    ),
+    (
+        "fsize uffd_sys::pagemap::pm_scan_arg.category_anyof_mask",
+        8,
+    ),
+    ("offset uffd_sys::pagemap::pm_scan_arg.return_mask", 88),
+    ("fsize uffd_sys::pagemap::pm_scan_arg.return_mask", 8),
     // Mainline KVM items newer than the Linux 6.1 uapi header.
     ("const gmem_sys::KVM_MEM_GUEST_MEMFD", 1 << 2), // kernel-abi.md §1.3
     ("const gmem_sys::KVM_MEMORY_ATTRIBUTE_PRIVATE", 1 << 3), // kernel-abi.md §1.3
@@ -327,14 +416,19 @@ pub const VALUES: &[(&str, u64)] = &[
 pub const GROWN_MASKS: &[(&str, &str)] = &[
     (
         "const uffd_sys::UFFD_API_FEATURES",
-        "bits 13-16 added in 6.4-6.8",
+        "bits 13-16 added in 6.4-6.8, RWP and RWP_ASYNC (17-18) in 7.3",
     ),
     (
         "const uffd_sys::UFFD_API_RANGE_IOCTLS",
-        "MOVE and POISON added in 6.6-6.8",
+        "MOVE and POISON added in 6.6-6.8, RWPROTECT in 7.3",
     ),
     (
         "const uffd_sys::UFFD_API_RANGE_IOCTLS_BASIC",
-        "POISON added in 6.6",
+        "POISON added in 6.6, RWPROTECT in 7.3",
+    ),
+    ("const uffd_sys::UFFD_API_IOCTLS", "SET_MODE added in 7.3"),
+    (
+        "const uffd_sys::UFFD_API_REGISTER_MODES",
+        "RWP added in 7.3",
     ),
 ];

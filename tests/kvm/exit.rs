@@ -80,14 +80,17 @@ fn memory_fault_decodes_from_kvm_run_bytes() {
     typed.__bindgen_anon_1.memory_fault.flags = flags;
     typed.__bindgen_anon_1.memory_fault.gpa = 0x1_2345_6000;
     typed.__bindgen_anon_1.memory_fault.size = 4096;
-    assert_eq!(MemoryFault::from_kvm_run(&typed), Some(fault));
+    // SAFETY: `typed` was zeroed by `Default` before its fields were set.
+    assert_eq!(unsafe { MemoryFault::from_kvm_run(&typed) }, Some(fault));
 }
 
 #[test]
 fn only_userfaults_inside_the_slot_become_stage2_faults() {
     let memfd = userfault::backing::Memfd::shmem(c"stage2-decode", 8 * 4096).expect("memfd");
-    let bitmap = UserfaultBitmap::new_all_set(0x10_0000, 4 * 4096).expect("bitmap");
-    let resolver = Stage2Resolver::new(&bitmap, &memfd, 4 * 4096).expect("resolver");
+    let state = userfault::resolve::PageState::new(std::sync::Arc::new(memfd)).expect("state");
+    let bitmap =
+        std::sync::Arc::new(UserfaultBitmap::new_all_set(0x10_0000, 4 * 4096).expect("bitmap"));
+    let resolver = Stage2Resolver::new(&state, &bitmap, 4 * 4096).expect("resolver");
     let uf = MemoryFaultFlags::USERFAULT.bits();
 
     let inside = MemoryFault::new(uf, 0x10_2000 + 0x123, 4096);
@@ -117,6 +120,6 @@ fn only_userfaults_inside_the_slot_become_stage2_faults() {
     );
 
     // A slot that does not fit in the backing is refused.
-    let e = Stage2Resolver::new(&bitmap, &memfd, 5 * 4096).unwrap_err();
+    let e = Stage2Resolver::new(&state, &bitmap, 5 * 4096).unwrap_err();
     assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
 }

@@ -3,7 +3,6 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
-use userfault::backing::Backing;
 use userfault::error::{Errno, Error};
 use userfault::kvm::{GmemFlags, GuestMemfd, Memslot, Vm, check_extension};
 use userfault::mem::{Mapping, Sharing};

@@ -62,3 +62,26 @@ pub fn enter_real_mode(vcpu: &VcpuFd) {
     };
     vcpu.set_regs(&regs).expect("KVM_SET_REGS");
 }
+
+/// Like [`CODE`], but the guest overwrites every byte it has summed with
+/// [`OVERWRITE`]: it writes its data pages while it reads them.
+#[rustfmt::skip]
+pub const WRITING_CODE: &[u8] = &[
+    0xBE, 0x00, 0x20,             // mov si, DATA_GPA
+    0xB9, 0x00, 0x30,             // mov cx, DATA_LEN
+    0x66, 0x31, 0xC0,             // xor eax, eax
+    0x66, 0x31, 0xDB,             // xor ebx, ebx
+    0xFC,                         // cld
+    0xAC,                         // 1: lodsb
+    0x66, 0x01, 0xC3,             //    add ebx, eax
+    0xC6, 0x44, 0xFF, OVERWRITE,  //    mov byte [si-1], OVERWRITE
+    0xE2, 0xF6,                   //    loop 1b
+    0x66, 0x89, 0x1E, 0x00, 0x50, // mov [RESULT_GPA], ebx
+    0x66, 0x89, 0xD8,             // mov eax, ebx
+    0xBA, 0x10, 0x00,             // mov dx, PORT
+    0x66, 0xEF,                   // out dx, eax
+    0xF4,                         // hlt
+];
+
+/// The byte [`WRITING_CODE`] leaves in its data pages.
+pub const OVERWRITE: u8 = 0x5A;

@@ -16,7 +16,7 @@ use userfault::kvm::{
     probe_userfault,
 };
 use userfault::mem::{Mapping, Sharing};
-use userfault::resolve::{AnyFault, AnyRegion, Fault, Region};
+use userfault::resolve::{AnyFault, AnyRegion, Fault, PageState, Region};
 use userfault::uffd::{CopyMode, EventBuffer, Ioctls, RegisterMode, Uffd};
 
 use super::PAGE;
@@ -88,7 +88,7 @@ fn guest_memfd_served_through_the_typed_layer_as_the_kernel_offers_it() {
             .create()
             .map_err(|e| e.to_string())
     ));
-    let mapping = Arc::new(BackedMapping::new(Arc::new(gmem), 0, PAGES * PAGE).expect("mmap"));
+    let mapping = BackedMapping::whole(Arc::new(gmem)).expect("mmap");
     // SAFETY: the mapping is read only through raw pointers, by the reader
     // thread; nothing references it.
     let region = match unsafe { AnyRegion::register(uffd.clone(), mapping.clone()) } {
@@ -120,7 +120,9 @@ fn guest_memfd_served_through_the_typed_layer_as_the_kernel_offers_it() {
         let want = page_data(page);
         read_page_while_serving(mapping.mapping(), page, &want, || {
             let (address, kind) = next_fault(&uffd, &mut buf);
-            let fault = region.fault(address, kind).expect("a fault of the region");
+            let fault = region
+                .fault_at(address, kind)
+                .expect("a fault of the region");
             assert!(fault.is_missing(), "page {page}: {kind:?}");
             let AnyFault::CopyCapable(fault) = fault else {
                 panic!("a copy-capable region's fault");
@@ -144,7 +146,7 @@ fn guest_memfd_continue_only_when_the_caller_asks() {
         return;
     };
     let gmem = Arc::new(GuestMemfd::create(vm, (PAGES * PAGE) as u64, flags).expect("gmem"));
-    let mapping = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
+    let mapping = BackedMapping::whole(gmem.clone()).expect("mmap");
     continue_only_serving(TEST, gmem, mapping);
 }
 
@@ -175,7 +177,10 @@ fn continue_only_serving(
     let want = page_data(0);
     read_page_while_serving(mapping.mapping(), 0, &want, || {
         let (address, kind) = next_fault(&uffd, &mut buf);
-        match region.fault(address, kind).expect("a fault of the region") {
+        match region
+            .fault_at(address, kind)
+            .expect("a fault of the region")
+        {
             Fault::Missing(missing) => {
                 missing
                     .write_then_continue(&want)
@@ -189,7 +194,10 @@ fn continue_only_serving(
         .expect("pwrite page 2");
     read_page_while_serving(mapping.mapping(), 2, &want, || {
         let (address, kind) = next_fault(&uffd, &mut buf);
-        match region.fault(address, kind).expect("a fault of the region") {
+        match region
+            .fault_at(address, kind)
+            .expect("a fault of the region")
+        {
             Fault::Minor(minor) => {
                 minor.map().expect("UFFDIO_CONTINUE");
             }
@@ -242,8 +250,10 @@ fn guest_memfd_continue_only_because_the_kernel_says_so() {
     let switch = require!(TEST, "gmem-continue-only", CopySwitch::off());
     // Mapped while the switch is N: these mappings are CONTINUE-only (the
     // switch is read at mmap time, not when the guest_memfd is created).
-    let mapping = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
-    let served = Arc::new(BackedMapping::new(gmem.clone(), 0, PAGES * PAGE).expect("mmap"));
+    // Two mappings of one file share its page state.
+    let state = PageState::new(gmem.clone()).expect("page state");
+    let mapping = Arc::new(BackedMapping::new(&state, 0, PAGES * PAGE).expect("mmap"));
+    let served = Arc::new(BackedMapping::new(&state, 0, PAGES * PAGE).expect("mmap"));
     let probed = Capabilities::probe().expect("probe");
     drop(switch);
     assert_eq!(
@@ -329,14 +339,15 @@ fn vcpu_takes_kvm_userfault_exits_and_resumes_after_write_and_clear() {
     }
     // Memory and bitmap before the VM, so that they are dropped after it.
     let code = Mapping::anonymous(GMEM_GPA as usize, Sharing::Shared).expect("code memory");
-    let bitmap = UserfaultBitmap::new_all_set(GMEM_GPA, size).expect("bitmap");
+    let bitmap = Arc::new(UserfaultBitmap::new_all_set(GMEM_GPA, size).expect("bitmap"));
     let (_k, vm_fd) = require!(TEST, "kvm", super::open_vm());
     let vm = super::borrow(&vm_fd);
     let Some(flags) = writable_flags(TEST, vm) else {
         return;
     };
-    let gmem = GuestMemfd::create(vm, size, flags).expect("gmem");
+    let gmem = Arc::new(GuestMemfd::create(vm, size, flags).expect("gmem"));
     let view = gmem.map_all().expect("mmap");
+    let state = PageState::new(gmem.clone()).expect("page state");
 
     // mov ax,0x1000; mov ds,ax; mov al,[0]; out 0x10,al;
     // mov al,[0x1000]; out 0x10,al; hlt — reads pages 0 and 1 of the slot.
@@ -360,7 +371,7 @@ fn vcpu_takes_kvm_userfault_exits_and_resumes_after_write_and_clear() {
             .set(vm)
             .expect("guest_memfd slot with KVM_MEM_USERFAULT");
     }
-    let resolver = Stage2Resolver::new(&bitmap, &gmem, 0).expect("resolver");
+    let resolver = Stage2Resolver::new(&state, &bitmap, 0).expect("resolver");
     let mut vcpu = vm_fd.create_vcpu(0).expect("KVM_CREATE_VCPU");
     super::guest::enter_real_mode(&vcpu);
     let (mut faults, mut outs) = (Vec::new(), Vec::new());
@@ -383,7 +394,8 @@ fn vcpu_takes_kvm_userfault_exits_and_resumes_after_write_and_clear() {
             Err(e) => panic!("KVM_RUN: {e}"),
         };
         // The crate's own decoding of the same kvm_run.
-        let exit = MemoryFault::from_kvm_run(vcpu.get_kvm_run())
+        // SAFETY: the vCPU's mmapped kvm_run, which the kernel wrote.
+        let exit = unsafe { MemoryFault::from_kvm_run(vcpu.get_kvm_run()) }
             .expect("KVM_EXIT_MEMORY_FAULT in kvm_run");
         assert_eq!(exit, reported, "kvm-ioctls and the crate decode alike");
         let fault = resolver

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use userfault::backing::{Backing, Memfd};
+use userfault::backing::{Backing, Claimed, Memfd};
 use userfault::error::{Errno, Error, Result};
-use userfault::kvm::{MemoryFault, MemoryFaultFlags, Resolution, Stage2Resolver, UserfaultBitmap};
+use userfault::kvm::{MemoryFault, MemoryFaultFlags, Stage2Resolver, UserfaultBitmap};
+use userfault::resolve::{PageState, Resolution};
 
 use super::{PAGE, pread};
 
@@ -61,7 +62,7 @@ impl Backing for Watched<'_> {
         self.memfd.page_size()
     }
 
-    fn fill(&self, offset: u64, data: &[u8]) -> Result<()> {
+    fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> Result<()> {
         let page = self.page_of(offset);
         assert!(
             self.bitmap.test(page) == Some(true),
@@ -74,7 +75,7 @@ impl Backing for Watched<'_> {
         if fail {
             return Err(Error::os("pwrite", Errno::EIO));
         }
-        self.memfd.fill(offset, data)?;
+        self.memfd.fill(offset, data, claim)?;
         assert!(
             self.bitmap.test(page) == Some(true),
             "bit {page} clear before fill returned"
@@ -97,17 +98,27 @@ fn userfault_at(page: u64) -> MemoryFault {
     )
 }
 
-fn setup() -> (Memfd, UserfaultBitmap) {
+fn setup() -> (Memfd, Arc<UserfaultBitmap>) {
     let memfd = Memfd::shmem(c"stage2", SLOT_OFFSET + SLOT_PAGES * PAGE as u64).expect("memfd");
     let bitmap = UserfaultBitmap::new_all_set(SLOT_GPA, SLOT_PAGES * PAGE as u64).expect("bitmap");
-    (memfd, bitmap)
+    (memfd, Arc::new(bitmap))
+}
+
+/// The page state of a watched memfd.
+fn watched<'a>(
+    memfd: &'a Memfd,
+    bitmap: &'a UserfaultBitmap,
+    delay: Duration,
+) -> Arc<PageState<Watched<'a>>> {
+    PageState::new(Arc::new(Watched::new(memfd, bitmap, delay))).expect("page state")
 }
 
 #[test]
 fn stage2_resolution_writes_before_it_clears() {
     let (memfd, bitmap) = setup();
-    let backing = Watched::new(&memfd, &bitmap, Duration::ZERO);
-    let resolver = Stage2Resolver::new(&bitmap, &backing, SLOT_OFFSET).expect("resolver");
+    let state = watched(&memfd, &bitmap, Duration::ZERO);
+    let backing = state.backing();
+    let resolver = Stage2Resolver::new(&state, &bitmap, SLOT_OFFSET).expect("resolver");
     let view = userfault::mem::Mapping::file(
         memfd.as_fd(),
         0,
@@ -146,10 +157,7 @@ fn stage2_resolution_writes_before_it_clears() {
     // the bit clear; neighbours untouched.
     backing.fail.store(false, Ordering::SeqCst);
     let fault = resolver.fault(&userfault_at(page)).expect("stage-2 fault");
-    assert_eq!(
-        fault.resolve(&page_data(page)).unwrap(),
-        Resolution::Populated
-    );
+    assert_eq!(fault.resolve(&page_data(page)).unwrap(), Resolution::Filled);
     assert!(bitmap.test(page) == Some(false));
     assert_eq!(pread(memfd.as_fd(), at, PAGE), page_data(page));
     assert_eq!(super::peek(&view, at as usize, PAGE), page_data(page));
@@ -162,7 +170,7 @@ fn stage2_resolution_writes_before_it_clears() {
     let fault = resolver.fault(&userfault_at(page)).expect("stage-2 fault");
     assert_eq!(
         fault.resolve(&page_data(page)).unwrap(),
-        Resolution::AlreadyPopulated
+        Resolution::AlreadyPresent
     );
     assert_eq!(backing.fills.load(Ordering::SeqCst), 2);
 }
@@ -172,7 +180,9 @@ fn stage2_resolution_writes_before_it_clears() {
 #[test]
 fn stage2_a_clear_bit_means_the_page_is_in_the_file() {
     let (memfd, bitmap) = setup();
-    let resolver = Stage2Resolver::new(&bitmap, &memfd, SLOT_OFFSET).expect("resolver");
+    let state = PageState::new(Arc::new(memfd)).expect("state");
+    let memfd = &**state.backing();
+    let resolver = Stage2Resolver::new(&state, &bitmap, SLOT_OFFSET).expect("resolver");
     let pages: Vec<u64> = (0..SLOT_PAGES).collect();
     std::thread::scope(|s| {
         let observer = s.spawn(|| {
@@ -193,10 +203,7 @@ fn stage2_a_clear_bit_means_the_page_is_in_the_file() {
         });
         for &page in &pages {
             let fault = resolver.fault(&userfault_at(page)).expect("stage-2 fault");
-            assert_eq!(
-                fault.resolve(&page_data(page)).unwrap(),
-                Resolution::Populated
-            );
+            assert_eq!(fault.resolve(&page_data(page)).unwrap(), Resolution::Filled);
         }
         assert_eq!(observer.join().unwrap(), SLOT_PAGES);
     });
@@ -208,8 +215,9 @@ fn stage2_concurrent_resolvers_populate_once() {
     const THREADS: usize = 4;
     const ROUNDS: u64 = 8;
     let (memfd, bitmap) = setup();
-    let backing = Watched::new(&memfd, &bitmap, Duration::from_millis(20));
-    let resolver = Stage2Resolver::new(&bitmap, &backing, SLOT_OFFSET).expect("resolver");
+    let state = watched(&memfd, &bitmap, Duration::from_millis(20));
+    let backing = state.backing();
+    let resolver = Stage2Resolver::new(&state, &bitmap, SLOT_OFFSET).expect("resolver");
     for page in 0..ROUNDS {
         let barrier = Arc::new(Barrier::new(THREADS));
         let before = backing.fills.load(Ordering::SeqCst);
@@ -237,7 +245,7 @@ fn stage2_concurrent_resolvers_populate_once() {
         );
         let populated = outcomes
             .iter()
-            .filter(|&&o| o == Resolution::Populated)
+            .filter(|&&o| o == Resolution::Filled)
             .count();
         assert_eq!(populated, 1, "page {page}: {outcomes:?}");
         assert!(bitmap.test(page) == Some(false));
@@ -251,8 +259,9 @@ fn stage2_concurrent_resolvers_populate_once() {
 #[test]
 fn stage2_a_failed_resolver_hands_over() {
     let (memfd, bitmap) = setup();
-    let backing = Watched::new(&memfd, &bitmap, Duration::from_millis(30));
-    let resolver = Stage2Resolver::new(&bitmap, &backing, SLOT_OFFSET).expect("resolver");
+    let state = watched(&memfd, &bitmap, Duration::from_millis(30));
+    let backing = state.backing();
+    let resolver = Stage2Resolver::new(&state, &bitmap, SLOT_OFFSET).expect("resolver");
     let page = 9;
     backing.fail.store(true, Ordering::SeqCst);
     let results = std::thread::scope(|s| {
@@ -275,7 +284,7 @@ fn stage2_a_failed_resolver_hands_over() {
         (first.join().unwrap(), second)
     });
     assert_eq!(results.0.unwrap_err().errno(), Some(Errno::EIO));
-    assert_eq!(results.1.unwrap(), Resolution::Populated);
+    assert_eq!(results.1.unwrap(), Resolution::Filled);
     assert!(bitmap.test(page) == Some(false));
     assert_eq!(
         pread(memfd.as_fd(), SLOT_OFFSET + page * PAGE as u64, PAGE),

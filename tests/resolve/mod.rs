@@ -6,12 +6,16 @@
 mod rows;
 mod scenario;
 mod sealed;
+mod shared;
+mod storm;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use userfault::backing::{BackedMapping, HugePageSize, Memfd};
+use std::os::fd::AsFd;
+
+use userfault::backing::{BackedMapping, Backing, Claimed, HugePageSize, Memfd};
 use userfault::resolve::{AnyRegion, ContinueOnly, Fault, Region};
 use userfault::uffd::{Event, EventBuffer, FaultKind, Uffd};
 
@@ -60,7 +64,20 @@ pub fn open_uffd_for(test: &str, capability: &str) -> Option<Arc<Uffd>> {
 pub fn shmem_mapping(pages: usize) -> Arc<BackedMapping<Memfd>> {
     let size = (pages * page_size()) as u64;
     let memfd = Arc::new(Memfd::shmem(c"userfault-resolve", size).expect("memfd_create"));
-    Arc::new(BackedMapping::new(memfd, 0, size as usize).expect("mmap memfd"))
+    BackedMapping::whole(memfd).expect("mmap memfd")
+}
+
+/// `pwrite` into the file behind its page state's back, as another process
+/// (or KVM without a userfault bitmap) would.
+pub fn pwrite_behind<B: Backing>(mapping: &BackedMapping<B>, offset: u64, data: &[u8]) {
+    let n = rustix::io::pwrite(mapping.backing().as_fd(), data, offset).expect("pwrite");
+    assert_eq!(n, data.len());
+}
+
+/// A hole punched behind the page state's back.
+pub fn punch_behind<B: Backing>(mapping: &BackedMapping<B>, offset: u64, len: u64) {
+    let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+    rustix::fs::fallocate(mapping.backing().as_fd(), flags, offset, len).expect("punch");
 }
 
 /// A userfaultfd, a shmem mapping and a CONTINUE-only region on it.
@@ -149,15 +166,17 @@ pub fn serve(
             };
             any = true;
             let fault = region
-                .fault(address, kind)
+                .fault_at(address, kind)
                 .expect("fault inside the region");
             let result = match fault {
                 Fault::Missing(f) => {
-                    let offset = f.file_offset().expect("offset");
+                    let offset = f.file_offset();
                     f.write_then_continue(&source(offset))
                 }
                 Fault::Minor(f) => f.map(),
                 Fault::WriteProtect(f) => panic!("unexpected WP fault at {:#x}", f.page()),
+                Fault::Rwp(f) => panic!("unexpected RWP fault at {:#x}", f.page()),
+                Fault::Unknown(f) => panic!("unexpected fault kind at {:#x}", f.page()),
             };
             result.expect("resolution");
             served += 1;
@@ -218,7 +237,7 @@ fn hugetlb_continue_only_restores_a_snapshot() {
     let memfd = Arc::new(
         Memfd::hugetlb(c"userfault-huge", size as u64, HugePageSize::Size2M).expect("memfd"),
     );
-    let mapping = Arc::new(BackedMapping::new(memfd, 0, size).expect("mmap"));
+    let mapping = BackedMapping::whole(memfd).expect("mmap");
     // SAFETY: fresh mapping, not referenced.
     let region = unsafe { Region::continue_only(uffd, mapping.clone()) }.expect("register hugetlb");
     assert_eq!(region.page_size(), huge);
@@ -277,4 +296,121 @@ fn hugetlb_continue_only_restores_a_snapshot() {
             "huge page {p} differs from the source"
         );
     }
+}
+
+/// A shmem memfd that counts its fills: every fill of each page, and fills
+/// of a page since its last hole punch (its generation). The page state
+/// makes every fill and punch under its claims, so a second fill in one
+/// generation is a page filled twice.
+#[derive(Debug)]
+pub struct Counting {
+    memfd: Memfd,
+    /// Fills per page since its last punch.
+    in_generation: Vec<AtomicU32>,
+    /// Fill calls (a chunked fill is one call for several pages).
+    pub calls: AtomicUsize,
+    /// Pages filled.
+    pub pages: AtomicUsize,
+    /// Pages filled twice in one generation.
+    pub doubles: AtomicUsize,
+    /// Hole punches.
+    pub punches: AtomicUsize,
+}
+
+impl Counting {
+    /// A counting shmem memfd of `pages` pages.
+    pub fn new(pages: usize) -> Counting {
+        let size = (pages * page_size()) as u64;
+        Counting {
+            memfd: Memfd::shmem(c"userfault-counting", size).expect("memfd_create"),
+            in_generation: (0..pages).map(|_| AtomicU32::new(0)).collect(),
+            calls: AtomicUsize::new(0),
+            pages: AtomicUsize::new(0),
+            doubles: AtomicUsize::new(0),
+            punches: AtomicUsize::new(0),
+        }
+    }
+
+    /// Fills of page `page` in its current generation.
+    pub fn fills_of(&self, page: usize) -> u32 {
+        self.in_generation[page].load(Ordering::SeqCst)
+    }
+}
+
+impl AsFd for Counting {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+}
+
+impl Backing for Counting {
+    fn size(&self) -> u64 {
+        self.memfd.size()
+    }
+
+    fn page_size(&self) -> usize {
+        self.memfd.page_size()
+    }
+
+    fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> userfault::Result<()> {
+        let page = page_size();
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let first = offset as usize / page;
+        for p in first..first + data.len() / page {
+            self.pages.fetch_add(1, Ordering::SeqCst);
+            if self.in_generation[p].fetch_add(1, Ordering::SeqCst) != 0 {
+                self.doubles.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        self.memfd.fill(offset, data, claim)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64, claim: Claimed<'_>) -> userfault::Result<()> {
+        let page = page_size() as u64;
+        self.punches.fetch_add(1, Ordering::SeqCst);
+        for p in offset / page..(offset + len) / page {
+            self.in_generation[p as usize].store(0, Ordering::SeqCst);
+        }
+        self.memfd.punch_hole(offset, len, claim)
+    }
+}
+
+/// A userfaultfd, a counting shmem mapping and a CONTINUE-only region.
+pub type CountingFixture = (
+    Arc<Uffd>,
+    Arc<BackedMapping<Counting>>,
+    Region<ContinueOnly, Counting>,
+);
+
+/// A userfaultfd, a counting shmem mapping of `pages` pages and a
+/// CONTINUE-only region on it.
+pub fn counting_fixture(test: &str, pages: usize) -> Option<CountingFixture> {
+    let uffd = open_uffd(test)?;
+    let mapping = BackedMapping::whole(Arc::new(Counting::new(pages))).expect("mmap");
+    // SAFETY: a fresh mapping that nothing references.
+    let region = unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
+    Some((uffd, mapping, region))
+}
+
+/// Reads one byte of any file mapping (faulting if unmapped).
+pub fn touch_any<B>(mapping: &BackedMapping<B>, offset: usize) -> u8 {
+    assert!(offset < mapping.len());
+    // SAFETY: inside the live mapping; a registered range's read blocks
+    // until a handler resolves it; no Rust reference points into it.
+    unsafe { mapping.mapping().as_ptr().add(offset).read_volatile() }
+}
+
+/// Writes one byte of any file mapping.
+pub fn poke_any<B>(mapping: &BackedMapping<B>, offset: usize, value: u8) {
+    assert!(offset < mapping.len());
+    // SAFETY: as `touch_any`.
+    unsafe { mapping.mapping().as_ptr().add(offset).write_volatile(value) }
+}
+
+/// `pread` of one page of a file.
+pub fn pread_page(fd: std::os::fd::BorrowedFd<'_>, offset: u64) -> Vec<u8> {
+    let mut out = vec![0u8; page_size()];
+    let n = rustix::io::pread(fd, &mut out, offset).expect("pread");
+    assert_eq!(n, out.len());
+    out
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use userfault::backing::Backing;
+use userfault::backing::{Backing, Claimed};
 use userfault::resolve::{AnyRegion, CopyCapable, Fault, Region, Resolution};
 use userfault::uffd::{EventBuffer, FaultKind, RegisterMode};
 
@@ -35,43 +35,33 @@ fn continue_only_missing_minor_and_vanished_pages() {
             let reader = s.spawn(|| read_out(&mapping, 0, page));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("MISSING event");
             assert_eq!(kind, FaultKind::Missing);
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not a missing fault")
             };
-            assert_eq!(f.file_offset(), Some(0));
+            assert_eq!(f.file_offset(), 0);
             assert_eq!(
                 f.write_then_continue(&source_page(0, page))
                     .expect("resolve"),
-                Resolution::Resolved
+                Resolution::Filled
             );
             assert_eq!(reader.join().expect("reader"), source_page(0, page));
 
             // MINOR: the page is in the cache (filled behind the mapping), not
             // mapped; then punched out before it is mapped.
             let off = page as u64;
-            region
-                .mapping()
-                .expect("backing")
-                .backing()
-                .fill(off, &source_page(off, page))
-                .expect("fill");
+            super::pwrite_behind(&mapping, off, &source_page(off, page));
             let reader = s.spawn(|| read_out(&mapping, page, page));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("MINOR event");
             assert_eq!(kind, FaultKind::Minor);
-            region
-                .mapping()
-                .expect("backing")
-                .backing()
-                .punch_hole(off, page as u64)
-                .expect("punch");
-            let Some(Fault::Minor(f)) = region.fault(addr, kind) else {
+            super::punch_behind(&mapping, off, page as u64);
+            let Some(Fault::Minor(f)) = region.fault_at(addr, kind) else {
                 panic!("not a minor fault")
             };
             assert_eq!(f.map().expect("map"), Resolution::Refault);
             let (addr, kind) =
                 next_fault(&uffd, &mut buf, WAIT).expect("MISSING after the refault");
             assert_eq!(kind, FaultKind::Missing);
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not a missing fault")
             };
             f.write_then_continue(&source_page(off, page))
@@ -111,14 +101,14 @@ fn dropped_faults_wake_their_waiter() {
         std::thread::scope(|s| {
             let reader = s.spawn(|| touch(&mapping, 100));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("first event");
-            drop(region.fault(addr, kind).expect("fault"));
+            drop(region.fault_at(addr, kind).expect("fault"));
             let (addr2, kind2) =
                 next_fault(&uffd, &mut buf, WAIT).expect("the waiter faults again");
             assert_eq!(
                 (addr2 & !(page - 1), kind2),
                 (addr & !(page - 1), FaultKind::Missing)
             );
-            let Some(Fault::Missing(f)) = region.fault(addr2, kind2) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr2, kind2) else {
                 panic!("not missing")
             };
             f.write_then_continue(&source_page(0, page))
@@ -144,21 +134,22 @@ fn copy_capable_copy_zero_and_exists_then_wake() {
             unsafe { Region::copy_capable_file(uffd.clone(), mapping.clone(), mode) }
                 .expect("register");
         let memfd = region.mapping().expect("backing").backing().clone();
+        let memfd = &*memfd;
         let mut buf = EventBuffer::with_capacity(4);
         std::thread::scope(|s| {
             // F6
             let reader = s.spawn(|| read_out(&mapping, 0, page));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not missing")
             };
             assert_eq!(
                 f.copy(&source_page(0, page)).expect("copy"),
-                Resolution::Resolved
+                Resolution::Filled
             );
             assert_eq!(reader.join().expect("reader"), source_page(0, page));
             let mut back = vec![0u8; page];
-            rustix::io::pread(memfd.as_ref(), &mut back, 0).expect("pread");
+            rustix::io::pread(memfd, &mut back, 0).expect("pread");
             assert_eq!(
                 back,
                 source_page(0, page),
@@ -169,10 +160,8 @@ fn copy_capable_copy_zero_and_exists_then_wake() {
             let reader = s.spawn(|| read_out(&mapping, page, page));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
             assert_eq!(kind, FaultKind::Missing);
-            memfd
-                .fill(page as u64, &source_page(page as u64, page))
-                .expect("concurrent fill");
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            super::pwrite_behind(&mapping, page as u64, &source_page(page as u64, page));
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not missing")
             };
             assert_eq!(
@@ -187,10 +176,10 @@ fn copy_capable_copy_zero_and_exists_then_wake() {
             // F7
             let reader = s.spawn(|| read_out(&mapping, 2 * page, 16));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not missing")
             };
-            assert_eq!(f.zero().expect("zero"), Resolution::Resolved);
+            assert_eq!(f.zero().expect("zero"), Resolution::Filled);
             assert_eq!(reader.join().expect("reader"), vec![0u8; 16]);
         });
     })
@@ -212,21 +201,21 @@ fn any_fault_refuses_copy_on_continue_only() {
             let reader = s.spawn(|| touch(&mapping, 1));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
             let err = any
-                .fault(addr, kind)
+                .fault_at(addr, kind)
                 .expect("fault")
                 .copy(&source_page(0, page))
                 .expect_err("refused");
             assert!(err.to_string().contains("never UFFDIO_COPY"), "{err}");
             let (addr, kind) =
                 next_fault(&uffd, &mut buf, WAIT).expect("the refused fault comes back");
-            let fault = any.fault(addr, kind).expect("fault");
+            let fault = any.fault_at(addr, kind).expect("fault");
             assert!(fault.is_missing());
             fault
                 .write_then_continue(&source_page(0, page))
                 .expect("resolve");
             assert_eq!(reader.join().expect("reader"), source_page(0, page)[1]);
         });
-        assert!(any.fault(usize::MAX - 5, FaultKind::Missing).is_none());
+        assert!(any.fault_at(usize::MAX - 5, FaultKind::Missing).is_none());
         let _ = Arc::strong_count(&uffd);
     })
 }
@@ -245,13 +234,13 @@ fn wrong_sized_data_is_refused() {
         std::thread::scope(|s| {
             let reader = s.spawn(|| touch(&mapping, 3));
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not missing")
             };
             let err = f.write_then_continue(&[0u8; 17]).expect_err("short data");
             assert!(err.to_string().contains("the page is"), "{err}");
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("woken and faulted again");
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not missing")
             };
             f.write_then_continue(&source_page(0, page))
@@ -281,16 +270,16 @@ fn a_duplicate_missing_fault_never_overwrites_the_guest() {
             let (b, kb) =
                 next_fault(&uffd, &mut buf, WAIT).expect("second event for the same page");
             assert_eq!((ka, kb), (FaultKind::Missing, FaultKind::Missing));
-            let Some(Fault::Missing(fa)) = region.fault(a, ka) else {
+            let Some(Fault::Missing(fa)) = region.fault_at(a, ka) else {
                 panic!("not missing")
             };
-            let Some(Fault::Missing(fb)) = region.fault(b, kb) else {
+            let Some(Fault::Missing(fb)) = region.fault_at(b, kb) else {
                 panic!("not missing")
             };
             assert_eq!(
                 fa.write_then_continue(&source_page(0, page))
                     .expect("first"),
-                Resolution::Resolved
+                Resolution::Filled
             );
             assert_eq!(first.join().expect("first reader"), source_page(0, page)[1]);
             assert_eq!(
@@ -335,8 +324,8 @@ fn a_backing_answering_eexist_is_already_populated() {
         fn page_size(&self) -> usize {
             self.0.page_size()
         }
-        fn fill(&self, offset: u64, data: &[u8]) -> userfault::Result<()> {
-            self.0.fill(offset, data)?;
+        fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> userfault::Result<()> {
+            self.0.fill(offset, data, claim)?;
             Err(Error::os("pwrite", Errno::EEXIST))
         }
     }
@@ -346,7 +335,7 @@ fn a_backing_answering_eexist_is_already_populated() {
         let Some(uffd) = open_uffd(TEST) else { return };
         let page = page_size();
         let memfd = Memfd::shmem(c"exists", page as u64).expect("memfd");
-        let mapping = Arc::new(BackedMapping::new(Arc::new(Exists(memfd)), 0, page).expect("mmap"));
+        let mapping = BackedMapping::whole(Arc::new(Exists(memfd))).expect("mmap");
         // SAFETY: fresh mapping, nothing references it.
         let region =
             unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
@@ -357,13 +346,13 @@ fn a_backing_answering_eexist_is_already_populated() {
                 unsafe { mapping.mapping().as_ptr().add(5).read_volatile() }
             });
             let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
-            let Some(Fault::Missing(f)) = region.fault(addr, kind) else {
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
                 panic!("not missing")
             };
             assert_eq!(
                 f.write_then_continue(&source_page(0, page))
                     .expect("resolve"),
-                Resolution::Resolved
+                Resolution::Filled
             );
             assert_eq!(reader.join().expect("reader"), source_page(0, page)[5]);
         });
@@ -416,12 +405,12 @@ fn a_minor_fault_waits_for_a_fill_under_way() {
         fn page_size(&self) -> usize {
             self.0.page_size()
         }
-        fn fill(&self, offset: u64, data: &[u8]) -> userfault::Result<()> {
+        fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> userfault::Result<()> {
             let keep = rustix::fs::FallocateFlags::KEEP_SIZE;
             rustix::fs::fallocate(self.0.as_fd(), keep, offset, data.len() as u64)
                 .expect("fallocate");
             std::thread::sleep(Duration::from_millis(200));
-            self.0.fill(offset, data)
+            self.0.fill(offset, data, claim)
         }
     }
 
@@ -430,7 +419,7 @@ fn a_minor_fault_waits_for_a_fill_under_way() {
         let Some(uffd) = open_uffd(TEST) else { return };
         let page = page_size();
         let memfd = Memfd::shmem(c"slow", page as u64).expect("memfd");
-        let mapping = Arc::new(BackedMapping::new(Arc::new(Slow(memfd)), 0, page).expect("mmap"));
+        let mapping = BackedMapping::whole(Arc::new(Slow(memfd))).expect("mmap");
         // SAFETY: fresh mapping, nothing references it.
         let region =
             unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }.expect("register");
@@ -444,7 +433,7 @@ fn a_minor_fault_waits_for_a_fill_under_way() {
             let first = s.spawn(|| read(0));
             let (a, ka) = next_fault(&uffd, &mut buf, WAIT).expect("MISSING event");
             assert_eq!(ka, FaultKind::Missing);
-            let Some(Fault::Missing(fa)) = region.fault(a, ka) else {
+            let Some(Fault::Missing(fa)) = region.fault_at(a, ka) else {
                 panic!("not missing")
             };
             let data = &want;
@@ -457,7 +446,7 @@ fn a_minor_fault_waits_for_a_fill_under_way() {
                 FaultKind::Minor,
                 "the page is in the cache while it is filled"
             );
-            let Some(Fault::Minor(fb)) = region.fault(b, kb) else {
+            let Some(Fault::Minor(fb)) = region.fault_at(b, kb) else {
                 panic!("not minor")
             };
             fb.map().expect("map");

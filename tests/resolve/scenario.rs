@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
-use userfault::backing::{Backing, Memfd};
+use userfault::backing::Memfd;
 use userfault::resolve::Region;
 
 use super::{open_uffd, page_size, serve, shmem_mapping, source_page};
@@ -38,9 +38,9 @@ fn restore(test: &str, handlers: usize, populator: bool) {
     let snapshot = Memfd::shmem(c"snapshot", SIZE as u64).expect("snapshot file");
     for p in 0..pages {
         let offset = (p * page) as u64;
-        snapshot
-            .fill(offset, &source_page(offset, page))
+        let n = rustix::io::pwrite(&snapshot, &source_page(offset, page), offset)
             .expect("write snapshot");
+        assert_eq!(n, page);
     }
     let source = |offset: u64| {
         let mut data = vec![0u8; page];

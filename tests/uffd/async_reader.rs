@@ -81,7 +81,6 @@ fn async_reader_delivers_faults() {
 #[test]
 fn async_reader_serves_a_continue_only_region() {
     use std::sync::Arc;
-    use userfault::backing::Backing;
     use userfault::resolve::Fault;
     use userfault::uffd::FaultKind;
 
@@ -108,8 +107,8 @@ fn async_reader_serves_a_continue_only_region() {
     let ps = region.page_size();
     // Page FILLED is in the page cache before the guest touches it.
     mapping
-        .backing()
-        .fill((FILLED * ps) as u64, &source_page((FILLED * ps) as u64, ps))
+        .state()
+        .populate((FILLED * ps) as u64, &source_page((FILLED * ps) as u64, ps))
         .expect("fill");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -131,15 +130,12 @@ fn async_reader_serves_a_continue_only_region() {
                 .expect("a fault in time")
                 .expect("read");
             for event in events {
-                let Event::PageFault { address, kind, .. } = event else {
+                let Event::PageFault { kind, .. } = event else {
                     panic!("unexpected event {event:?}");
                 };
-                match region
-                    .fault(address, kind)
-                    .expect("fault inside the region")
-                {
+                match region.fault(&event).expect("fault inside the region") {
                     Fault::Missing(f) => {
-                        let offset = f.file_offset().expect("offset");
+                        let offset = f.file_offset();
                         f.write_then_continue(&source_page(offset, ps))
                             .expect("write + CONTINUE");
                         missing += 1;
@@ -151,6 +147,8 @@ fn async_reader_serves_a_continue_only_region() {
                         minor += 1;
                     }
                     Fault::WriteProtect(f) => panic!("WP fault at {:#x}", f.page()),
+                    Fault::Rwp(f) => panic!("RWP fault at {:#x}", f.page()),
+                    Fault::Unknown(f) => panic!("unknown fault at {:#x}", f.page()),
                 }
             }
         }

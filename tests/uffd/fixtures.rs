@@ -10,7 +10,7 @@ use std::mem::ManuallyDrop;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::Duration;
 
-use userfault::backing::{Backing, HugePageSize, Memfd};
+use userfault::backing::{HugePageSize, Memfd};
 use userfault::mem::{Mapping, Sharing};
 use userfault::uffd::{Event, EventBuffer, Features, Uffd};
 
@@ -163,9 +163,20 @@ impl Mem {
 
     /// Fills page `i` of the backing file with `data` without a fault.
     pub fn fill(&self, i: usize, data: &[u8]) {
+        use std::os::fd::AsFd;
         let file = self.file().expect("a memfd-backed kind");
-        file.fill((i * self.page) as u64, data)
-            .expect("filling the backing file");
+        // Through a second, never-registered shared mapping of the file
+        // (hugetlbfs has no write()).
+        let alias = userfault::mem::Mapping::file(
+            file.as_fd(),
+            (i * self.page) as u64,
+            data.len(),
+            userfault::mem::Sharing::Shared,
+        )
+        .expect("alias mapping");
+        // SAFETY: the alias is a fresh mapping of `data.len()` bytes that no
+        // Rust reference points into; `data` is a separate buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), alias.as_ptr(), data.len()) };
     }
 }
 

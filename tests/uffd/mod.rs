@@ -27,3 +27,9 @@ mod storm;
 
 // The tokio reader (feature `tokio`).
 mod async_reader;
+
+// Read-write protection (Linux 7.3): RWP faults, the async mode, SET_MODE.
+mod rwp;
+
+// PAGEMAP_SCAN and working-set tracking on each mechanism.
+mod workingset;

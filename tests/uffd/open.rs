@@ -41,9 +41,12 @@ fn handshake_keeps_the_kernels_whole_feature_word() {
         kernel.features().bits(),
         kernel.ioctls()
     ));
-    // The fd-level ioctls the crate names, plus whatever a newer kernel
-    // adds (Linux 7.3: bit 10, UFFDIO_SET_MODE), which is kept, not dropped.
-    let named = Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API;
+    // The fd-level ioctls the crate names (UFFDIO_SET_MODE with RWP, Linux
+    // 7.3), plus whatever a newer kernel adds, which is kept, not dropped.
+    let mut named = Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API;
+    if kernel.features().contains(Features::RWP) {
+        named |= Ioctls::SET_MODE;
+    }
     assert!(kernel.ioctls().contains(named), "{:?}", kernel.ioctls());
     let raw = crate::util::uffd_features().expect("raw UFFDIO_API");
     assert_eq!(

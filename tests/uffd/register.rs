@@ -135,7 +135,7 @@ fn bad_ranges_are_refused_before_the_system_call() {
     // A mode bit with no mainline meaning is passed on, and the kernel
     // refuses it.
     // SAFETY: the mapping is only accessed through raw pointers.
-    let err = unsafe { uffd.register(mem.addr(), page, RegisterMode::from_bits_retain(1 << 3)) }
+    let err = unsafe { uffd.register(mem.addr(), page, RegisterMode::from_bits_retain(1 << 4)) }
         .expect_err("unknown mode bit");
     assert_eq!(err.errno(), Some(Errno::EINVAL));
 }

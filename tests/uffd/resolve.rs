@@ -21,8 +21,10 @@ fn expect_fault(uffd: &Uffd, address: usize, kind: FaultKind, write: bool) -> Fa
             write: w,
             thread_id,
             flags,
+            uffd_id,
         } => {
             assert_eq!((a, k, w), (address, kind, write), "flags {flags:?}");
+            assert_eq!(uffd_id, uffd.id(), "the event names its userfaultfd");
             assert_eq!(thread_id, None, "THREAD_ID was not enabled");
             flags
         }

@@ -4,7 +4,9 @@
 //! the message and argument structs, feature bits, register modes, event
 //! codes, page-fault flags, per-ioctl mode flags, the `_UFFDIO_*` bit
 //! numbers, the `UFFD_API_*` masks, `UFFD_USER_MODE_ONLY`,
-//! `USERFAULTFD_IOC_NEW` and every `UFFDIO_*` ioctl request number.
+//! `USERFAULTFD_IOC_NEW` and every `UFFDIO_*` ioctl request number; and, in
+//! [`pagemap`], the `PAGEMAP_SCAN` ioctl that reads the page categories
+//! userfaultfd's async modes maintain.
 //!
 //! Names, values and layouts are the kernel's. Constants have the width of
 //! the field or argument they go with (`u64` feature, mode and flag bits,
@@ -47,3 +49,19 @@ pub mod ioctl;
 mod generated;
 
 pub use generated::*;
+
+/// `PAGEMAP_SCAN`, the ioctl of `/proc/PID/pagemap` that reports pages by
+/// category (`<linux/fs.h>`, since Linux 6.7; `PAGE_IS_ACCESSED` since 7.3).
+///
+/// It lives beside the userfaultfd bindings because userfaultfd's async
+/// modes define its categories: `PAGE_IS_WPALLOWED` and `PAGE_IS_WRITTEN`
+/// follow `UFFD_FEATURE_WP_ASYNC` write protection (and
+/// `PM_SCAN_WP_MATCHING` re-protects what it reports), `PAGE_IS_ACCESSED`
+/// follows `UFFD_FEATURE_RWP_ASYNC` read-write protection.
+///
+/// # References
+/// - [Documentation/admin-guide/mm/pagemap.rst](https://docs.kernel.org/admin-guide/mm/pagemap.html)
+#[allow(non_camel_case_types, non_upper_case_globals)]
+pub mod pagemap {
+    include!("pagemap_generated.rs");
+}

@@ -96,8 +96,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 
 /// The register modes every memory type is probed with, in table order:
 /// MISSING, WP, MINOR, MISSING|MINOR (how a CONTINUE-only range is
-/// registered) and MISSING|WP|MINOR.
-pub const REGISTER_MODES: [RegisterMode; 5] = [
+/// registered), MISSING|WP|MINOR and RWP (Linux 7.3; registered on a
+/// userfaultfd that enabled `UFFD_FEATURE_RWP`).
+pub const REGISTER_MODES: [RegisterMode; 6] = [
     RegisterMode::MISSING,
     RegisterMode::WP,
     RegisterMode::MINOR,
@@ -105,6 +106,7 @@ pub const REGISTER_MODES: [RegisterMode; 5] = [
     RegisterMode::MISSING
         .union(RegisterMode::WP)
         .union(RegisterMode::MINOR),
+    RegisterMode::RWP,
 ];
 
 /// The outcome of one probe.

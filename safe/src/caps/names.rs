@@ -67,10 +67,11 @@ const FIXED: &[(&str, &str)] = &[
 ];
 
 /// The single register modes with capability names.
-const MODES: [(&str, RegisterMode); 3] = [
+const MODES: [(&str, RegisterMode); 4] = [
     ("missing", RegisterMode::MISSING),
     ("wp", RegisterMode::WP),
     ("minor", RegisterMode::MINOR),
+    ("rwp", RegisterMode::RWP),
 ];
 
 /// Every name with its meaning.
@@ -283,6 +284,10 @@ mod tests {
             "shmem-minor",
             "hugetlb-minor",
             "anon-wp",
+            "anon-rwp",
+            "hugetlb-rwp",
+            "feature:RWP",
+            "feature:RWP_ASYNC",
             "anon-shared-missing",
             "gmem-missing",
             "kvm-cap:GUEST_MEMFD_FLAGS",

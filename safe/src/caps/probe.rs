@@ -13,7 +13,7 @@ use crate::error::rustix_errno;
 use crate::error::{Errno, Result};
 use crate::kvm::{GmemFlags, GmemFlavour, GuestMemfd, Kvm, Memslot, Vm, probe_userfault};
 use crate::mem::{Mapping, Sharing};
-use crate::uffd::{CopyMode, DEVICE_PATH, Ioctls, OpenMethod, RegisterMode, Uffd};
+use crate::uffd::{CopyMode, DEVICE_PATH, Features, Ioctls, OpenMethod, RegisterMode, Uffd};
 
 const KVM_PATH: &str = "/dev/kvm";
 
@@ -23,7 +23,7 @@ pub(super) fn probe() -> Result<Capabilities> {
     drop(Mapping::anonymous(page, Sharing::Private)?);
 
     let host = host(page);
-    let (userfaultfd, uffd) = userfaultfd();
+    let (userfaultfd, uffd, rwp_uffd) = userfaultfd();
     let kvm_probe = kvm(page);
     let uffd = uffd.ok_or_else(|| {
         format!(
@@ -48,7 +48,7 @@ pub(super) fn probe() -> Result<Capabilities> {
             (Ok(uffd), Ok(scratch)) => MemoryRow {
                 kind,
                 setup: Status::Supported(()),
-                modes: register_modes(uffd, kind, scratch.mapping()),
+                modes: register_modes(uffd, &rwp_uffd, kind, scratch.mapping()),
             },
             (Err(why), Ok(_)) => not_probed_row(kind, Status::Supported(()), why),
             (_, Err(setup)) => {
@@ -217,10 +217,15 @@ pub(super) fn parse_sysctl_u32(path: &str, text: &str) -> Status<u32> {
 
 // ---------------------------------------------------------------- userfaultfd
 
-/// The userfaultfd section, and a userfaultfd (no features) for the
-/// registrations: the first of system call, device, user-mode-only system
-/// call that works.
-fn userfaultfd() -> (UserfaultfdCaps, Option<Uffd>) {
+/// The userfaultfd section, a userfaultfd (no features) for the
+/// registrations — the first of system call, device, user-mode-only system
+/// call that works — and one made the same way with `UFFD_FEATURE_RWP` for
+/// the RWP registrations, or why there is none.
+fn userfaultfd() -> (
+    UserfaultfdCaps,
+    Option<Uffd>,
+    std::result::Result<Uffd, String>,
+) {
     let syscall = Uffd::builder().open_method(OpenMethod::Syscall);
     let device = Uffd::builder().open_method(OpenMethod::Device);
     let umo = Uffd::builder()
@@ -254,6 +259,18 @@ fn userfaultfd() -> (UserfaultfdCaps, Option<Uffd>) {
         ),
         (Err(_), Err(_), Err(e)) => (Status::unsupported(e.errno(), reason_of(e)), None, None),
     };
+    let rwp_uffd = match (&api, &builder) {
+        (Status::Supported(a), Some(b)) if a.features().contains(Features::RWP) => b
+            .clone()
+            .require_features(Features::RWP)
+            .create()
+            .map_err(|e| format!("a userfaultfd with UFFD_FEATURE_RWP: {e}")),
+        (Status::Supported(a), _) => Err(format!(
+            "the kernel does not offer UFFD_FEATURE_RWP (features {:#x}; RWP needs Linux 7.3)",
+            a.features().bits()
+        )),
+        _ => Err("no userfaultfd".to_string()),
+    };
     let uffd = builder.and_then(|b| b.create().ok());
     let probed_with = if uffd.is_some() { probed_with } else { None };
 
@@ -270,7 +287,7 @@ fn userfaultfd() -> (UserfaultfdCaps, Option<Uffd>) {
         api,
         probed_with,
     };
-    (caps, uffd)
+    (caps, uffd, rwp_uffd)
 }
 
 fn sysctl_u32(path: &str) -> Status<u32> {
@@ -365,10 +382,26 @@ fn scratch(
 
 /// `UFFDIO_REGISTER` of `map` in each mode, unregistering
 /// after each.
-fn register_modes(uffd: &Uffd, kind: MemoryKind, map: &Mapping) -> Vec<ModeMask> {
+fn register_modes(
+    uffd: &Uffd,
+    rwp_uffd: &std::result::Result<Uffd, String>,
+    kind: MemoryKind,
+    map: &Mapping,
+) -> Vec<ModeMask> {
     REGISTER_MODES
         .iter()
         .map(|&mode| {
+            // RWP registers only on a userfaultfd that enabled the feature.
+            let uffd = match (mode.contains(RegisterMode::RWP), rwp_uffd) {
+                (false, _) => uffd,
+                (true, Ok(rwp)) => rwp,
+                (true, Err(why)) => {
+                    return ModeMask {
+                        mode,
+                        ioctls: Status::unsupported(None, why.clone()),
+                    };
+                }
+            };
             // SAFETY: the range is a scratch mapping owned by the probe: no
             // Rust reference points into it and nothing accesses it while
             // it is registered; it is unregistered right below.
@@ -391,6 +424,9 @@ fn register_reason(kind: MemoryKind, mode: RegisterMode, errno: Option<Errno>) -
         (MemoryKind::AnonPrivate, Some(Errno::EINVAL)) if mode.contains(RegisterMode::MINOR) => {
             "private anonymous memory has no page cache, so it has no MINOR faults"
         }
+        (MemoryKind::GuestMemfd, Some(Errno::EINVAL)) if mode.contains(RegisterMode::RWP) => {
+            "read-write protection covers anonymous, shmem and hugetlbfs memory, not guest_memfd"
+        }
         (MemoryKind::GuestMemfd, Some(Errno::EINVAL)) => {
             "this kernel has no userfaultfd support for guest_memfd (posted series \
              \"mm, kvm: allow uffd support in guest_memfd\")"
@@ -400,6 +436,10 @@ fn register_reason(kind: MemoryKind, mode: RegisterMode, errno: Option<Errno>) -
         }
         (_, Some(Errno::EINVAL)) if mode.contains(RegisterMode::MINOR) => {
             "this memory type does not support MINOR faults"
+        }
+        (_, Some(Errno::EINVAL)) if mode.contains(RegisterMode::RWP) => {
+            "this memory type does not support read-write protection (RWP: anonymous, shmem \
+             and hugetlbfs memory)"
         }
         (_, Some(Errno::EINVAL)) => "the memory type does not support this mode",
         (_, Some(Errno::EPERM)) => "the mapping lacks VM_MAYWRITE",

@@ -102,19 +102,28 @@ impl MemoryFault {
 
     /// Decodes the exit from a `kvm_run` (for example
     /// `kvm_ioctls::VcpuFd::get_kvm_run()`): `None` when `exit_reason` is
-    /// not `KVM_EXIT_MEMORY_FAULT`.
+    /// not `KVM_EXIT_MEMORY_FAULT`. For bytes of unknown origin use
+    /// [`from_kvm_run_bytes`](Self::from_kvm_run_bytes), which is safe.
+    ///
+    /// # Safety
+    ///
+    /// The first 24 bytes of `run`'s exit union (the `memory_fault`
+    /// payload) must be initialised. They are in the vCPU's mmapped
+    /// `kvm_run`, which the kernel owns and writes, and in a `kvm_run` made
+    /// with `Default::default()` (zeroed); they are not in a `kvm_run` whose
+    /// union was written through a smaller variant only (for example a
+    /// struct literal naming `hlt` or `io`), where reading them reads
+    /// uninitialised memory.
     ///
     /// # References
     ///
     /// [`KVM_EXIT_MEMORY_FAULT`](https://docs.kernel.org/virt/kvm/api.html#kvm-run)
-    pub fn from_kvm_run(run: &kvm_run) -> Option<MemoryFault> {
+    pub unsafe fn from_kvm_run(run: &kvm_run) -> Option<MemoryFault> {
         if run.exit_reason != gmem_sys::KVM_EXIT_MEMORY_FAULT {
             return None;
         }
-        // SAFETY: reading a union field is sound when every bit pattern is
-        // a valid value of it: `memory_fault` is three `u64`s, and the union
-        // is larger than that, so the bytes read are initialised parts of
-        // `run`.
+        // SAFETY: `memory_fault` is three `u64`s, valid for every bit
+        // pattern, and the caller promises its bytes are initialised.
         let f = unsafe { run.__bindgen_anon_1.memory_fault };
         Some(MemoryFault::new(f.flags, f.gpa, f.size))
     }
@@ -170,11 +179,13 @@ mod tests {
         run.__bindgen_anon_1.memory_fault.flags = 0x10 | 0x8 | (1 << 40);
         run.__bindgen_anon_1.memory_fault.gpa = 0x1234_5000;
         run.__bindgen_anon_1.memory_fault.size = 0x1000;
-        let f = MemoryFault::from_kvm_run(&run).unwrap();
+        // SAFETY: `run` was zeroed by `Default` before the fields were set.
+        let f = unsafe { MemoryFault::from_kvm_run(&run) }.unwrap();
         assert!(f.is_userfault() && f.is_private());
         assert_eq!(f.unknown_flags(), 1 << 40);
         assert_eq!((f.gpa(), f.size()), (0x1234_5000, 0x1000));
-        assert!(MemoryFault::from_kvm_run(&kvm_run::default()).is_none());
+        // SAFETY: a zeroed `kvm_run`.
+        assert!(unsafe { MemoryFault::from_kvm_run(&kvm_run::default()) }.is_none());
         assert_eq!(
             format!("{:?}", f.flags()),
             "MemoryFaultFlags(PRIVATE | USERFAULT | 0x10000000000)"
@@ -192,7 +203,9 @@ mod tests {
 
         let page = rustix::param::page_size() as u64;
         const SLOT_PAGES: u64 = 16;
-        let memfd = Memfd::shmem(c"fuzz-stage2", (SLOT_PAGES + 4) * page).expect("memfd");
+        let memfd = std::sync::Arc::new(
+            Memfd::shmem(c"fuzz-stage2", (SLOT_PAGES + 4) * page).expect("memfd"),
+        );
         crate::fuzzing::run("kvm_run memory_fault", |g| {
             let len = match g.below(4) {
                 0 => g.below(PAYLOAD_END as u64 + 1) as usize,
@@ -241,9 +254,12 @@ mod tests {
             );
 
             let slot_gpa = g.below(1 << 40) * page;
-            let bitmap = UserfaultBitmap::new(slot_gpa, SLOT_PAGES * page).expect("bitmap");
+            let bitmap = std::sync::Arc::new(
+                UserfaultBitmap::new(slot_gpa, SLOT_PAGES * page).expect("bitmap"),
+            );
             let offset = g.below(5) * page;
-            let resolver = Stage2Resolver::new(&bitmap, &memfd, offset).expect("resolver");
+            let state = crate::resolve::PageState::new(memfd.clone()).expect("page state");
+            let resolver = Stage2Resolver::new(&state, &bitmap, offset).expect("resolver");
             let inside = fault
                 .gpa()
                 .checked_sub(slot_gpa)

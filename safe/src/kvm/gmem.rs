@@ -654,6 +654,22 @@ impl From<GuestMemfd> for OwnedFd {
     }
 }
 
+impl GuestMemfd {
+    /// `fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
+    /// len)`: drops pages from the file. While the file is guest memory in
+    /// use, discard through its [`PageState`](crate::resolve::PageState)
+    /// instead ([`discard`](crate::resolve::PageState::discard)), so the
+    /// pages' state and bitmap bits are reset with them.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for an unaligned or out-of-range request; the
+    /// `fallocate` errno otherwise.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+        Backing::punch_hole(self, offset, len, crate::backing::Claimed::new())
+    }
+}
+
 impl Backing for GuestMemfd {
     fn size(&self) -> u64 {
         self.size
@@ -665,7 +681,7 @@ impl Backing for GuestMemfd {
 
     /// [`GuestMemfd::write_at`]: `Unsupported` where the kernel has no
     /// guest_memfd `write()`.
-    fn fill(&self, offset: u64, data: &[u8]) -> Result<()> {
+    fn fill(&self, offset: u64, data: &[u8], _claim: crate::backing::Claimed<'_>) -> Result<()> {
         self.write_at(offset, data)
     }
 }

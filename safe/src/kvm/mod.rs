@@ -11,7 +11,7 @@
 //! | [`Memslot`], [`MemslotFlags`] | `KVM_SET_USER_MEMORY_REGION2`, delete | 6.8+; plain slots through `KVM_SET_USER_MEMORY_REGION` before |
 //! | [`Memslot::userfault`], [`UserfaultBitmap`], [`probe_userfault`] | `KVM_MEM_USERFAULT` + `userfault_bitmap` | posted series ("KVM Userfault") |
 //! | [`MemoryFault`], [`MemoryFaultFlags`] | `KVM_EXIT_MEMORY_FAULT` from `kvm_run` | 6.8+; USERFAULT flag: posted series |
-//! | [`Stage2Resolver`], [`Stage2Fault`] | write the page, then clear the bit | works with any [`Backing`](crate::backing::Backing) |
+//! | [`Stage2Resolver`], [`Stage2Fault`] | write the page, then clear the bit, through the file's [`PageState`](crate::resolve::PageState) | works with any [`Backing`](crate::backing::Backing) |
 //!
 //! # Using it beside kvm-ioctls
 //!
@@ -20,17 +20,29 @@
 //! of a VM that another crate created. With kvm-ioctls, whose `VmFd` has
 //! only `AsRawFd`:
 //!
-//! ```ignore
+//! ```
+//! use std::os::fd::{AsRawFd, BorrowedFd};
+//! use userfault::kvm::{GmemFlags, GuestMemfd};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # if !std::path::Path::new("/dev/kvm").exists() { return Ok(()); }
 //! let vm = kvm_ioctls::Kvm::new()?.create_vm()?;
 //! // SAFETY: `vm` stays open for as long as `vm_fd` is used.
 //! let vm_fd = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
-//! let gmem = GuestMemfd::create(vm_fd, size, GmemFlags::MMAP | GmemFlags::INIT_SHARED)?;
+//! match GuestMemfd::create(vm_fd, 2 << 20, GmemFlags::empty()) {
+//!     Ok(gmem) => assert_eq!(gmem.size(), 2 << 20),
+//!     // A kernel before Linux 6.8 has no guest_memfd.
+//!     Err(e) => assert!(e.is_unsupported() || e.errno().is_some(), "{e}"),
+//! }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! The workspace's `examples/kvm_ioctls_interop.rs` is a complete program.
 //! Memslots convert to the kernel layout ([`Memslot::to_raw`]) for a VMM
 //! that issues the ioctl itself, and exits decode from
-//! `kvm_ioctls::VcpuFd::get_kvm_run()` ([`MemoryFault::from_kvm_run`]).
+//! `kvm_ioctls::VcpuExit::MemoryFault` ([`MemoryFault::new`]) or from the
+//! `kvm_run` bytes ([`MemoryFault::from_kvm_run_bytes`]).
 //!
 //! # Stage-2 faults
 //!
@@ -39,91 +51,145 @@
 //! exit reason `KVM_EXIT_MEMORY_FAULT` (USERFAULT flag). The fault has one
 //! resolution, [`Stage2Fault::resolve`]: write the page into the slot's
 //! backing, then clear the bit with a store-release, then re-enter the
-//! vCPU. Clearing first would let KVM map an empty page. Concurrent
-//! resolvers of one page all succeed and write it once.
+//! vCPU. Clearing first would let KVM map an empty page. The bitmap is part
+//! of the file's [`PageState`](crate::resolve::PageState) (attached by
+//! [`Stage2Resolver::new`]): a page is written once whichever path — a
+//! vCPU, the VMM's userfaultfd handler, a populator — gets to it first, and
+//! every later fault on it only maps it.
 //!
 //! | state of page P | how reached | allowed |
 //! |---|---|---|
-//! | bit set, not in backing | bitmap made with [`UserfaultBitmap::new_all_set`] | vCPU access exits; [`Stage2Fault::resolve`] |
-//! | bit set, being written | a resolver claimed P | other resolvers of P wait, then get `AlreadyPopulated` |
-//! | bit clear, in backing | `resolve` returned | vCPU maps P; later faults on P get `AlreadyPopulated` |
+//! | bit set, not in backing | bitmap made with [`UserfaultBitmap::new_all_set`], or a discard | vCPU access exits; [`Stage2Fault::resolve`] |
+//! | bit set, being written | some path claimed P in the page state | other resolvers of P wait (parked), then find it filled |
+//! | bit clear, in backing | any path's fill | vCPU maps P; later faults on P get `AlreadyPresent` |
 //!
 //! # Worked example: restoring a VM from a memory snapshot
 //!
-//! The VMM restores guest memory lazily: guest_memfd holds guest memory,
-//! KVM userfault traps vCPU accesses to pages not yet loaded, and
-//! userfaultfd traps the VMM's own (and KVM's in-kernel) accesses through
-//! the guest_memfd mapping. Steps marked **(series)** need a kernel with
-//! the posted series named; on other kernels they fail with
-//! [`Error::Unsupported`](crate::Error::Unsupported) and the errno, and the
-//! VMM falls back to loading the whole snapshot before starting.
+//! Guest memory is a guest_memfd that the VMM maps and KVM maps as a
+//! memslot with `KVM_MEM_USERFAULT`. A page can be asked for by a vCPU
+//! (a stage-2 fault) and by the VMM's own accesses through its mapping (a
+//! userfaultfd fault); both go through the file's one page state, so each
+//! page is written once from the snapshot and a page the guest wrote is
+//! never overwritten. The guest here reads a byte of one page, stores it
+//! into another and halts; the VMM then reads the stored byte through its
+//! mapping. It needs a kernel with the posted series (guest_memfd
+//! `write()`, KVM userfault, userfaultfd on guest_memfd); elsewhere it
+//! stops at the first capability the kernel lacks.
 //!
-//! ```no_run
-//! use std::os::fd::AsFd;
+//! ```
+//! use std::os::fd::{AsRawFd, BorrowedFd};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use kvm_ioctls::VcpuExit;
+//! use userfault::backing::BackedMapping;
 //! use userfault::kvm::{
 //!     GmemFlags, GmemFlavour, GuestMemfd, Kvm, MemoryFault, Memslot, Stage2Resolver,
 //!     UserfaultBitmap, probe_userfault,
 //! };
+//! use userfault::resolve::{Fault, PageState, Region};
+//! use userfault::uffd::{EventBuffer, Uffd};
 //!
-//! # fn snapshot_page(_gpa: u64) -> &'static [u8] { unimplemented!() }
-//! # fn run_vcpu() -> (i32, &'static kvm_bindings::kvm_run) { unimplemented!() }
-//! # fn main() -> userfault::Result<()> {
-//! const GUEST_SIZE: u64 = 256 << 20;
-//! let kvm = Kvm::open()?;
-//! let vm = kvm.create_vm(0)?;
-//!
-//! // 1. Capabilities, decided by trying on scratch objects.
-//! //    (series) "KVM: guest_memfd: use write for population": the WRITE
-//! //    flag, bit 2 or bit 3 depending on the patch stack.
-//! let write = GmemFlavour::probe(&vm)?.write()?;
-//! //    (series) "KVM: Introduce KVM Userfault".
-//! probe_userfault(&kvm)?;
-//!
-//! // 2. Guest memory: a guest_memfd the VMM can map and fill with pwrite.
-//! let flags = GmemFlags::MMAP | GmemFlags::INIT_SHARED | write;
-//! let gmem = GuestMemfd::create(&vm, GUEST_SIZE, flags)?;
-//! let view = gmem.map_all()?;
-//!
-//! // 3. (series) userfaultfd on guest_memfd: register `view` MISSING|MINOR
-//! //    with the crate's `uffd` module, as a CONTINUE-only range backed by
-//! //    `gmem`. Its handler thread resolves
-//! //      MISSING at P: gmem pwrite of P's snapshot data, UFFDIO_CONTINUE(P)
-//! //                    (EEXIST -> UFFDIO_WAKE), then clear P's bitmap bit;
-//! //      MINOR at P:   UFFDIO_CONTINUE(P) (EEXIST -> UFFDIO_WAKE).
-//!
-//! // 4. (series) The memslot, with every page trapping.
-//! let bitmap = UserfaultBitmap::new_all_set(0, GUEST_SIZE)?;
-//! let slot = Memslot::from_mapping(0, 0, &view)
-//!     .guest_memfd(&gmem, 0)
-//!     .userfault(&bitmap);
-//! // SAFETY: `view`, `gmem` and `bitmap` stay alive until the VM is
-//! // closed (`drop(vm)` at the end; declared after it, they would
-//! // otherwise be dropped first), and no Rust reference points into `view`.
-//! unsafe { slot.set(vm.as_fd())? };
-//!
-//! // 5. vCPU loop (vCPUs from kvm-ioctls or the VMM's own code). A memory
-//! //    fault with the USERFAULT flag is resolved by writing the page and
-//! //    clearing its bit, in that order; then KVM_RUN again.
-//! let resolver = Stage2Resolver::new(&bitmap, &gmem, 0)?;
-//! loop {
-//!     let (ret, run) = run_vcpu();
-//!     if ret == -libc::EFAULT {
-//!         if let Some(fault) = MemoryFault::from_kvm_run(run).and_then(|e| resolver.fault(&e)) {
-//!             let data = snapshot_page(fault.page_gpa());
-//!             fault.resolve(data)?;
-//!             continue;
-//!         }
-//!     }
-//!     break;
+//! const SIZE: usize = 64 << 10;
+//! // The snapshot: code at 0x1000 (mov al, [0x2000]; mov [0x3000], al; hlt),
+//! // the byte 0x42 at 0x2000.
+//! fn snapshot() -> Vec<u8> {
+//!     let mut image = vec![0u8; SIZE];
+//!     image[0x1000..0x1007].copy_from_slice(&[0xA0, 0x00, 0x20, 0xA2, 0x00, 0x30, 0xF4]);
+//!     image[0x2000] = 0x42;
+//!     image
 //! }
 //!
-//! // 6. Background fill: resolve every page still set the same way (a
-//! //    resolver that races with a vCPU fault on the same page writes it
-//! //    once), then re-issue the slot without `userfault` to stop trapping.
-//!
-//! // The VM (after its vCPUs) goes before the slot's memory and bitmap.
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # if !std::path::Path::new("/dev/kvm").exists() { return Ok(()); }
+//! let image = snapshot();
+//! // The VM and its vCPU come from kvm-ioctls; the crate works on its fd.
+//! let vm = kvm_ioctls::Kvm::new()?.create_vm()?;
+//! // SAFETY: `vm` keeps the descriptor open for as long as `vm_fd` is used.
+//! let vm_fd = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
+//! let kvm = Kvm::open()?;
+//! // 1. Capabilities, decided by trying on scratch objects.
+//! let write = match GmemFlavour::probe(vm_fd).and_then(|f| f.write()) {
+//!     Ok(write) => write,
+//!     Err(e) => return Ok(println!("no guest_memfd write(): {e}")),
+//! };
+//! if let Err(e) = probe_userfault(&kvm) {
+//!     return Ok(println!("no KVM userfault: {e}"));
+//! }
+//! // 2. Guest memory, its page state, and the VMM's mapping of it.
+//! let flags = GmemFlags::MMAP | GmemFlags::INIT_SHARED | write;
+//! let gmem = Arc::new(GuestMemfd::create(vm_fd, SIZE as u64, flags)?);
+//! let state = PageState::new(gmem.clone())?;
+//! let ram = Arc::new(BackedMapping::new(&state, 0, SIZE)?);
+//! // 3. The VMM's mapping, CONTINUE-only: MISSING → write() + CONTINUE.
+//! let uffd = Arc::new(Uffd::builder().non_blocking(true).create()?);
+//! // SAFETY: guest memory is only accessed by the vCPU and through raw
+//! // pointers.
+//! let region = match unsafe { Region::continue_only(uffd.clone(), ram.clone()) } {
+//!     Ok(region) => region,
+//!     Err(e) => return Ok(println!("no userfaultfd on guest_memfd: {e}")),
+//! };
+//! // 4. The memslot, every page trapping; its bitmap joins the page state.
+//! let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, SIZE as u64)?);
+//! let resolver = Stage2Resolver::new(&state, &bitmap, 0)?;
+//! let slot = Memslot::from_mapping(0, 0, ram.mapping())
+//!     .guest_memfd(&gmem, 0)
+//!     .userfault(&bitmap);
+//! // SAFETY: `ram`, `gmem` and `bitmap` outlive the VM (dropped below, before
+//! // them), and no Rust reference points into `ram`.
+//! unsafe { slot.set(vm_fd)? };
+//! // 5. A real-mode vCPU at 0x1000.
+//! let mut vcpu = vm.create_vcpu(0)?;
+//! let mut sregs = vcpu.get_sregs()?;
+//! for seg in [&mut sregs.cs, &mut sregs.ds] {
+//!     (seg.base, seg.selector) = (0, 0);
+//! }
+//! vcpu.set_sregs(&sregs)?;
+//! vcpu.set_regs(&kvm_bindings::kvm_regs { rip: 0x1000, rflags: 2, ..Default::default() })?;
+//! std::thread::scope(|s| -> userfault::Result<()> {
+//!     // The VMM's handler: faults on its mapping, through the same state.
+//!     let handler = s.spawn(|| -> userfault::Result<()> {
+//!         let mut events = EventBuffer::with_capacity(8);
+//!         for _ in 0..100 {
+//!             for event in uffd.wait_events(&mut events, Some(Duration::from_millis(10)))? {
+//!                 match region.fault(&event) {
+//!                     Some(Fault::Missing(f)) => {
+//!                         let at = f.file_offset() as usize;
+//!                         f.write_then_continue(&image[at..at + 4096])?;
+//!                     }
+//!                     Some(Fault::Minor(f)) => {
+//!                         f.map()?;
+//!                     }
+//!                     _ => {}
+//!                 }
+//!             }
+//!         }
+//!         Ok(())
+//!     });
+//!     // The vCPU: a stage-2 fault is resolved by writing the page, then
+//!     // clearing its bit; then KVM_RUN again.
+//!     loop {
+//!         match vcpu.run() {
+//!             Ok(VcpuExit::MemoryFault { flags, gpa, size }) => {
+//!                 let exit = MemoryFault::new(flags, gpa, size);
+//!                 let fault = resolver.fault(&exit).expect("a userfault in the slot");
+//!                 let at = fault.backing_offset() as usize;
+//!                 fault.resolve(&image[at..at + 4096])?;
+//!             }
+//!             Ok(VcpuExit::Hlt) => break,
+//!             other => panic!("unexpected exit {other:?}"),
+//!         }
+//!     }
+//!     // The VMM reads what the guest stored, through its own mapping.
+//!     // SAFETY: inside the live mapping; the read waits for its fault.
+//!     let stored = unsafe { ram.mapping().as_ptr().add(0x3000).read_volatile() };
+//!     assert_eq!(stored, 0x42);
+//!     handler.join().expect("handler")
+//! })?;
+//! // The VM (after its vCPU) goes before the slot's memory and bitmap.
+//! drop(vcpu);
 //! drop(vm);
-//! # Ok(()) }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # References
@@ -147,5 +213,5 @@ pub use exit::{
 pub use gmem::{CandidateBit, GmemFlags, GmemFlavour, GmemNumbering, GuestMemfd};
 pub use handle::{Kvm, Vm, check_extension};
 pub use memslot::{Memslot, MemslotFlags};
-pub use stage2::{Resolution, Stage2Fault, Stage2Resolver};
+pub use stage2::{Stage2Fault, Stage2Resolver};
 pub use userfault::{UserfaultBitmap, probe_userfault};

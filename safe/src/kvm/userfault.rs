@@ -20,9 +20,10 @@ use crate::sys;
 /// thread that sees the bit clear with [`test`](UserfaultBitmap::test)
 /// (an acquire load) also sees the page.
 ///
-/// Besides the kernel's words the bitmap keeps, for itself, one "being
-/// populated" bit per page, so that concurrent resolvers of the same page
-/// write it once.
+/// Attached to a file's [`PageState`](crate::resolve::PageState) (through
+/// [`Stage2Resolver::new`](super::Stage2Resolver::new)), its bits are part
+/// of that state: every fill of a page clears its bit, every discard sets
+/// it again.
 ///
 /// ```
 /// use userfault::kvm::UserfaultBitmap;
@@ -38,7 +39,6 @@ use crate::sys;
 /// ```
 pub struct UserfaultBitmap {
     words: Box<[AtomicU64]>,
-    claims: Box<[AtomicU64]>,
     guest_phys_addr: u64,
     pages: u64,
     page_size: u64,
@@ -114,7 +114,6 @@ impl UserfaultBitmap {
         let words = pages.div_ceil(64) as usize;
         Ok(UserfaultBitmap {
             words: zeroed_words(words)?,
-            claims: zeroed_words(words)?,
             guest_phys_addr,
             pages,
             page_size,
@@ -178,16 +177,6 @@ impl UserfaultBitmap {
         (page < self.pages).then(|| ((page / 64) as usize, 1 << (page % 64)))
     }
 
-    /// [`at`](Self::at) for the crate's own callers, which hold a page index
-    /// from [`page_of`](Self::page_of) (or a checked construction).
-    #[inline]
-    fn at_in_range(&self, page: u64) -> (usize, u64) {
-        match self.at(page) {
-            Some(at) => at,
-            None => unreachable!("page {page} outside a bitmap of {} pages", self.pages),
-        }
-    }
-
     /// True when page `page`'s bit is set (an acquire load: after `false`,
     /// the data of the write that preceded the clearing is visible);
     /// `None` when `page` is not below [`pages`](UserfaultBitmap::pages).
@@ -244,23 +233,37 @@ impl UserfaultBitmap {
             .sum()
     }
 
-    /// Marks page `page` as being populated by the caller; false when
-    /// another resolver already has it.
-    pub(crate) fn try_claim(&self, page: u64) -> bool {
-        let (w, mask) = self.at_in_range(page);
-        self.claims[w].fetch_or(mask, Ordering::Acquire) & mask == 0
+    /// Clears bits `[first, first + n)` a word at a time, with
+    /// store-release. The caller keeps the range inside the bitmap.
+    pub(crate) fn clear_range(&self, first: u64, n: u64) {
+        for_words(first, n, |w, mask| {
+            self.words[w].fetch_and(!mask, Ordering::Release);
+        });
     }
 
-    /// Ends the caller's claim on page `page`.
-    pub(crate) fn release_claim(&self, page: u64) {
-        let (w, mask) = self.at_in_range(page);
-        self.claims[w].fetch_and(!mask, Ordering::Release);
+    /// Sets bits `[first, first + n)` a word at a time.
+    pub(crate) fn set_range(&self, first: u64, n: u64) {
+        for_words(first, n, |w, mask| {
+            self.words[w].fetch_or(mask, Ordering::Release);
+        });
     }
+}
 
-    /// True while some resolver is populating page `page`.
-    pub(crate) fn is_claimed(&self, page: u64) -> bool {
-        let (w, mask) = self.at_in_range(page);
-        self.claims[w].load(Ordering::Acquire) & mask != 0
+/// Calls `f(word, mask)` for every word that bits `[first, first + n)`
+/// touch.
+fn for_words(first: u64, n: u64, mut f: impl FnMut(usize, u64)) {
+    let (mut bit, end) = (first, first + n);
+    while bit < end {
+        let w = bit / 64;
+        let lo = bit % 64;
+        let hi = (end - w * 64).min(64);
+        let mask = if hi - lo == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << (hi - lo)) - 1) << lo
+        };
+        f(w as usize, mask);
+        bit = w * 64 + hi;
     }
 }
 

@@ -26,11 +26,11 @@ use crate::error::{Errno, Error, Result};
 /// use std::sync::Arc;
 /// use userfault::backing::{BackedMapping, Memfd};
 /// use userfault::resolve::{Fault, Region};
-/// use userfault::uffd::{AsyncUffd, Event, EventBuffer, Uffd};
+/// use userfault::uffd::{AsyncUffd, EventBuffer, Uffd};
 ///
 /// async fn serve(snapshot: &[u8]) -> userfault::Result<()> {
 ///     let memfd = Arc::new(Memfd::shmem(c"guest", snapshot.len() as u64)?);
-///     let mapping = Arc::new(BackedMapping::new(memfd, 0, snapshot.len())?);
+///     let mapping = BackedMapping::whole(memfd)?;
 ///     let uffd = AsyncUffd::new(Uffd::new()?)?;
 ///     // SAFETY: the guest memory is reached only through raw pointers.
 ///     let region = unsafe { Region::continue_only(uffd.uffd().clone(), mapping)? };
@@ -38,10 +38,9 @@ use crate::error::{Errno, Error, Result};
 ///     let mut events = EventBuffer::with_capacity(16);
 ///     loop {
 ///         for event in uffd.read_events(&mut events).await? {
-///             let Event::PageFault { address, kind, .. } = event else { continue };
-///             match region.fault(address, kind) {
+///             match region.fault(&event) {
 ///                 Some(Fault::Missing(f)) => {
-///                     let at = f.page() - region.registration().start();
+///                     let at = f.file_offset() as usize;
 ///                     f.write_then_continue(&snapshot[at..at + page])?;
 ///                 }
 ///                 Some(Fault::Minor(f)) => {

@@ -60,6 +60,37 @@ pub enum FaultKind {
     /// A write to a write-protected page (`UFFD_PAGEFAULT_FLAG_WP`):
     /// resolve by removing the protection.
     WriteProtect,
+    /// A read or a write of a read-write-protected page
+    /// (`UFFD_PAGEFAULT_FLAG_RWP`, Linux 7.3): resolve by un-protecting it
+    /// ([`Uffd::rwprotect`] without [`RwprotectMode::RWP`](super::RwprotectMode::RWP)),
+    /// never by COPY or CONTINUE — the page is present and holds its data.
+    Rwp,
+    /// A fault whose flags carry a bit this crate does not know and none it
+    /// does (besides `WRITE`): a mode of a newer kernel. The raw bits are in
+    /// the event's `flags`; such a fault can only be woken.
+    Unknown,
+}
+
+impl FaultKind {
+    /// The kind of a fault with these flags. The mode bits decide (WP,
+    /// MINOR, RWP); without one, a fault is MISSING only when no unknown
+    /// bit is set either.
+    #[inline]
+    pub fn from_flags(flags: FaultFlags) -> FaultKind {
+        // MISSING (no bit but WRITE) first: the one test on the path of a
+        // demand-paging handler.
+        if flags.bits() & !FaultFlags::WRITE.bits() == 0 {
+            FaultKind::Missing
+        } else if flags.contains(FaultFlags::WP) {
+            FaultKind::WriteProtect
+        } else if flags.contains(FaultFlags::MINOR) {
+            FaultKind::Minor
+        } else if flags.contains(FaultFlags::RWP) {
+            FaultKind::Rwp
+        } else {
+            FaultKind::Unknown
+        }
+    }
 }
 
 /// One event read from a userfaultfd.
@@ -82,6 +113,10 @@ pub enum Event {
         thread_id: Option<u32>,
         /// The raw `UFFD_PAGEFAULT_FLAG_*` bits.
         flags: FaultFlags,
+        /// [`Uffd::id`] of the userfaultfd the event was read from: a typed
+        /// region only takes faults of its own userfaultfd (a fork child's
+        /// faults at the same addresses are not its own).
+        uffd_id: u64,
     },
     /// `UFFD_EVENT_FORK`: a process with registered ranges forked; the
     /// child's copies of them are registered with `uffd`, which receives
@@ -282,13 +317,7 @@ const ARG2: usize = 24;
 #[inline]
 fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
     let flags = FaultFlags::from_bits_retain(u64_at(msg, ARG0));
-    let kind = if flags.contains(FaultFlags::WP) {
-        FaultKind::WriteProtect
-    } else if flags.contains(FaultFlags::MINOR) {
-        FaultKind::Minor
-    } else {
-        FaultKind::Missing
-    };
+    let kind = FaultKind::from_flags(flags);
     Event::PageFault {
         address: u64_at(msg, ARG1) as usize,
         kind,
@@ -298,6 +327,7 @@ fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
             .contains(Features::THREAD_ID)
             .then(|| u32_at(msg, ARG2)),
         flags,
+        uffd_id: source.id,
     }
 }
 
@@ -549,7 +579,7 @@ mod tests {
         let wp_write = msg(
             sys::UFFD_EVENT_PAGEFAULT,
             [
-                sys::UFFD_PAGEFAULT_FLAG_WP | sys::UFFD_PAGEFAULT_FLAG_WRITE | 1 << 3,
+                sys::UFFD_PAGEFAULT_FLAG_WP | sys::UFFD_PAGEFAULT_FLAG_WRITE | 1 << 7,
                 0x7000_1234,
                 77,
             ],
@@ -561,13 +591,14 @@ mod tests {
                 write,
                 thread_id,
                 flags,
+                ..
             } => {
                 assert_eq!(
                     (address, kind, write),
                     (0x7000_1234, FaultKind::WriteProtect, true)
                 );
                 assert_eq!(thread_id, Some(77));
-                assert_eq!(flags.bits() & (1 << 3), 1 << 3, "unknown flag kept");
+                assert_eq!(flags.bits() & (1 << 7), 1 << 7, "unknown flag kept");
             }
             other => panic!("{other:?}"),
         }
@@ -584,6 +615,37 @@ mod tests {
             } => assert_eq!((kind, write, thread_id), (FaultKind::Minor, false, None)),
             other => panic!("{other:?}"),
         }
+        // A read of a read-write-protected page: RWP, not MISSING.
+        let rwp = msg(
+            sys::UFFD_EVENT_PAGEFAULT,
+            [sys::UFFD_PAGEFAULT_FLAG_RWP, 0x2000, 0],
+        );
+        match decode(&rwp, &source(Features::empty())) {
+            Event::PageFault { kind, write, .. } => {
+                assert_eq!((kind, write), (FaultKind::Rwp, false));
+            }
+            other => panic!("{other:?}"),
+        }
+        // An unknown flag alone (or with WRITE) is an unknown fault, shown
+        // as hex, not a MISSING one.
+        let strange = msg(
+            sys::UFFD_EVENT_PAGEFAULT,
+            [sys::UFFD_PAGEFAULT_FLAG_WRITE | 1 << 9, 0x3000, 0],
+        );
+        match decode(&strange, &source(Features::empty())) {
+            Event::PageFault {
+                kind, write, flags, ..
+            } => {
+                assert_eq!((kind, write), (FaultKind::Unknown, true));
+                assert!(format!("{flags:?}").contains("0x200"), "{flags:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(FaultKind::from_flags(FaultFlags::WRITE), FaultKind::Missing);
+        assert_eq!(
+            FaultKind::from_flags(FaultFlags::empty()),
+            FaultKind::Missing
+        );
     }
 
     #[test]
@@ -679,17 +741,25 @@ mod tests {
                     write,
                     thread_id,
                     flags,
+                    uffd_id,
                 } => {
+                    assert_eq!(uffd_id, src.id, "the record names its userfaultfd");
                     assert_eq!(m[0], sys::UFFD_EVENT_PAGEFAULT);
                     assert_eq!(address, word(ARG1));
                     assert_eq!(flags.bits(), u64_at(&m, ARG0), "every flag bit kept");
                     assert_eq!(write, flags.contains(FaultFlags::WRITE));
+                    // A mode bit decides; without one, a fault is MISSING
+                    // only when no unknown bit is set either.
                     let expected = if flags.contains(FaultFlags::WP) {
                         FaultKind::WriteProtect
                     } else if flags.contains(FaultFlags::MINOR) {
                         FaultKind::Minor
-                    } else {
+                    } else if flags.contains(FaultFlags::RWP) {
+                        FaultKind::Rwp
+                    } else if flags.difference(FaultFlags::WRITE).is_empty() {
                         FaultKind::Missing
+                    } else {
+                        FaultKind::Unknown
                     };
                     assert_eq!(kind, expected);
                     assert_eq!(

@@ -4,8 +4,8 @@
 //! Every set keeps bits it does not name (`from_bits_retain`, `const _ =
 //! !0`): a newer kernel's bits survive a round trip through this crate and
 //! show up in `Debug` as hex beside the names this crate knows. No name is
-//! given to a bit the mainline kernel has not merged (feature bits 17 and up
-//! are claimed by posted series with conflicting meanings).
+//! given to a bit the mainline kernel has not merged (feature bits 19 and up,
+//! register mode bits 4 and up).
 
 use bitflags::bitflags;
 use uffd_sys as sys;
@@ -63,6 +63,17 @@ bitflags! {
         const WP_ASYNC = sys::UFFD_FEATURE_WP_ASYNC;
         /// `UFFDIO_MOVE` exists (`UFFD_FEATURE_MOVE`, Linux 6.8).
         const MOVE = sys::UFFD_FEATURE_MOVE;
+        /// [`RegisterMode::RWP`] and `UFFDIO_RWPROTECT` exist: read-write
+        /// protection, whose faults report reads as well as writes
+        /// (`UFFD_FEATURE_RWP`, Linux 7.3). Must be requested to register RWP.
+        const RWP = sys::UFFD_FEATURE_RWP;
+        /// Faults on read-write-protected pages are resolved by the kernel,
+        /// without an event; `PAGEMAP_SCAN` then reports the touched pages as
+        /// `PAGE_IS_ACCESSED` (`UFFD_FEATURE_RWP_ASYNC`, Linux 7.3). Requested
+        /// only together with [`RWP`](Self::RWP) (the kernel refuses it alone
+        /// with `EINVAL`); switched at run time with
+        /// [`Uffd::set_mode`](super::Uffd::set_mode).
+        const RWP_ASYNC = sys::UFFD_FEATURE_RWP_ASYNC;
         // Keep every bit a newer kernel reports.
         const _ = !0;
     }
@@ -79,6 +90,10 @@ bitflags! {
         /// Faults on pages present in the page cache but not mapped
         /// (`UFFDIO_REGISTER_MODE_MINOR`; shmem and hugetlbfs).
         const MINOR = sys::UFFDIO_REGISTER_MODE_MINOR;
+        /// Any access, read or write, to a read-write-protected page
+        /// (`UFFDIO_REGISTER_MODE_RWP`, Linux 7.3; needs [`Features::RWP`]).
+        /// Anonymous, shmem and hugetlbfs memory; never together with `WP`.
+        const RWP = sys::UFFDIO_REGISTER_MODE_RWP;
         const _ = !0;
     }
 }
@@ -111,6 +126,10 @@ bitflags! {
         const CONTINUE = 1 << sys::_UFFDIO_CONTINUE;
         /// `UFFDIO_POISON`.
         const POISON = 1 << sys::_UFFDIO_POISON;
+        /// `UFFDIO_RWPROTECT` (Linux 7.3).
+        const RWPROTECT = 1 << sys::_UFFDIO_RWPROTECT;
+        /// `UFFDIO_SET_MODE` (Linux 7.3; offered on the fd, not on ranges).
+        const SET_MODE = 1 << sys::_UFFDIO_SET_MODE;
         /// `UFFDIO_API`.
         const API = 1 << sys::_UFFDIO_API;
         const _ = !0;
@@ -127,6 +146,8 @@ bitflags! {
         const WP = sys::UFFD_PAGEFAULT_FLAG_WP;
         /// A minor fault (`UFFD_PAGEFAULT_FLAG_MINOR`).
         const MINOR = sys::UFFD_PAGEFAULT_FLAG_MINOR;
+        /// A read-write-protect fault (`UFFD_PAGEFAULT_FLAG_RWP`, Linux 7.3).
+        const RWP = sys::UFFD_PAGEFAULT_FLAG_RWP;
         const _ = !0;
     }
 }
@@ -168,6 +189,21 @@ bitflags! {
         /// Skip holes in the source instead of failing with `ENOENT`
         /// (`UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`).
         const ALLOW_SRC_HOLES = sys::UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
+        const _ = !0;
+    }
+}
+
+bitflags! {
+    /// `UFFDIO_RWPROTECT_MODE_*`. Without [`RWP`](Self::RWP) the range is
+    /// un-protected (and its waiters woken unless [`DONTWAKE`](Self::DONTWAKE)).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    pub struct RwprotectMode: u64 {
+        /// Read-write protect the range (`UFFDIO_RWPROTECT_MODE_RWP`).
+        const RWP = sys::UFFDIO_RWPROTECT_MODE_RWP;
+        /// When un-protecting, do not wake the waiting threads
+        /// (`UFFDIO_RWPROTECT_MODE_DONTWAKE`); the kernel refuses it
+        /// together with `RWP`.
+        const DONTWAKE = sys::UFFDIO_RWPROTECT_MODE_DONTWAKE;
         const _ = !0;
     }
 }
@@ -251,20 +287,24 @@ mod tests {
 
     #[test]
     fn unknown_bits_are_kept_and_shown() {
-        let f = Features::from_bits_retain(0x1FFFF | 1 << 17);
-        assert!(f.contains(Features::MOVE));
-        assert_eq!(f.bits() & (1 << 17), 1 << 17);
+        let f = Features::from_bits_retain(0x7FFFF | 1 << 19);
+        assert!(f.contains(Features::RWP_ASYNC));
+        assert_eq!(f.bits() & (1 << 19), 1 << 19);
         let text = format!("{f:?}");
-        assert!(text.contains("MOVE"), "{text}");
-        assert!(text.contains("0x20000"), "{text}");
-        let i = Ioctls::from_bits_retain(0x1fc | 1 << 9);
-        assert!(format!("{i:?}").contains("0x200"));
+        assert!(text.contains("RWP_ASYNC"), "{text}");
+        assert!(text.contains("0x80000"), "{text}");
+        let i = Ioctls::from_bits_retain(0x3fc | 1 << 11);
+        assert!(format!("{i:?}").contains("RWPROTECT"));
+        assert!(format!("{i:?}").contains("0x800"));
+        let m = RegisterMode::from_bits_retain(0xf | 1 << 4);
+        assert!(format!("{m:?}").contains("RWP"));
+        assert!(format!("{m:?}").contains("0x10"));
     }
 
     #[test]
     fn every_mainline_bit_is_named() {
-        // Bits 0..=16 are the mainline features; each must have a name.
-        for bit in 0..=16 {
+        // Bits 0..=18 are the mainline features; each must have a name.
+        for bit in 0..=18 {
             let f = Features::from_bits_retain(1 << bit);
             assert!(
                 Features::all().iter_names().any(|(_, named)| named == f),
@@ -285,18 +325,30 @@ mod tests {
                 | Ioctls::MOVE
                 | Ioctls::WRITEPROTECT
                 | Ioctls::CONTINUE
-                | Ioctls::POISON)
+                | Ioctls::POISON
+                | Ioctls::RWPROTECT)
                 .bits(),
             sys::UFFD_API_RANGE_IOCTLS
         );
         assert_eq!(
-            (Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::API).bits(),
+            (Ioctls::REGISTER | Ioctls::UNREGISTER | Ioctls::SET_MODE | Ioctls::API).bits(),
             sys::UFFD_API_IOCTLS
+        );
+        assert_eq!(
+            RegisterMode::all()
+                .iter_names()
+                .fold(RegisterMode::empty(), |a, (_, m)| a | m)
+                .bits(),
+            sys::UFFD_API_REGISTER_MODES
         );
         assert_eq!(
             Ioctls::from_ioctl_name("UFFDIO_CONTINUE"),
             Some(Ioctls::CONTINUE)
         );
-        assert_eq!(Ioctls::from_ioctl_name("UFFDIO_RWPROTECT"), None);
+        assert_eq!(
+            Ioctls::from_ioctl_name("UFFDIO_RWPROTECT"),
+            Some(Ioctls::RWPROTECT)
+        );
+        assert_eq!(Ioctls::from_ioctl_name("UFFDIO_FROB"), None);
     }
 }

@@ -14,6 +14,7 @@
 //! | register | [`Uffd::register`] (`unsafe`) | `UFFDIO_REGISTER` → [`Registration`] with its [`Ioctls`] |
 //! | wait | [`Uffd::poll`], [`Uffd::read_events`], [`Uffd::wait_events`] | `poll(2)`, `read(2)` |
 //! | resolve | [`copy`](Uffd::copy), [`zeropage`](Uffd::zeropage), [`continue_range`](Uffd::continue_range), [`write_protect`](Uffd::write_protect), [`write_unprotect`](Uffd::write_unprotect), [`poison`](Uffd::poison), [`move_pages`](Uffd::move_pages) (`unsafe`), [`wake`](Uffd::wake) | `UFFDIO_COPY`, `_ZEROPAGE`, `_CONTINUE`, `_WRITEPROTECT`, `_POISON`, `_MOVE`, `_WAKE` |
+//! | protect (Linux 7.3) | [`rwprotect`](Uffd::rwprotect), [`set_mode`](Uffd::set_mode) | `UFFDIO_RWPROTECT`, `UFFDIO_SET_MODE` |
 //! | resolve without losing a wake-up | [`copy_or_wake`](Uffd::copy_or_wake), [`zeropage_or_wake`](Uffd::zeropage_or_wake), [`continue_or_wake`](Uffd::continue_or_wake) | the ioctl, then `UFFDIO_WAKE` on `EEXIST` |
 //! | end | [`Uffd::unregister`], drop | `UFFDIO_UNREGISTER`, `close(2)` |
 //!
@@ -127,9 +128,10 @@ mod open;
 mod received;
 mod register;
 mod resolve;
+mod rwp;
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[cfg(feature = "tokio")]
 pub use async_tokio::AsyncUffd;
@@ -137,7 +139,7 @@ pub use event::{Event, EventBuffer, Events, FaultKind};
 pub(crate) use flags::flag_names;
 pub use flags::{
     ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, PoisonMode, RegisterMode,
-    UnprotectMode, ZeropageMode,
+    RwprotectMode, UnprotectMode, ZeropageMode,
 };
 pub(crate) use open::has_cap_sys_ptrace;
 pub use open::{DEVICE_PATH, KernelApi, OpenMethod, Origin, UffdBuilder, query_kernel};
@@ -156,7 +158,8 @@ pub struct Uffd {
     fd: OwnedFd,
     id: u64,
     origin: Origin,
-    features: Features,
+    /// The enabled features' bits; [`Uffd::set_mode`] changes the async ones.
+    features: AtomicU64,
     api: KernelApi,
     user_mode_only: bool,
     parent: Option<u64>,
@@ -196,7 +199,7 @@ impl Uffd {
             fd,
             id: open::next_id(),
             origin,
-            features,
+            features: AtomicU64::new(features.bits()),
             api,
             user_mode_only,
             parent,
@@ -237,9 +240,10 @@ impl Uffd {
         self.parent
     }
 
-    /// The features enabled on this userfaultfd.
+    /// The features enabled on this userfaultfd (as negotiated, then as
+    /// changed by [`set_mode`](Self::set_mode)).
     pub fn features(&self) -> Features {
-        self.features
+        Features::from_bits_retain(self.features.load(Ordering::Relaxed))
     }
 
     /// Every feature the kernel offers (its whole `UFFDIO_API` feature

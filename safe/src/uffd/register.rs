@@ -137,7 +137,9 @@ impl Uffd {
     /// `start` and `len` must be multiples of the page size (of the huge
     /// page size for hugetlbfs). Which modes a memory type accepts: MISSING
     /// and WP everywhere userfaultfd works; MINOR only on shmem and
-    /// hugetlbfs (not private anonymous memory).
+    /// hugetlbfs (not private anonymous memory); RWP (Linux 7.3, with
+    /// [`Features::RWP`](super::Features::RWP) enabled) on anonymous, shmem
+    /// and hugetlbfs memory, never together with WP.
     ///
     /// # Holes
     ///
@@ -179,12 +181,14 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range
-    /// (checked before the system call); [`Error::Os`] from the kernel:
+    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range,
+    /// for `WP | RWP`, and for `RWP` on a userfaultfd without
+    /// [`Features::RWP`](super::Features::RWP) (checked before the system
+    /// call); [`Error::Os`] from the kernel:
     /// `EINVAL` (no part of the range is mapped, a mapping's memory type
     /// does not support `mode`, a hugetlbfs range is not huge-page
-    /// aligned), `EBUSY`
-    /// (registered with another userfaultfd), `EPERM` (a read-only
+    /// aligned), `EBUSY` (registered with another userfaultfd, or WP added
+    /// to a range registered RWP or the reverse), `EPERM` (a read-only
     /// mapping of a file opened without write access), `ENOMEM`.
     ///
     /// # References
@@ -203,6 +207,20 @@ impl Uffd {
         check_range(OP, start, len)?;
         if mode.is_empty() {
             return Err(Error::invalid(OP, "the register mode is empty"));
+        }
+        if mode.contains(RegisterMode::WP | RegisterMode::RWP) {
+            return Err(Error::invalid(
+                OP,
+                "WP and RWP cannot be combined on one range (the kernel refuses the pair with \
+                 EINVAL: both use the page tables' userfaultfd bit)",
+            ));
+        }
+        if mode.contains(RegisterMode::RWP) && !self.features().contains(super::Features::RWP) {
+            return Err(Error::invalid(
+                OP,
+                "RWP registration needs Features::RWP enabled on this userfaultfd (request it \
+                 when creating the userfaultfd; the kernel refuses with EINVAL otherwise)",
+            ));
         }
         let mut arg = sys::uffdio_register {
             range: sys::uffdio_range {
@@ -345,6 +363,12 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
                  memory type of a mapping in it does not support ",
             );
             text.push_str(&super::flags::flag_names(mode));
+            if mode.contains(RegisterMode::RWP) {
+                text.push_str(
+                    " (RWP needs Linux 7.3 and UFFD_FEATURE_RWP enabled on the userfaultfd, and \
+                     cannot join WP on one mapping)",
+                );
+            }
             if mode.contains(RegisterMode::MINOR) {
                 text.push_str(
                     " (MINOR needs shmem or hugetlbfs; private anonymous memory has no page \
@@ -356,6 +380,11 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
                  kernel with guest_memfd userfaultfd support)",
             );
             text.into()
+        }
+        Errno::EBUSY if mode.intersects(RegisterMode::WP | RegisterMode::RWP) => {
+            "the range is registered with another userfaultfd, or registered RWP and WP is \
+             added (or the reverse), which the kernel refuses on one mapping"
+                .into()
         }
         Errno::EBUSY => "the range is registered with another userfaultfd".into(),
         Errno::EPERM => "the mapping is of a file opened without write access (userfaultfd needs \

@@ -228,7 +228,7 @@ impl Uffd {
     /// page-aligned, does not wrap and lies inside it, and its ioctl mask
     /// offers `bit`.
     #[inline]
-    fn check_resolve(
+    pub(super) fn check_resolve(
         &self,
         op: &'static str,
         bit: Ioctls,
