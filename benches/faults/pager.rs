@@ -15,6 +15,13 @@
 //! clock stops at the guest's last access. Every variant waits the same
 //! gap; only a handler that works before the guest asks gains from it.
 //!
+//! Every variant runs on one CPU: the guest and every handler thread
+//! (the server's populator too) are pinned to the same one, as the other
+//! single-faulter scenarios are (see `harness::pin_cpu`). Unpinned, this
+//! two-vCPU machine is bimodal (a wake-up of an idle vCPU costs about
+//! 45 µs, a switch on one CPU about 7 µs) and the baseline flipped between
+//! 21 000 and 128 000 pages/s from round to round.
+//!
 //! | variant | handler |
 //! |---|---|
 //! | `fc-raw` | one `UFFDIO_COPY` of 4 KiB per fault, from a private `MAP_POPULATE` mapping of the file, one event per read |
@@ -179,6 +186,19 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
         .expect("working set");
     let src = &src[..len];
     let gap = resume_gap();
+    let cpu = harness::pin_cpu();
+    // Runs `f` on a thread pinned to `cpu`: the threads it starts inherit
+    // the pinning.
+    let pinned = |f: &(dyn Fn() -> Sample + Sync)| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                harness::pin_to(cpu);
+                f()
+            })
+            .join()
+            .expect("variant thread")
+        })
+    };
     let report = Interleaved::new(format!(
         "snapshot restore, {} MiB, guest touches {} pages ({} working set + {} random), 1 vCPU",
         len >> 20,
@@ -186,39 +206,43 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
         guest.working_set.len(),
         guest.tail.len()
     ))
-    .variant("fc-raw", || fc_raw(&snapshot, &guest, src, gap))
+    .variant("fc-raw", || pinned(&|| fc_raw(&snapshot, &guest, src, gap)))
     .variant("page", || {
-        server("page", &snapshot, &guest, src, false, None, gap, PAGE)
+        pinned(&|| server("page", &snapshot, &guest, src, false, None, gap, PAGE))
     })
     .variant("demand", || {
-        server("demand", &snapshot, &guest, src, false, None, gap, CHUNK)
+        pinned(&|| server("demand", &snapshot, &guest, src, false, None, gap, CHUNK))
     })
     .variant("prefetch", || {
-        server("prefetch", &snapshot, &guest, src, true, None, gap, CHUNK)
+        pinned(&|| server("prefetch", &snapshot, &guest, src, true, None, gap, CHUNK))
     })
     .variant("replay", || {
-        server(
-            "replay",
-            &snapshot,
-            &guest,
-            src,
-            true,
-            Some(ws.clone()),
-            gap,
-            CHUNK,
-        )
+        pinned(&|| {
+            server(
+                "replay",
+                &snapshot,
+                &guest,
+                src,
+                true,
+                Some(ws.clone()),
+                gap,
+                CHUNK,
+            )
+        })
     })
     .variant("replay-0", || {
-        server(
-            "replay-0",
-            &snapshot,
-            &guest,
-            src,
-            true,
-            Some(ws.clone()),
-            Duration::ZERO,
-            CHUNK,
-        )
+        pinned(&|| {
+            server(
+                "replay-0",
+                &snapshot,
+                &guest,
+                src,
+                true,
+                Some(ws.clone()),
+                Duration::ZERO,
+                CHUNK,
+            )
+        })
     })
     .run(o.rounds);
     let splits = std::mem::take(&mut *SPLITS.lock().unwrap());

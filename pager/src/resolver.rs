@@ -187,6 +187,9 @@ pub(crate) struct Resolver {
     counters: Arc<Counters>,
     recorder: Option<Recorder>,
     zeros: Vec<u8>,
+    /// One bit per page of the state: in the working set being replayed
+    /// ([`predict`](Self::predict)).
+    predicted: Option<Box<[u64]>>,
 }
 
 impl Resolver {
@@ -278,6 +281,7 @@ impl Resolver {
             counters,
             recorder,
             zeros: vec![0; largest],
+            predicted: None,
         })
     }
 
@@ -367,8 +371,35 @@ impl Resolver {
         if let Some(rec) = &self.recorder {
             rec.note((span.offset + (p * span.page) as u64) / RECORD_PAGE);
         }
-        let (lo, hi) = self.window(&span, p);
+        let index = span.first + p;
+        let unpredicted = self
+            .predicted
+            .as_ref()
+            .is_some_and(|bits| bits[index / 64] & (1 << (index % 64)) == 0);
+        // A fault outside the working set being replayed is one the
+        // recording did not foresee: its neighbours are no likelier to be
+        // needed than any other page, so only the page itself is resolved.
+        let (lo, hi) = if unpredicted {
+            (p, p + 1)
+        } else {
+            self.window(&span, p)
+        };
         self.resolve_window(&span, lo, hi, Some(p), scratch)
+    }
+
+    /// Marks the pages of `ws` as the working set being replayed: a fault
+    /// on any other page resolves that page alone, not its chunk.
+    pub fn predict(&mut self, ws: &WorkingSet) {
+        let mut bits = vec![0u64; self.states.len().div_ceil(64)].into_boxed_slice();
+        for &p in ws.pages() {
+            if let Some(i) = p
+                .checked_mul(u64::from(ws.page_size()))
+                .and_then(|off| self.index_of_offset(off))
+            {
+                bits[i / 64] |= 1 << (i % 64);
+            }
+        }
+        self.predicted = Some(bits);
     }
 
     /// Resolves the unresolved pages among `pages` consecutive pages from
@@ -790,6 +821,7 @@ impl Resolver {
             counters: self.counters.clone(),
             recorder: None,
             zeros: self.zeros.clone(),
+            predicted: self.predicted.clone(),
         })
     }
 

@@ -28,7 +28,10 @@ pub struct Config {
     /// order, the rest at a lower scheduling priority); demand faults
     /// always go first.
     pub prefetch: bool,
-    /// Pages to prefetch first, in this order.
+    /// Pages to prefetch first, in this order (with [`prefetch`](Self::prefetch)).
+    /// A fault outside them resolves its page alone, not its chunk: the
+    /// recording did not foresee it, so its neighbours are no likelier to
+    /// be needed than any other page.
     pub working_set: Option<WorkingSet>,
     /// Record the order pages are first faulted ([`Server::recorded`]).
     pub record: bool,
@@ -168,7 +171,7 @@ impl Server {
             uffd.set_nonblocking(true)?;
         }
         let counters = Arc::new(Counters::default());
-        let resolver = Resolver::new(
+        let mut resolver = Resolver::new(
             uffd,
             ranges,
             source,
@@ -176,6 +179,11 @@ impl Server {
             config.record,
             counters.clone(),
         )?;
+        if config.prefetch
+            && let Some(ws) = &config.working_set
+        {
+            resolver.predict(ws);
+        }
         let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
