@@ -363,6 +363,46 @@ mod tests {
     }
 
     #[test]
+    fn file_source_maps_its_holes_at_open() {
+        const PAGE: u64 = 4096;
+        let path = temp("sparse");
+        let f = File::create(&path).unwrap();
+        f.set_len(8 * PAGE).unwrap();
+        f.write_all_at(&[0x22; PAGE as usize], 2 * PAGE).unwrap();
+        f.write_all_at(&[0x55; PAGE as usize], 5 * PAGE).unwrap();
+        let src = FileSource::open(&path).unwrap();
+        if src.next_data(0) != Some(2 * PAGE) {
+            eprintln!(
+                "SKIP file_source_maps_its_holes_at_open: no holes in {}",
+                path.display()
+            );
+            return;
+        }
+        assert!(src.is_zero(0, 2 * PAGE));
+        assert!(!src.is_zero(0, 3 * PAGE));
+        assert!(!src.is_zero(2 * PAGE + 100, 10));
+        assert!(src.is_zero(3 * PAGE, 2 * PAGE));
+        assert!(!src.is_zero(4 * PAGE, 2 * PAGE));
+        assert!(src.is_zero(6 * PAGE, 2 * PAGE));
+        assert!(src.is_zero(8 * PAGE, PAGE));
+        assert_eq!(src.next_hole(2 * PAGE), 3 * PAGE);
+        assert_eq!(src.next_hole(5 * PAGE + 1), 6 * PAGE);
+        assert_eq!(src.next_data(3 * PAGE), Some(5 * PAGE));
+        assert_eq!(src.next_data(6 * PAGE), None);
+        // The map is what the file was at open: later writes are not seen.
+        f.write_all_at(&[0x77; PAGE as usize], 0).unwrap();
+        assert!(src.is_zero(0, PAGE));
+        let mut buf = vec![0u8; 3 * PAGE as usize];
+        src.read_at(PAGE, &mut buf).unwrap();
+        assert!(buf[..PAGE as usize].iter().all(|&b| b == 0));
+        assert!(
+            buf[PAGE as usize..2 * PAGE as usize]
+                .iter()
+                .all(|&b| b == 0x22)
+        );
+    }
+
+    #[test]
     fn zero_detection() {
         let mut page = vec![0u8; 4096];
         assert!(all_zero(&page));
