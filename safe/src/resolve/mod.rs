@@ -595,26 +595,35 @@ impl<C: Class, B> Region<C, B> {
         self.backing.as_ref().map(|m| m.state())
     }
 
-    /// Turns a page-fault event into a typed fault of this region; `None`
-    /// for another event, a fault read from another userfaultfd (a fork
-    /// child's, at the same addresses), or an address outside the region.
+    /// Turns a page-fault event into a typed fault of this region, and
+    /// [takes](Event::take) the event: the [`Fault`] answers for the
+    /// faulting thread from then on. `None` (the event left untaken, so it
+    /// wakes its page when dropped unless another region takes it) for
+    /// another event, a fault read from another userfaultfd (a fork child's,
+    /// at the same addresses), or an address outside the region.
     #[inline(always)]
-    pub fn fault(&self, event: &Event) -> Option<Fault<'_, C, B>> {
+    pub fn fault(&self, event: &Event<'_>) -> Option<Fault<'_, C, B>> {
         match *event {
             Event::PageFault {
                 address,
                 kind,
                 uffd_id,
+                ref pending,
                 ..
-            } if uffd_id == self.reg.uffd_id() => self.fault_at(address, kind),
+            } if uffd_id == self.reg.uffd_id() => {
+                let fault = self.fault_at(address, kind)?;
+                pending.take();
+                Some(fault)
+            }
             _ => None,
         }
     }
 
     /// A typed fault of this region at `address` of `kind`, for a fault
     /// decoded elsewhere (prefer [`fault`](Self::fault), which also checks
-    /// the event's userfaultfd); `None` when the address is not in the
-    /// region.
+    /// the event's userfaultfd and takes the event; a handler that passes
+    /// an [`Event`]'s address here [takes](Event::take) the event itself);
+    /// `None` when the address is not in the region.
     #[inline(always)]
     pub fn fault_at(&self, address: usize, kind: FaultKind) -> Option<Fault<'_, C, B>> {
         if !self.reg.contains(address, 1) {
