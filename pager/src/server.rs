@@ -406,7 +406,11 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
             };
             for event in events {
                 match event {
-                    Event::PageFault { address, .. } => faults.push(address),
+                    Event::PageFault { address, .. } => {
+                        // Served below, after the batch.
+                        event.take();
+                        faults.push(address);
+                    }
                     Event::Remove { start, end } => resolver.remove(start, end),
                     Event::Unmap { start, end } => resolver.unmap(start, end),
                     Event::Remap { from, to, len } => {

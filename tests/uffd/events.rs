@@ -309,7 +309,10 @@ fn reads_are_batched_into_the_callers_buffer() {
         assert_eq!(events.len(), batch, "one read, {batch} events");
         for event in events {
             match event {
-                Event::PageFault { address, .. } => addresses.push(address),
+                Event::PageFault { address, .. } => {
+                    event.take();
+                    addresses.push(address);
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -462,8 +465,12 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
     let handled = {
         let mut events = uffd.read_events(&mut buf).expect("read");
         assert_eq!(events.len(), 3, "one read takes all three faults");
-        let Some(Event::PageFault { address, .. }) = events.next() else {
+        let Some(event @ Event::PageFault { .. }) = events.next() else {
             panic!("expected a page fault")
+        };
+        event.take();
+        let Event::PageFault { address, .. } = event else {
+            unreachable!()
         };
         address
         // `events` is dropped here with two faults not iterated.
@@ -478,7 +485,10 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
         .read_events(&mut buf)
         .expect("read")
         .map(|e| match e {
-            Event::PageFault { address, .. } => address,
+            Event::PageFault { address, .. } => {
+                e.take();
+                address
+            }
             other => panic!("{other:?}"),
         })
         .collect();

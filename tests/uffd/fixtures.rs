@@ -283,7 +283,10 @@ pub fn next_event(uffd: &Uffd) -> Event<'static> {
     let mut events = uffd
         .wait_events(&mut buf, Some(TIMEOUT))
         .expect("waiting for an event");
-    events.next().expect("no event arrived in time").into_taken()
+    events
+        .next()
+        .expect("no event arrived in time")
+        .into_taken()
 }
 
 /// Asserts that no event is pending.
