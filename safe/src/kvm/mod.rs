@@ -7,7 +7,7 @@
 //! | [`Kvm`], [`Vm`], [`check_extension`] | `/dev/kvm`, `KVM_CREATE_VM`, `KVM_CHECK_EXTENSION` (the integer kept) | any |
 //! | [`GuestMemfd`], [`GmemFlags`] | `KVM_CREATE_GUEST_MEMFD`, shared `mmap`, punch-hole | 6.8+; `MMAP`/`INIT_SHARED` 6.18+ |
 //! | [`GmemFlavour`] | which bit is `WRITE` / `NO_DIRECT_MAP`, found by trying | posted series |
-//! | [`GuestMemfd::write_at`], its [`Backing`](crate::backing::Backing) `fill` | population by `pwrite` | posted series ("use write for population") |
+//! | [`GuestMemfd::write_at`] (`&mut`: before the file has a page state), its [`Backing`](crate::backing::Backing) `fill` (through the state) | population by `pwrite` | posted series ("use write for population") |
 //! | [`Memslot`], [`MemslotFlags`] | `KVM_SET_USER_MEMORY_REGION2`, delete | 6.8+; plain slots through `KVM_SET_USER_MEMORY_REGION` before |
 //! | [`Memslot::userfault`], [`UserfaultBitmap`], [`probe_userfault`] | `KVM_MEM_USERFAULT` + `userfault_bitmap` | posted series ("KVM Userfault") |
 //! | [`MemoryFault`], [`MemoryFaultFlags`] | `KVM_EXIT_MEMORY_FAULT` from `kvm_run` | 6.8+; USERFAULT flag: posted series |
