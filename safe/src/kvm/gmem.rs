@@ -286,7 +286,7 @@ impl GmemFlavour {
             .ok()
             .filter(|&v| v > 0)
             .map(|v| v as u64);
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         // The base flags: those of MMAP | INIT_SHARED the VM takes, found by
         // creating a scratch file with them.
         let mut base = GmemFlags::empty();
@@ -484,7 +484,7 @@ impl GuestMemfd {
         flags: GmemFlags,
     ) -> Result<GuestMemfd> {
         const OP: &str = "KVM_CREATE_GUEST_MEMFD";
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         if size == 0 || !size.is_multiple_of(page) {
             return Err(Error::invalid(
                 OP,
@@ -726,7 +726,7 @@ impl Backing for GuestMemfd {
     }
 
     fn page_size(&self) -> usize {
-        rustix::param::page_size()
+        crate::sys::page_size()
     }
 
     /// The `pwrite` of [`GuestMemfd::write_at`], under the page state's

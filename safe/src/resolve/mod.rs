@@ -494,7 +494,7 @@ impl<C: Class, B> Region<C, B> {
         // skip the range checks, so every page of the region must lie
         // inside the registration.
         if !page_size.is_power_of_two()
-            || page_size < rustix::param::page_size()
+            || page_size < crate::sys::page_size()
             || !start.is_multiple_of(page_size)
             || !len.is_multiple_of(page_size)
             || len == 0

@@ -261,7 +261,7 @@ impl Drop for Pending<'_> {
 #[cold]
 #[inline(never)]
 fn wake_page(fd: BorrowedFd<'_>, address: u64) {
-    let page = super::register::page_size() as u64;
+    let page = crate::sys::page_size() as u64;
     let mut range = sys::uffdio_range {
         start: address & !(page - 1),
         len: page,
