@@ -248,10 +248,10 @@ impl Pending<'_> {
 impl Drop for Pending<'_> {
     #[inline(always)]
     fn drop(&mut self) {
-        if !self.taken.get() {
-            if let Some(fd) = self.fd {
-                wake_page(fd, self.address);
-            }
+        if !self.taken.get()
+            && let Some(fd) = self.fd
+        {
+            wake_page(fd, self.address);
         }
     }
 }
