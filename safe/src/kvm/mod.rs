@@ -55,7 +55,9 @@
 //! of the file's [`PageState`](crate::resolve::PageState) (attached by
 //! [`Stage2Resolver::new`]): a page is written once whichever path — a
 //! vCPU, the VMM's userfaultfd handler, a populator — gets to it first, and
-//! every later fault on it only maps it.
+//! every later fault on it only maps it. [`Stage2Fault::resolve_window`]
+//! resolves a [`Stage2Window`] of pages around the fault at once: one write
+//! per run of its unfilled pages, their bits cleared a word at a time.
 //!
 //! | state of page P | how reached | allowed |
 //! |---|---|---|
@@ -213,5 +215,5 @@ pub use exit::{
 pub use gmem::{CandidateBit, GmemFlags, GmemFlavour, GmemNumbering, GuestMemfd};
 pub use handle::{Kvm, Vm, check_extension};
 pub use memslot::{Memslot, MemslotFlags};
-pub use stage2::{Stage2Fault, Stage2Resolver};
+pub use stage2::{Stage2Fault, Stage2Resolver, Stage2Window};
 pub use userfault::{UserfaultBitmap, probe_userfault};

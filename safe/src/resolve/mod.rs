@@ -216,6 +216,7 @@ mod typed_fault;
 pub use any_class::{AnyFault, AnyRegion};
 pub use page_state::{Discard, PageState};
 pub use rwp::{RwpFault, UnknownFault};
+pub(crate) use typed_fault::HeldPages;
 pub use typed_fault::{Fault, MAX_WINDOW, MinorFault, MissingFault, Window, WpFault};
 
 use typed_fault::RawFault;
