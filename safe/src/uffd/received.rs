@@ -1,6 +1,6 @@
 //! Adopting a userfaultfd that another process created and negotiated.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use super::{Features, Ioctls, KernelApi, Origin, Uffd};
 use crate::error::{Error, Result};
@@ -28,13 +28,19 @@ impl Uffd {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidArgument`] when `fd` is not a userfaultfd or its
-    /// `UFFDIO_API` handshake was never made; [`Error::Os`] (`readlink`,
-    /// `read`) when `/proc` cannot be read.
+    /// [`Error::InvalidArgument`] when `fd` is not a userfaultfd, or its
+    /// `UFFDIO_API` handshake was never made (detected on kernels that show
+    /// `UFFD_FEATURE_INITIALIZED` in `fdinfo`; on older ones such a
+    /// userfaultfd is adopted with no features, and registering fails
+    /// later); [`Error::Os`] (`readlink`, `read`) when `/proc` cannot be
+    /// read.
     pub fn from_received(fd: OwnedFd) -> Result<Uffd> {
         const OP: &str = "adopt userfaultfd";
         let raw = fd.as_raw_fd();
-        let link = std::fs::read_link(format!("/proc/self/fd/{raw}"))
+        // The calling thread's table first: after `unshare(CLONE_FILES)` the
+        // process's table can hold another file under the same number.
+        let link = std::fs::read_link(format!("/proc/thread-self/fd/{raw}"))
+            .or_else(|_| std::fs::read_link(format!("/proc/self/fd/{raw}")))
             .map_err(|e| io_error("readlink", &e))?;
         if link.as_os_str() != "anon_inode:[userfaultfd]" {
             return Err(Error::invalid(
@@ -42,7 +48,8 @@ impl Uffd {
                 format!("descriptor {raw} is {}, not a userfaultfd", link.display()),
             ));
         }
-        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}"))
+        let info = std::fs::read_to_string(format!("/proc/thread-self/fdinfo/{raw}"))
+            .or_else(|_| std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")))
             .map_err(|e| io_error("read", &e))?;
         let (features, ioctls) = parse_api_line(&info).ok_or_else(|| {
             Error::invalid(
@@ -50,10 +57,14 @@ impl Uffd {
                 format!("/proc/self/fdinfo/{raw} has no userfaultfd API line"),
             )
         })?;
-        if ioctls == 0 {
+        // The ioctls field is a constant; only the INITIALIZED bit of the
+        // feature word tells a negotiated userfaultfd from a fresh one, on
+        // kernels that keep that bit there (asked on a userfaultfd of our own).
+        if features & INITIALIZED == 0 && kernel_marks_initialized() {
             return Err(Error::invalid(
                 OP,
-                "the userfaultfd's UFFDIO_API handshake was never made",
+                "the userfaultfd's UFFDIO_API handshake was never made: its creator must \
+                 negotiate features before sending it",
             ));
         }
         let features = Features::from_bits_retain(features & !INITIALIZED);
@@ -74,6 +85,21 @@ impl Uffd {
             false,
         ))
     }
+}
+
+/// True when this kernel shows `UFFD_FEATURE_INITIALIZED` in the `fdinfo`
+/// of a userfaultfd whose `UFFDIO_API` handshake was made; false when it
+/// does not, or when no userfaultfd can be created to ask.
+fn kernel_marks_initialized() -> bool {
+    let Ok(own) = Uffd::builder().create() else {
+        return false;
+    };
+    let raw = own.as_fd().as_raw_fd();
+    std::fs::read_to_string(format!("/proc/thread-self/fdinfo/{raw}"))
+        .or_else(|_| std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")))
+        .ok()
+        .and_then(|info| parse_api_line(&info))
+        .is_some_and(|(features, _)| features & INITIALIZED != 0)
 }
 
 fn io_error(op: &'static str, e: &std::io::Error) -> Error {
@@ -130,6 +156,24 @@ mod tests {
         assert_eq!(adopted.origin(), Origin::Received);
         assert_eq!(adopted.features(), enabled);
         assert!(adopted.features().contains(Features::EVENT_REMOVE));
+    }
+
+    #[test]
+    fn refuses_a_userfaultfd_without_its_handshake() {
+        if !kernel_marks_initialized() {
+            eprintln!(
+                "SKIP refuses_a_userfaultfd_without_its_handshake: this kernel does not show \
+                 UFFD_FEATURE_INITIALIZED in fdinfo (or no userfaultfd can be created)"
+            );
+            return;
+        }
+        // SAFETY: userfaultfd(2) takes only flags and returns a new descriptor or -1.
+        let raw = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) };
+        assert!(raw >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a descriptor this test just created and owns alone.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw as i32) };
+        let err = Uffd::from_received(fd).unwrap_err();
+        assert!(err.to_string().contains("never made"), "{err}");
     }
 
     #[test]
