@@ -56,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(write) = write {
         flags |= write;
     }
-    let gmem = GuestMemfd::create(vm_fd, GUEST_SIZE, flags)?;
+    let mut gmem = GuestMemfd::create(vm_fd, GUEST_SIZE, flags)?;
     let view = gmem.map_all()?;
     let mut page = vec![0u8; 4096];
     page[..CODE.len()].copy_from_slice(CODE);

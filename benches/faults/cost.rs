@@ -196,6 +196,7 @@ pub fn userfault_bench_cost_safe_uffd(
         let Event::PageFault { address, .. } = event else {
             panic!("unexpected event {event:?}");
         };
+        event.take();
         let page = address & !(PAGE - 1);
         let off = page - reg.start();
         uffd.copy_or_wake(reg, page, &src[off..off + PAGE], CopyMode::empty())

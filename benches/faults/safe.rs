@@ -84,6 +84,7 @@ pub fn chunk(src: &[u8], len: usize, unit: usize) -> Sample {
             let Event::PageFault { address, .. } = event else {
                 panic!("unexpected event {event:?}");
             };
+            event.take();
             let off = (address - base) & !(unit - 1);
             let dst = base + off;
             uffd.copy_or_wake(&reg, dst, &src[off..off + unit], CopyMode::empty())

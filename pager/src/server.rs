@@ -463,7 +463,12 @@ fn handle_batch(
         for event in events {
             read_any = true;
             match event {
-                Event::PageFault { address, .. } => b.faults.push(address),
+                Event::PageFault { address, .. } => {
+                    // Served below, after the batch: taken, so dropping the
+                    // event does not wake its thread early.
+                    event.take();
+                    b.faults.push(address);
+                }
                 Event::Remove { start, end } => resolver.remove(start, end),
                 Event::Unmap { start, end } => resolver.unmap(start, end),
                 Event::Remap { from, to, len } => {

@@ -843,6 +843,7 @@ fn assert_no_fault_served(vmm: &Vmm) {
             .unwrap()
         {
             if let userfault::uffd::Event::PageFault { address, .. } = ev {
+                ev.take();
                 assert_eq!(address & !(PAGE - 1), addr);
                 seen = true;
             }

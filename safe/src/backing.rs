@@ -190,7 +190,7 @@ impl Memfd {
     /// `InvalidArgument` when `size` is not a multiple of the page size;
     /// the errno of `memfd_create`, `ftruncate` or `fcntl` otherwise.
     pub fn shmem(name: &CStr, size: u64) -> Result<Memfd> {
-        let page = rustix::param::page_size();
+        let page = crate::sys::page_size();
         let flags = rustix::fs::MemfdFlags::CLOEXEC | rustix::fs::MemfdFlags::ALLOW_SEALING;
         Self::create(name, size, flags, page, false)
     }
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn offsets_and_addresses_convert_and_are_checked() {
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         let memfd = Arc::new(Memfd::shmem(c"offsets", 8 * page).expect("memfd"));
         let state = PageState::new(memfd).expect("state");
         let m = BackedMapping::new(&state, 2 * page, 4 * page as usize).expect("map");
@@ -512,7 +512,7 @@ mod tests {
 
     #[test]
     fn shmem_fill_lands_in_the_page_cache() {
-        let page = rustix::param::page_size();
+        let page = crate::sys::page_size();
         let memfd = Memfd::shmem(c"fill", 2 * page as u64).expect("memfd");
         let data: Vec<u8> = (0..page).map(|i| (i % 251) as u8).collect();
         memfd
@@ -527,7 +527,7 @@ mod tests {
 
     #[test]
     fn a_file_has_one_page_state() {
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         let memfd = Arc::new(Memfd::shmem(c"one-state", 4 * page).expect("memfd"));
         let state = PageState::new(memfd.clone()).expect("state");
         let e = PageState::new(memfd.clone()).expect_err("a second state");

@@ -243,7 +243,7 @@ impl Pagemap {
     #[doc(alias = "PAGEMAP_SCAN")]
     pub fn scan(&self, scan: &Scan) -> Result<Regions<'_>> {
         const OP: &str = "PAGEMAP_SCAN";
-        let page = rustix::param::page_size();
+        let page = crate::sys::page_size();
         if !scan.start.is_multiple_of(page) {
             return Err(Error::invalid(
                 OP,
@@ -389,7 +389,7 @@ impl Regions<'_> {
             self.filled = n;
             self.taken = 0;
             if limited {
-                let page = rustix::param::page_size() as u64;
+                let page = crate::sys::page_size() as u64;
                 let pages: u64 = self.buf[..n].iter().map(|r| (r.end - r.start) / page).sum();
                 self.pages_left = self.pages_left.saturating_sub(pages);
             }

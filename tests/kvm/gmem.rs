@@ -95,7 +95,7 @@ fn every_kvm_descriptor_the_crate_creates_is_close_on_exec() {
 fn guest_memfd_punch_hole_drops_pages() {
     const TEST: &str = "guest_memfd_punch_hole_drops_pages";
     let (_kvm, vm) = require!(TEST, "kvm", super::open_vm());
-    let Some(gmem) = super::need_shared_gmem(TEST, super::borrow(&vm), 4 * PAGE as u64) else {
+    let Some(mut gmem) = super::need_shared_gmem(TEST, super::borrow(&vm), 4 * PAGE as u64) else {
         return;
     };
     let view = gmem.map_all().expect("mmap");

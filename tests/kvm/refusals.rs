@@ -27,7 +27,7 @@ fn guest_memfd_write_works_or_is_unsupported() {
     const TEST: &str = "guest_memfd_write_works_or_is_unsupported";
     let (_kvm, vm) = require!(TEST, "kvm", super::open_vm());
     let vm = super::borrow(&vm);
-    let Some(gmem) = super::need_shared_gmem(TEST, vm, 2 * PAGE as u64) else {
+    let Some(mut gmem) = super::need_shared_gmem(TEST, vm, 2 * PAGE as u64) else {
         return;
     };
     let view = gmem.map_all().expect("mmap");
@@ -76,7 +76,7 @@ fn guest_memfd_write_works_or_is_unsupported() {
         Ok(write) => {
             assert!(write.has_write());
             let flags = flavour.base() | write;
-            let writable = GuestMemfd::create(vm, 2 * PAGE as u64, flags).expect("WRITE gmem");
+            let mut writable = GuestMemfd::create(vm, 2 * PAGE as u64, flags).expect("WRITE gmem");
             writable
                 .write_at(PAGE as u64, &page)
                 .expect("pwrite with WRITE");

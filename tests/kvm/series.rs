@@ -146,18 +146,14 @@ fn guest_memfd_continue_only_when_the_caller_asks() {
         return;
     };
     let gmem = Arc::new(GuestMemfd::create(vm, (PAGES * PAGE) as u64, flags).expect("gmem"));
-    let mapping = BackedMapping::whole(gmem.clone()).expect("mmap");
-    continue_only_serving(TEST, gmem, mapping);
+    let mapping = BackedMapping::whole(gmem).expect("mmap");
+    continue_only_serving(TEST, mapping);
 }
 
 /// A CONTINUE-only region over `mapping` of `gmem`: a MISSING fault is served by
 /// write() then CONTINUE, a MINOR fault (page written before the read) by
 /// CONTINUE alone; every byte read equals what was written.
-fn continue_only_serving(
-    test: &str,
-    gmem: Arc<GuestMemfd>,
-    mapping: Arc<BackedMapping<GuestMemfd>>,
-) -> Option<Ioctls> {
+fn continue_only_serving(test: &str, mapping: Arc<BackedMapping<GuestMemfd>>) -> Option<Ioctls> {
     let uffd = Arc::new(
         Uffd::builder()
             .non_blocking(true)
@@ -190,7 +186,12 @@ fn continue_only_serving(
         }
     });
     let want = page_data(2);
-    gmem.write_at(2 * PAGE as u64, &want)
+    // Written through the page state (the file is shared with it: its
+    // own `write_at` needs the file exclusively); the page is filled, so the
+    // fault is MINOR.
+    mapping
+        .state()
+        .populate(2 * PAGE as u64, &want)
         .expect("pwrite page 2");
     read_page_while_serving(mapping.mapping(), 2, &want, || {
         let (address, kind) = next_fault(&uffd, &mut buf);
@@ -315,7 +316,7 @@ fn guest_memfd_continue_only_because_the_kernel_says_so() {
     assert!(e.is_unsupported(), "{e}");
     drop(any);
     // A typed CONTINUE-only region serves it.
-    let mask = continue_only_serving(TEST, gmem, served).expect("a CONTINUE-only region");
+    let mask = continue_only_serving(TEST, served).expect("a CONTINUE-only region");
     assert!(!mask.contains(Ioctls::COPY), "{mask:?}");
 }
 

@@ -292,3 +292,90 @@ fn stage2_a_failed_resolver_hands_over() {
     );
     assert_eq!(backing.fills.load(Ordering::SeqCst), 2);
 }
+
+/// A chunked stage-2 resolution: one write per run of the window's
+/// unfilled pages (a page another path filled is skipped, not written
+/// again), every bit of the window cleared and none outside it, every byte
+/// the snapshot's (the populated page keeps its own), and a later fault on
+/// a page of the window fills nothing.
+#[test]
+fn stage2_window_fills_each_page_once_with_one_write_per_run() {
+    let (memfd, bitmap) = setup();
+    let state = watched(&memfd, &bitmap, Duration::ZERO);
+    let backing = state.backing();
+    let resolver = Stage2Resolver::new(&state, &bitmap, SLOT_OFFSET).expect("resolver");
+    // Page 19 of the slot is filled first, by a populator.
+    let own = vec![0xAB; PAGE];
+    state
+        .populate(SLOT_OFFSET + 19 * PAGE as u64, &own)
+        .expect("populate");
+    assert_eq!(backing.fills.load(Ordering::SeqCst), 1);
+    assert!(bitmap.test(19) == Some(false));
+
+    // A vCPU faults on page 21: its 64 KiB window, aligned in the file
+    // (the slot starts 8 pages in), is slot pages 8..24.
+    let fault = resolver.fault(&userfault_at(21)).expect("stage-2 fault");
+    let window = fault.window(64 << 10).expect("window");
+    assert_eq!(window.first_page(), 8);
+    assert_eq!(window.backing_offset(), SLOT_OFFSET + 8 * PAGE as u64);
+    assert_eq!(window.len(), 16 * PAGE);
+    let data: Vec<u8> = (8..24).flat_map(page_data).collect();
+    assert_eq!(
+        fault.resolve_window(window, &data).expect("window"),
+        Resolution::Filled
+    );
+    assert_eq!(
+        backing.fills.load(Ordering::SeqCst),
+        3,
+        "one write for pages 8..19, one for 20..24, none for 19"
+    );
+    for page in 0..SLOT_PAGES {
+        let inside = (8..24).contains(&page);
+        assert_eq!(
+            bitmap.test(page),
+            Some(!inside && page != 19),
+            "bit of page {page}"
+        );
+        let want = if page == 19 {
+            own.clone()
+        } else if inside {
+            page_data(page)
+        } else {
+            vec![0; PAGE]
+        };
+        assert_eq!(
+            pread(memfd.as_fd(), SLOT_OFFSET + page * PAGE as u64, PAGE),
+            want,
+            "page {page}"
+        );
+    }
+
+    // A fault on a page the window filled, with its own window: nothing is
+    // written again.
+    let fault = resolver.fault(&userfault_at(9)).expect("stage-2 fault");
+    let window = fault.window(64 << 10).expect("window");
+    assert_eq!(
+        fault.resolve_window(window, &data).expect("window"),
+        Resolution::AlreadyPresent
+    );
+    assert_eq!(backing.fills.load(Ordering::SeqCst), 3);
+
+    // Refusals: a size that is no power of two, a window of another fault,
+    // data of the wrong length.
+    let fault = resolver.fault(&userfault_at(40)).expect("stage-2 fault");
+    assert!(matches!(
+        fault.window(3 * PAGE),
+        Err(Error::InvalidArgument { .. })
+    ));
+    let e = fault.resolve_window(window, &data).unwrap_err();
+    assert!(e.to_string().contains("another fault's"), "{e}");
+    let fault = resolver.fault(&userfault_at(40)).expect("stage-2 fault");
+    let window = fault.window(64 << 10).expect("window");
+    let e = fault.resolve_window(window, &data[..PAGE]).unwrap_err();
+    assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    assert!(
+        bitmap.test(40) == Some(true),
+        "a refused window fills nothing"
+    );
+    assert_eq!(backing.fills.load(Ordering::SeqCst), 3);
+}

@@ -134,6 +134,8 @@ pub fn next_fault(
     loop {
         for event in uffd.read_events(buf).expect("read events") {
             if let Event::PageFault { address, kind, .. } = event {
+                // The caller resolves it.
+                event.take();
                 return Some((address, kind));
             }
         }
@@ -161,13 +163,11 @@ pub fn serve(
         };
         let mut any = false;
         for event in events {
-            let Event::PageFault { address, kind, .. } = event else {
+            if !matches!(event, Event::PageFault { .. }) {
                 continue;
-            };
+            }
             any = true;
-            let fault = region
-                .fault_at(address, kind)
-                .expect("fault inside the region");
+            let fault = region.fault(&event).expect("fault inside the region");
             let result = match fault {
                 Fault::Missing(f) => {
                     let offset = f.file_offset();

@@ -556,22 +556,8 @@ fn regions_own_their_registration_and_their_userfaultfd() {
     let e = unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }
         .expect_err("a second region over the same range");
     assert!(e.to_string().contains("overlaps a live region"), "{e}");
-    let ours = Event::PageFault {
-        address: mapping.addr(),
-        kind: FaultKind::Missing,
-        write: false,
-        thread_id: None,
-        flags: Default::default(),
-        uffd_id: uffd.id(),
-    };
-    let theirs = Event::PageFault {
-        address: mapping.addr(),
-        kind: FaultKind::Missing,
-        write: false,
-        thread_id: None,
-        flags: Default::default(),
-        uffd_id: uffd.id() + 1000,
-    };
+    let ours = Event::detached_fault(mapping.addr(), Default::default(), uffd.id());
+    let theirs = Event::detached_fault(mapping.addr(), Default::default(), uffd.id() + 1000);
     let fault = region.fault(&ours).expect("our fault");
     // Wakes nobody harmful: no thread waits on the page.
     drop(fault);

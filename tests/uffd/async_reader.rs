@@ -34,6 +34,7 @@ fn async_reader_delivers_faults() {
             .await
             .expect("an event in time")
             .expect("read")
+            .map(Event::into_taken)
             .collect();
         assert_eq!(events.len(), 1);
         assert!(
@@ -53,7 +54,7 @@ fn async_reader_delivers_faults() {
             TIMEOUT,
             poll_fn(|cx| {
                 uffd.poll_read_events(cx, &mut buf)
-                    .map(|r| r.map(|mut events| events.next()))
+                    .map(|r| r.map(|mut events| events.next().map(Event::into_taken)))
             }),
         )
         .await

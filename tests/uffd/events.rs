@@ -309,7 +309,10 @@ fn reads_are_batched_into_the_callers_buffer() {
         assert_eq!(events.len(), batch, "one read, {batch} events");
         for event in events {
             match event {
-                Event::PageFault { address, .. } => addresses.push(address),
+                Event::PageFault { address, .. } => {
+                    event.take();
+                    addresses.push(address);
+                }
                 other => panic!("{other:?}"),
             }
         }
@@ -374,7 +377,11 @@ fn blocking_reads_wait_and_survive_signals() {
             // SAFETY: pthread_self has no preconditions.
             tx.send(unsafe { libc::pthread_self() }).expect("send");
             let mut buf = EventBuffer::with_capacity(2);
-            let events: Vec<Event> = uffd.read_events(&mut buf).expect("blocking read").collect();
+            let events: Vec<Event> = uffd
+                .read_events(&mut buf)
+                .expect("blocking read")
+                .map(Event::into_taken)
+                .collect();
             events
         })
     };
@@ -458,8 +465,12 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
     let handled = {
         let mut events = uffd.read_events(&mut buf).expect("read");
         assert_eq!(events.len(), 3, "one read takes all three faults");
-        let Some(Event::PageFault { address, .. }) = events.next() else {
+        let Some(event @ Event::PageFault { .. }) = events.next() else {
             panic!("expected a page fault")
+        };
+        event.take();
+        let Event::PageFault { address, .. } = event else {
+            unreachable!()
         };
         address
         // `events` is dropped here with two faults not iterated.
@@ -474,7 +485,10 @@ fn dropping_events_early_wakes_the_faults_left_in_the_batch() {
         .read_events(&mut buf)
         .expect("read")
         .map(|e| match e {
-            Event::PageFault { address, .. } => address,
+            Event::PageFault { address, .. } => {
+                e.take();
+                address
+            }
             other => panic!("{other:?}"),
         })
         .collect();
@@ -533,4 +547,76 @@ fn poll_remembers_the_non_blocking_mode() {
     assert!(e.to_string().contains("create it non-blocking"), "{e}");
     set_flag_behind_its_back(&blocking, true);
     assert_eq!(ok(blocking.poll(Some(Duration::ZERO))), Ok(false));
+}
+
+/// A page fault that a handler iterates but no typed region matches (here:
+/// a range registered on the same userfaultfd that the handler has no
+/// region for) is woken when its event drops: the thread faults again — a
+/// second event for the same page — instead of waiting for ever. A fault
+/// the handler takes ([`Event::take`]) is not woken: no second event.
+#[test]
+fn page_faults_matched_to_no_region_are_woken() {
+    const TEST: &str = "page_faults_matched_to_no_region_are_woken";
+    let uffd = Arc::new(require!(TEST, "uffd", fixtures::open(Features::empty())));
+    let known = Mem::new(Kind::AnonPrivate, 1).expect("memory");
+    let other = Mem::new(Kind::AnonPrivate, 1).expect("memory");
+    let ps = known.page_size();
+    // SAFETY: both mappings are only accessed through raw pointers.
+    let region = unsafe {
+        userfault::resolve::Region::copy_capable(
+            uffd.clone(),
+            known.addr(),
+            ps,
+            RegisterMode::MISSING,
+            ps,
+        )
+    }
+    .expect("region");
+    // SAFETY: as above.
+    let reg = unsafe { uffd.register(other.addr(), ps, RegisterMode::MISSING) }.expect("register");
+
+    let touch = Touch::read(other.addr(), 16);
+    fixtures::wait_pending(&uffd, 1);
+    let mut buf = EventBuffer::with_capacity(4);
+    let mut matched = 0;
+    let mut seen = 0;
+    for event in uffd.read_events(&mut buf).expect("read") {
+        seen += 1;
+        if region.fault(&event).is_some() {
+            matched += 1;
+        }
+        assert!(!event.is_taken(), "no region took the event");
+    }
+    assert_eq!((seen, matched), (1, 0));
+    // Woken: the thread retries, the page is still missing, it faults again.
+    match fixtures::next_event(&uffd) {
+        Event::PageFault { address, .. } => assert_eq!(address, other.addr()),
+        e => panic!("unexpected event {e:?}"),
+    }
+    // `next_event` took that one: it stays blocked, with no new event.
+    assert!(touch.still_blocked(), "a taken fault was woken");
+    fixtures::assert_no_event(&uffd);
+    let data = pattern(7, ps);
+    assert_eq!(
+        ok(uffd.copy(&reg, other.addr(), &data, CopyMode::empty())),
+        Ok(ps)
+    );
+    assert_eq!(touch.wait().data, data[..16]);
+
+    // The region's own fault: `Region::fault` takes it, so dropping the
+    // event (and resolving through the fault) leaves no second event.
+    let touch = Touch::read(known.addr(), 16);
+    fixtures::wait_pending(&uffd, 1);
+    for event in uffd.read_events(&mut buf).expect("read") {
+        let fault = region.fault(&event).expect("the region's fault");
+        assert!(event.is_taken());
+        match fault {
+            userfault::resolve::Fault::Missing(f) => {
+                f.copy(&data).expect("copy");
+            }
+            _ => panic!("not a missing fault"),
+        }
+    }
+    assert_eq!(touch.wait().data, data[..16]);
+    fixtures::assert_no_event(&uffd);
 }

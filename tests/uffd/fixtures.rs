@@ -275,14 +275,18 @@ pub fn open(features: Features) -> Result<Uffd, String> {
         .map_err(|e| e.to_string())
 }
 
-/// The next event, waiting up to [`TIMEOUT`].
+/// The next event, waiting up to [`TIMEOUT`], taken
+/// ([`Event::into_taken`]): the test answers for it.
 #[track_caller]
-pub fn next_event(uffd: &Uffd) -> Event {
+pub fn next_event(uffd: &Uffd) -> Event<'static> {
     let mut buf = EventBuffer::with_capacity(1);
     let mut events = uffd
         .wait_events(&mut buf, Some(TIMEOUT))
         .expect("waiting for an event");
-    events.next().expect("no event arrived in time")
+    events
+        .next()
+        .expect("no event arrived in time")
+        .into_taken()
 }
 
 /// Asserts that no event is pending.

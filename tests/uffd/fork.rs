@@ -69,6 +69,7 @@ fn handler(shared: Arc<Shared>, data: Vec<u8>) -> std::thread::JoinHandle<()> {
                     else {
                         panic!("unexpected child event {event:?}");
                     };
+                    event.take();
                     let reg = shared.reg.get().expect("registered before any fork");
                     let creg = child.inherit(reg).expect("inherited registration");
                     assert_eq!(creg.uffd_id(), child.id());

@@ -22,6 +22,7 @@ fn expect_fault(uffd: &Uffd, address: usize, kind: FaultKind, write: bool) -> Fa
             thread_id,
             flags,
             uffd_id,
+            ..
         } => {
             assert_eq!((a, k, w), (address, kind, write), "flags {flags:?}");
             assert_eq!(uffd_id, uffd.id(), "the event names its userfaultfd");

@@ -102,6 +102,7 @@ fn handler(
                 let Event::PageFault { address, .. } = event else {
                     panic!("unexpected event {event:?}");
                 };
+                event.take();
                 handled.faults.fetch_add(1, Ordering::SeqCst);
                 let page = (address - reg.start()) / ps;
                 if handled.copied.load(Ordering::SeqCst) >= limit {

@@ -219,6 +219,7 @@ fn working_set_by_fault_order_in_a_demand_paged_run() {
                     else {
                         panic!("unexpected {event:?}");
                     };
+                    event.take();
                     let page = address & !(ps - 1);
                     tracker.record_fault(page);
                     let data = pattern((page - base) / ps, ps);

@@ -18,7 +18,7 @@ use crate::uffd::{CopyMode, DEVICE_PATH, Features, Ioctls, OpenMethod, RegisterM
 const KVM_PATH: &str = "/dev/kvm";
 
 pub(super) fn probe() -> Result<Capabilities> {
-    let page = rustix::param::page_size();
+    let page = crate::sys::page_size();
     // The one thing every row needs; if even this fails, probing cannot run.
     drop(Mapping::anonymous(page, Sharing::Private)?);
 

@@ -201,7 +201,7 @@ mod tests {
         use crate::backing::{Backing, Memfd};
         use crate::kvm::{Stage2Resolver, UserfaultBitmap};
 
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         const SLOT_PAGES: u64 = 16;
         let memfd = std::sync::Arc::new(
             Memfd::shmem(c"fuzz-stage2", (SLOT_PAGES + 4) * page).expect("memfd"),

@@ -286,7 +286,7 @@ impl GmemFlavour {
             .ok()
             .filter(|&v| v > 0)
             .map(|v| v as u64);
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         // The base flags: those of MMAP | INIT_SHARED the VM takes, found by
         // creating a scratch file with them.
         let mut base = GmemFlags::empty();
@@ -484,7 +484,7 @@ impl GuestMemfd {
         flags: GmemFlags,
     ) -> Result<GuestMemfd> {
         const OP: &str = "KVM_CREATE_GUEST_MEMFD";
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         if size == 0 || !size.is_multiple_of(page) {
             return Err(Error::invalid(
                 OP,
@@ -596,6 +596,41 @@ impl GuestMemfd {
     /// cache at `offset` (both page-aligned) without faulting, where the
     /// kernel has guest_memfd `write()` (a posted series, not mainline).
     ///
+    /// This is for setting the file up before it is guest memory in use:
+    /// it takes the file exclusively (`&mut`), which nobody has once the file
+    /// is behind a [`PageState`](crate::resolve::PageState) — every mapping,
+    /// region and stage-2 resolver shares it through an `Arc` — so no page
+    /// can be filled behind the state's back (the state would map it
+    /// unfilled, or fill it again over the guest's writes). From then on,
+    /// [`PageState::populate`](crate::resolve::PageState::populate) writes
+    /// through the state, the same `pwrite`.
+    ///
+    /// ```no_run
+    /// # fn f(vm: &std::fs::File, flags: userfault::kvm::GmemFlags) -> userfault::Result<()> {
+    /// use std::sync::Arc;
+    /// use userfault::kvm::GuestMemfd;
+    /// use userfault::resolve::PageState;
+    ///
+    /// let mut gmem = GuestMemfd::create(vm, 1 << 20, flags)?;
+    /// // Before the state: the firmware, written into the file directly.
+    /// gmem.write_at(0, &[0x90; 4096])?;
+    /// let state = PageState::new(Arc::new(gmem))?;
+    /// // It is in the file: declare it so, and it is only mapped.
+    /// state.mark_filled(0, 4096)?;
+    /// // From here on: through the state.
+    /// state.populate(4096, &[0xf4; 4096])?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// Behind the state, the file cannot be written this way:
+    ///
+    /// ```compile_fail,E0596
+    /// # fn f(state: &userfault::resolve::PageState<userfault::kvm::GuestMemfd>) {
+    /// state.backing().write_at(0, &[0; 4096]);
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// `InvalidArgument` for an unaligned or out-of-range request.
@@ -611,7 +646,13 @@ impl GuestMemfd {
     ///
     /// [`KVM_CREATE_GUEST_MEMFD`](https://docs.kernel.org/virt/kvm/api.html#kvm-create-guest-memfd)
     #[doc(alias = "pwrite")]
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.pwrite(offset, data)
+    }
+
+    /// The `pwrite` of [`write_at`](Self::write_at) and of the page state's
+    /// fills.
+    fn pwrite(&self, offset: u64, data: &[u8]) -> Result<()> {
         check_span(self, "pwrite", offset, data.len() as u64)?;
         pwrite_all(self.fd.as_fd(), offset, data).map_err(|errno| write_error(self.flags, errno))
     }
@@ -656,16 +697,25 @@ impl From<GuestMemfd> for OwnedFd {
 
 impl GuestMemfd {
     /// `fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset,
-    /// len)`: drops pages from the file. While the file is guest memory in
-    /// use, discard through its [`PageState`](crate::resolve::PageState)
-    /// instead ([`discard`](crate::resolve::PageState::discard)), so the
-    /// pages' state and bitmap bits are reset with them.
+    /// len)`: drops pages from the file before it is guest memory in use.
+    /// Like [`write_at`](Self::write_at) it takes the file exclusively,
+    /// which nobody has once it is behind a
+    /// [`PageState`](crate::resolve::PageState); from then on discard
+    /// through the state ([`discard`](crate::resolve::PageState::discard)),
+    /// so the pages' state and bitmap bits are reset with them.
+    ///
+    /// ```compile_fail,E0596
+    /// # fn f(mapping: &userfault::backing::BackedMapping<userfault::kvm::GuestMemfd>) {
+    /// // A mapping shares the file with its page state: no hole behind it.
+    /// mapping.backing().punch_hole(0, 4096);
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
     /// `InvalidArgument` for an unaligned or out-of-range request; the
     /// `fallocate` errno otherwise.
-    pub fn punch_hole(&self, offset: u64, len: u64) -> Result<()> {
+    pub fn punch_hole(&mut self, offset: u64, len: u64) -> Result<()> {
         Backing::punch_hole(self, offset, len, crate::backing::Claimed::new())
     }
 }
@@ -676,13 +726,13 @@ impl Backing for GuestMemfd {
     }
 
     fn page_size(&self) -> usize {
-        rustix::param::page_size()
+        crate::sys::page_size()
     }
 
-    /// [`GuestMemfd::write_at`]: `Unsupported` where the kernel has no
-    /// guest_memfd `write()`.
+    /// The `pwrite` of [`GuestMemfd::write_at`], under the page state's
+    /// claim: `Unsupported` where the kernel has no guest_memfd `write()`.
     fn fill(&self, offset: u64, data: &[u8], _claim: crate::backing::Claimed<'_>) -> Result<()> {
-        self.write_at(offset, data)
+        self.pwrite(offset, data)
     }
 }
 

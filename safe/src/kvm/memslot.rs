@@ -172,7 +172,7 @@ impl<'a> Memslot<'a> {
     /// Refuses what the kernel would refuse with a bare `EINVAL`, before the
     /// system call, so that the kernel's `EINVAL` means something specific.
     fn check(&self) -> Result<()> {
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         let aligned = |what: &str, v: u64| {
             if v.is_multiple_of(page) {
                 Ok(())

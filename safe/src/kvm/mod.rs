@@ -7,7 +7,7 @@
 //! | [`Kvm`], [`Vm`], [`check_extension`] | `/dev/kvm`, `KVM_CREATE_VM`, `KVM_CHECK_EXTENSION` (the integer kept) | any |
 //! | [`GuestMemfd`], [`GmemFlags`] | `KVM_CREATE_GUEST_MEMFD`, shared `mmap`, punch-hole | 6.8+; `MMAP`/`INIT_SHARED` 6.18+ |
 //! | [`GmemFlavour`] | which bit is `WRITE` / `NO_DIRECT_MAP`, found by trying | posted series |
-//! | [`GuestMemfd::write_at`], its [`Backing`](crate::backing::Backing) `fill` | population by `pwrite` | posted series ("use write for population") |
+//! | [`GuestMemfd::write_at`] (`&mut`: before the file has a page state), its [`Backing`](crate::backing::Backing) `fill` (through the state) | population by `pwrite` | posted series ("use write for population") |
 //! | [`Memslot`], [`MemslotFlags`] | `KVM_SET_USER_MEMORY_REGION2`, delete | 6.8+; plain slots through `KVM_SET_USER_MEMORY_REGION` before |
 //! | [`Memslot::userfault`], [`UserfaultBitmap`], [`probe_userfault`] | `KVM_MEM_USERFAULT` + `userfault_bitmap` | posted series ("KVM Userfault") |
 //! | [`MemoryFault`], [`MemoryFaultFlags`] | `KVM_EXIT_MEMORY_FAULT` from `kvm_run` | 6.8+; USERFAULT flag: posted series |
@@ -55,7 +55,9 @@
 //! of the file's [`PageState`](crate::resolve::PageState) (attached by
 //! [`Stage2Resolver::new`]): a page is written once whichever path — a
 //! vCPU, the VMM's userfaultfd handler, a populator — gets to it first, and
-//! every later fault on it only maps it.
+//! every later fault on it only maps it. [`Stage2Fault::resolve_window`]
+//! resolves a [`Stage2Window`] of pages around the fault at once: one write
+//! per run of its unfilled pages, their bits cleared a word at a time.
 //!
 //! | state of page P | how reached | allowed |
 //! |---|---|---|
@@ -213,5 +215,5 @@ pub use exit::{
 pub use gmem::{CandidateBit, GmemFlags, GmemFlavour, GmemNumbering, GuestMemfd};
 pub use handle::{Kvm, Vm, check_extension};
 pub use memslot::{Memslot, MemslotFlags};
-pub use stage2::{Stage2Fault, Stage2Resolver};
+pub use stage2::{Stage2Fault, Stage2Resolver, Stage2Window};
 pub use userfault::{UserfaultBitmap, probe_userfault};

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use super::{MemoryFault, UserfaultBitmap};
 use crate::backing::Backing;
-use crate::error::Result;
-use crate::resolve::{PageState, Resolution};
+use crate::error::{Error, Result};
+use crate::resolve::{HeldPages, MAX_WINDOW, PageState, Resolution};
 
 /// Turns the `KVM_EXIT_MEMORY_FAULT` exits of one KVM userfault slot into
 /// [`Stage2Fault`]s: the slot's bitmap, attached to the page state of the
@@ -179,6 +179,139 @@ impl<B: Backing> Stage2Fault<'_, B> {
             }
             r => Ok(r),
         }
+    }
+}
+
+/// The aligned window of pages around a stage-2 fault that a chunked
+/// resolution fills: `size` bytes (a power of two from the page size up to
+/// [`MAX_WINDOW`]), aligned to `size` in the file and clipped to the slot.
+/// Made by [`Stage2Fault::window`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stage2Window {
+    /// File page of the window's first page.
+    first: u64,
+    pages: u64,
+    page_size: u64,
+    /// The slot page of the window's first page.
+    slot_page: u64,
+    /// The file page of the fault the window was made for.
+    fault: u64,
+}
+
+impl Stage2Window {
+    /// The file offset of the window's first byte: where its data comes
+    /// from in a snapshot of the file.
+    pub fn backing_offset(&self) -> u64 {
+        self.first * self.page_size
+    }
+
+    /// The slot's page index of the window's first page (its bitmap bit).
+    pub fn first_page(&self) -> u64 {
+        self.slot_page
+    }
+
+    /// Length in bytes: the data a chunked resolution wants.
+    pub fn len(&self) -> usize {
+        (self.pages * self.page_size) as usize
+    }
+
+    /// Always false: a window holds at least the faulting page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl<B: Backing> Stage2Fault<'_, B> {
+    /// The window of `size` bytes around the fault for
+    /// [`resolve_window`](Self::resolve_window): aligned to `size` in the
+    /// file, clipped to the slot and the file.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when `size` is not a power of two from the page
+    /// size up to [`MAX_WINDOW`].
+    pub fn window(&self, size: usize) -> Result<Stage2Window> {
+        let ps = self.bitmap.page_size();
+        if !size.is_power_of_two() || (size as u64) < ps || size > MAX_WINDOW {
+            return Err(Error::invalid(
+                "stage-2 window",
+                format!(
+                    "the window must be a power of two from the page size {ps:#x} up to \
+                     {MAX_WINDOW:#x} bytes, not {size:#x}"
+                ),
+            ));
+        }
+        let per = size as u64 / ps;
+        let aligned = self.file_page - self.file_page % per;
+        // The slot's pages, as file pages.
+        let slot_first = self.file_page - self.page;
+        let slot_end = (slot_first + self.bitmap.pages()).min(self.state.pages());
+        let first = aligned.max(slot_first);
+        let end = (aligned + per).min(slot_end);
+        Ok(Stage2Window {
+            first,
+            pages: end - first,
+            page_size: ps,
+            slot_page: first - slot_first,
+            fault: self.file_page,
+        })
+    }
+
+    /// Chunked [`resolve`](Self::resolve): fills the faulting page and
+    /// every page of `window` that the file's page state does not know as
+    /// filled (or being filled) with their part of `data` (the window's
+    /// bytes of the snapshot), one write per run of such pages — one for a
+    /// window nobody touched yet — then clears their bitmap bits a word at
+    /// a time. Every page is still filled at most once: pages filled by
+    /// another path are skipped, and the faulting page, if another thread
+    /// holds it, is waited for. A discarded page of the window is filled
+    /// with zeros.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` when `window` is not this fault's or `data` not its
+    /// length; otherwise as [`resolve`](Self::resolve) (the pages of a
+    /// failed write stay unfilled, their bits set).
+    pub fn resolve_window(self, window: Stage2Window, data: &[u8]) -> Result<Resolution> {
+        const OP: &str = "stage-2 resolve_window";
+        if window.fault != self.file_page || window.page_size != self.bitmap.page_size() {
+            return Err(Error::invalid(OP, "the window is another fault's"));
+        }
+        if data.len() != window.len() {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "the window is {:#x} bytes, the data {:#x}",
+                    window.len(),
+                    data.len()
+                ),
+            ));
+        }
+        let ps = window.page_size as usize;
+        let n = window.pages;
+        let mut held = HeldPages::claim(self.state, window.first, n);
+        let fault_i = self.file_page - window.first;
+        let fault_claimed = held.has(fault_i);
+        let fault_zeroed = held.zero(fault_i);
+        let runs = held.runs(n);
+        for &(a, b) in &runs {
+            let bytes = &data[a as usize * ps..b as usize * ps];
+            self.state
+                .fill_run(window.first + a, bytes, |k| held.zero(a + k))?;
+        }
+        for &(a, b) in &runs {
+            held.finish(a, b);
+        }
+        drop(held);
+        if fault_claimed {
+            return Ok(if fault_zeroed {
+                Resolution::Zeroed
+            } else {
+                Resolution::Filled
+            });
+        }
+        let at = fault_i as usize * ps;
+        self.resolve(&data[at..at + ps])
     }
 }
 

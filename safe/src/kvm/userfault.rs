@@ -75,7 +75,7 @@ impl UserfaultBitmap {
     /// ([`MAX_SLOT_PAGES`](UserfaultBitmap::MAX_SLOT_PAGES)); `ENOMEM` when
     /// the bitmap cannot be allocated.
     pub fn new(guest_phys_addr: u64, memory_size: u64) -> Result<UserfaultBitmap> {
-        let page_size = rustix::param::page_size() as u64;
+        let page_size = crate::sys::page_size() as u64;
         if memory_size == 0
             || !memory_size.is_multiple_of(page_size)
             || !guest_phys_addr.is_multiple_of(page_size)
@@ -302,7 +302,7 @@ impl fmt::Debug for UserfaultBitmap {
 pub fn probe_userfault(kvm: impl AsFd) -> Result<()> {
     // The slot's memory and bitmap come first, so that they are dropped
     // after the VM (locals drop in reverse order).
-    let page = rustix::param::page_size();
+    let page = crate::sys::page_size();
     let memory = Mapping::anonymous(page, Sharing::Private)?;
     let bitmap = UserfaultBitmap::new(0, page as u64)?;
     let kvm = kvm.as_fd();
@@ -361,7 +361,7 @@ mod tests {
         let e = UserfaultBitmap::new(0, 1 << 62).unwrap_err();
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
         assert!(e.to_string().contains("KVM_MEM_MAX_NR_PAGES"), "{e}");
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         let e = UserfaultBitmap::new(u64::MAX - page + 1, 2 * page).unwrap_err();
         assert!(e.to_string().contains("wraps around"), "{e}");
         // The largest slot KVM takes is accepted (a 256 MiB bitmap is not
@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn out_of_range_pages_are_none() {
-        let page = rustix::param::page_size() as u64;
+        let page = crate::sys::page_size() as u64;
         let b = UserfaultBitmap::new_all_set(0, 3 * page).unwrap();
         assert_eq!(b.test(2), Some(true));
         assert_eq!(b.test(3), None);

@@ -122,9 +122,10 @@ impl<B> AnyRegion<B> {
         }
     }
 
-    /// A fault of this region, typed at run time; `None` for another event,
-    /// another userfaultfd's fault or an address outside the region.
-    pub fn fault(&self, event: &Event) -> Option<AnyFault<'_, B>> {
+    /// A fault of this region, typed at run time, taking the event as
+    /// [`Region::fault`] does; `None` (the event left untaken) for another
+    /// event, another userfaultfd's fault or an address outside the region.
+    pub fn fault(&self, event: &Event<'_>) -> Option<AnyFault<'_, B>> {
         Some(match self {
             AnyRegion::CopyCapable(r) => AnyFault::CopyCapable(r.fault(event)?),
             AnyRegion::ContinueOnly(r) => AnyFault::ContinueOnly(r.fault(event)?),

@@ -216,6 +216,7 @@ mod typed_fault;
 pub use any_class::{AnyFault, AnyRegion};
 pub use page_state::{Discard, PageState};
 pub use rwp::{RwpFault, UnknownFault};
+pub(crate) use typed_fault::HeldPages;
 pub use typed_fault::{Fault, MAX_WINDOW, MinorFault, MissingFault, Window, WpFault};
 
 use typed_fault::RawFault;
@@ -494,7 +495,7 @@ impl<C: Class, B> Region<C, B> {
         // skip the range checks, so every page of the region must lie
         // inside the registration.
         if !page_size.is_power_of_two()
-            || page_size < rustix::param::page_size()
+            || page_size < crate::sys::page_size()
             || !start.is_multiple_of(page_size)
             || !len.is_multiple_of(page_size)
             || len == 0
@@ -595,26 +596,35 @@ impl<C: Class, B> Region<C, B> {
         self.backing.as_ref().map(|m| m.state())
     }
 
-    /// Turns a page-fault event into a typed fault of this region; `None`
-    /// for another event, a fault read from another userfaultfd (a fork
-    /// child's, at the same addresses), or an address outside the region.
+    /// Turns a page-fault event into a typed fault of this region, and
+    /// [takes](Event::take) the event: the [`Fault`] answers for the
+    /// faulting thread from then on. `None` (the event left untaken, so it
+    /// wakes its page when dropped unless another region takes it) for
+    /// another event, a fault read from another userfaultfd (a fork child's,
+    /// at the same addresses), or an address outside the region.
     #[inline(always)]
-    pub fn fault(&self, event: &Event) -> Option<Fault<'_, C, B>> {
+    pub fn fault(&self, event: &Event<'_>) -> Option<Fault<'_, C, B>> {
         match *event {
             Event::PageFault {
                 address,
                 kind,
                 uffd_id,
+                ref pending,
                 ..
-            } if uffd_id == self.reg.uffd_id() => self.fault_at(address, kind),
+            } if uffd_id == self.reg.uffd_id() => {
+                let fault = self.fault_at(address, kind)?;
+                pending.take();
+                Some(fault)
+            }
             _ => None,
         }
     }
 
     /// A typed fault of this region at `address` of `kind`, for a fault
     /// decoded elsewhere (prefer [`fault`](Self::fault), which also checks
-    /// the event's userfaultfd); `None` when the address is not in the
-    /// region.
+    /// the event's userfaultfd and takes the event; a handler that passes
+    /// an [`Event`]'s address here [takes](Event::take) the event itself);
+    /// `None` when the address is not in the region.
     #[inline(always)]
     pub fn fault_at(&self, address: usize, kind: FaultKind) -> Option<Fault<'_, C, B>> {
         if !self.reg.contains(address, 1) {

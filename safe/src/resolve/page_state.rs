@@ -617,15 +617,23 @@ impl<B> PageState<B> {
     }
 }
 
-/// Data that is not one page.
+/// Data that is not one page. On every resolution's path: the test is
+/// inlined, the error built out of line.
+#[inline(always)]
 pub(crate) fn check_len(op: &'static str, page: usize, len: usize) -> Result<()> {
     if len != page {
-        return Err(Error::invalid(
-            op,
-            format!("the page is {page:#x} bytes, the data {len:#x}"),
-        ));
+        return Err(wrong_len(op, page, len));
     }
     Ok(())
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_len(op: &'static str, page: usize, len: usize) -> Error {
+    Error::invalid(
+        op,
+        format!("the page is {page:#x} bytes, the data {len:#x}"),
+    )
 }
 
 /// One thread's claim on one page. Dropped without

@@ -392,7 +392,7 @@ enum Chunk {
 
 /// The claims a chunked resolution holds: released as they were if it
 /// stops early (an error or a panic), so no waiter waits forever.
-struct HeldPages<'s, B> {
+pub(crate) struct HeldPages<'s, B> {
     state: &'s PageState<B>,
     first: u64,
     claimed: [u64; MAX_PAGES / 64],
@@ -402,17 +402,57 @@ struct HeldPages<'s, B> {
 /// Pages in the largest window of base pages.
 const MAX_PAGES: usize = MAX_WINDOW / 4096;
 
-impl<B> HeldPages<'_, B> {
-    fn has(&self, i: u64) -> bool {
+impl<'s, B> HeldPages<'s, B> {
+    /// Claims, without waiting, every claimable page of the `n` pages from
+    /// file page `first` (at most a window's worth).
+    pub(crate) fn claim(state: &'s PageState<B>, first: u64, n: u64) -> HeldPages<'s, B> {
+        let mut held = HeldPages {
+            state,
+            first,
+            claimed: [0; MAX_PAGES / 64],
+            zeroed: [0; MAX_PAGES / 64],
+        };
+        for i in 0..n.min(MAX_PAGES as u64) {
+            if let Some(claim) = state.try_claim(first + i) {
+                let word = (i / 64) as usize;
+                held.claimed[word] |= 1 << (i % 64);
+                if claim.hold() {
+                    held.zeroed[word] |= 1 << (i % 64);
+                }
+            }
+        }
+        held
+    }
+
+    /// The runs `[a, b)` of held pages among the first `n`.
+    pub(crate) fn runs(&self, n: u64) -> Vec<(u64, u64)> {
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < n {
+            if !self.has(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < n && self.has(j) {
+                j += 1;
+            }
+            runs.push((i, j));
+            i = j;
+        }
+        runs
+    }
+
+    pub(crate) fn has(&self, i: u64) -> bool {
         self.claimed[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
-    fn zero(&self, i: u64) -> bool {
+    pub(crate) fn zero(&self, i: u64) -> bool {
         self.zeroed[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
     /// Marks `[a, b)` filled and no longer held.
-    fn finish(&mut self, a: u64, b: u64) {
+    pub(crate) fn finish(&mut self, a: u64, b: u64) {
         self.state.finish_run(self.first + a, b - a);
         for i in a..b {
             self.claimed[(i / 64) as usize] &= !(1 << (i % 64));

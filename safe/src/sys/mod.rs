@@ -51,3 +51,22 @@ pub(crate) unsafe fn ioctl_val(
     if r < 0 { Err(Errno::last()) } else { Ok(r) }
 }
 pub(crate) mod uffd;
+
+/// The base page size of the process, read from the aux vector once.
+///
+/// rustix reads the aux vector through libc (`getauxval`) so that the crate
+/// also runs under valgrind, whose processes see the host's `PR_GET_AUXV`
+/// answer; `getauxval` searches the vector on every call, hence the cache.
+#[inline]
+pub(crate) fn page_size() -> usize {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    match PAGE.load(Ordering::Relaxed) {
+        0 => {
+            let page = rustix::param::page_size();
+            PAGE.store(page, Ordering::Relaxed);
+            page
+        }
+        page => page,
+    }
+}

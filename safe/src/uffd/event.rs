@@ -1,6 +1,7 @@
 //! Reading events: `read(2)` of `uffd_msg` records into a caller-owned
 //! buffer, decoded into typed [`Event`]s; readiness with `poll(2)`.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -94,8 +95,43 @@ impl FaultKind {
 }
 
 /// One event read from a userfaultfd.
+///
+/// # Page faults are woken unless taken
+///
+/// The `read(2)` that returned a page fault took it from the kernel, which
+/// will not report it again while its thread waits. So a
+/// [`PageFault`](Event::PageFault) is *taken* by whoever answers for it —
+/// [`Region::fault`](crate::resolve::Region::fault) and
+/// [`AnyRegion::fault`](crate::resolve::AnyRegion::fault) take the events
+/// they match; a handler that resolves faults itself through [`Uffd`], or
+/// hands them to other threads, calls [`take`](Event::take) — and an event
+/// dropped untaken (matched to no range, an unexpected kind, a `continue`
+/// or a panic in the handler loop) wakes its page (`UFFDIO_WAKE`): the
+/// thread retries the access and, if the page is still missing, faults
+/// again, a new event, instead of staying blocked. A wake of a page that
+/// is already resolved changes nothing.
+///
+/// ```no_run
+/// use userfault::uffd::{Event, EventBuffer, Uffd};
+///
+/// # fn f(uffd: &Uffd) -> userfault::Result<()> {
+/// let mut buf = EventBuffer::with_capacity(16);
+/// let mut later = Vec::new();
+/// for event in uffd.read_events(&mut buf)? {
+///     if let Event::PageFault { address, .. } = event {
+///         // This handler resolves the fault after the batch (or on
+///         // another thread): it answers for it now.
+///         event.take();
+///         later.push(address);
+///     }
+///     // Any other page fault would be woken here, when `event` drops.
+/// }
+/// # let _ = later;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
-pub enum Event {
+pub enum Event<'a> {
     /// `UFFD_EVENT_PAGEFAULT`: a thread is waiting on a fault in a
     /// registered range.
     PageFault {
@@ -117,6 +153,9 @@ pub enum Event {
         /// region only takes faults of its own userfaultfd (a fork child's
         /// faults at the same addresses are not its own).
         uffd_id: u64,
+        /// Whether the fault was taken; its page is woken when the event is
+        /// dropped untaken (see [`Event`]).
+        pending: Pending<'a>,
     },
     /// `UFFD_EVENT_FORK`: a process with registered ranges forked; the
     /// child's copies of them are registered with `uffd`, which receives
@@ -180,6 +219,144 @@ pub enum Event {
     },
 }
 
+/// A page fault's waiting thread, as part of its [`Event::PageFault`]:
+/// woken (`UFFDIO_WAKE` of the fault's page) when the event is dropped
+/// without having been [taken](Event::take).
+#[derive(Debug)]
+pub struct Pending<'a> {
+    /// The userfaultfd the fault was read from; `None` once the event was
+    /// detached from it ([`Event::into_taken`]).
+    fd: Option<BorrowedFd<'a>>,
+    /// The faulting address as reported.
+    address: u64,
+    taken: Cell<bool>,
+}
+
+impl Pending<'_> {
+    /// True once the fault was taken.
+    #[inline(always)]
+    pub fn is_taken(&self) -> bool {
+        self.taken.get()
+    }
+
+    #[inline(always)]
+    pub(crate) fn take(&self) {
+        self.taken.set(true);
+    }
+}
+
+impl Drop for Pending<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if !self.taken.get()
+            && let Some(fd) = self.fd
+        {
+            wake_page(fd, self.address);
+        }
+    }
+}
+
+/// `UFFDIO_WAKE` of the page holding `address`: the thread of a fault
+/// nobody answers for retries its access.
+#[cold]
+#[inline(never)]
+fn wake_page(fd: BorrowedFd<'_>, address: u64) {
+    let page = crate::sys::page_size() as u64;
+    let mut range = sys::uffdio_range {
+        start: address & !(page - 1),
+        len: page,
+    };
+    // SAFETY: UFFDIO_WAKE reads one `uffdio_range` (`range`) and only wakes
+    // threads waiting on faults of this userfaultfd. A failure leaves
+    // nothing to undo.
+    let _ = unsafe { crate::sys::ioctl_mut(fd, sys::UFFDIO_WAKE, &mut range) };
+}
+
+impl Event<'_> {
+    /// Takes a page fault: the caller answers for it — resolves or wakes it
+    /// itself ([`Uffd::copy_or_wake`], …, [`Uffd::wake`]), now or on
+    /// another thread — so dropping the event no longer wakes its page.
+    /// True for a page fault; other events have nothing to take.
+    ///
+    /// [`Region::fault`](crate::resolve::Region::fault) and
+    /// [`AnyRegion::fault`](crate::resolve::AnyRegion::fault) take the
+    /// events they match.
+    #[inline(always)]
+    pub fn take(&self) -> bool {
+        match self {
+            Event::PageFault { pending, .. } => {
+                pending.take();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// [Takes](Self::take) a page fault and returns the event free of the
+    /// borrow of its userfaultfd and buffer: for a handler that keeps
+    /// events past their batch or sends them to another thread, which then
+    /// answers for each fault. Other events are returned as they are.
+    pub fn into_taken(self) -> Event<'static> {
+        match self {
+            Event::PageFault {
+                address,
+                kind,
+                write,
+                thread_id,
+                flags,
+                uffd_id,
+                pending,
+            } => {
+                pending.take();
+                Event::PageFault {
+                    address,
+                    kind,
+                    write,
+                    thread_id,
+                    flags,
+                    uffd_id,
+                    pending: Pending {
+                        fd: None,
+                        address: pending.address,
+                        taken: Cell::new(true),
+                    },
+                }
+            }
+            Event::Fork { uffd } => Event::Fork { uffd },
+            Event::Remap { from, to, len } => Event::Remap { from, to, len },
+            Event::Remove { start, end } => Event::Remove { start, end },
+            Event::Unmap { start, end } => Event::Unmap { start, end },
+            Event::Unknown { event, raw } => Event::Unknown { event, raw },
+        }
+    }
+
+    /// A page fault that was not read from a userfaultfd here (one
+    /// recorded or received from elsewhere, or a test's): already taken and
+    /// detached, so dropping it wakes nothing; `kind` and `write` are
+    /// decoded from `flags` as for a fault that was read.
+    pub fn detached_fault(address: usize, flags: FaultFlags, uffd_id: u64) -> Event<'static> {
+        Event::PageFault {
+            address,
+            kind: FaultKind::from_flags(flags),
+            write: flags.contains(FaultFlags::WRITE),
+            thread_id: None,
+            flags,
+            uffd_id,
+            pending: Pending {
+                fd: None,
+                address: address as u64,
+                taken: Cell::new(true),
+            },
+        }
+    }
+
+    /// True for a page fault that was [taken](Self::take) (dropping it then
+    /// wakes nobody); false for an untaken one and for other events.
+    pub fn is_taken(&self) -> bool {
+        matches!(self, Event::PageFault { pending, .. } if pending.is_taken())
+    }
+}
+
 /// What decoding a message needs to know about the userfaultfd it came
 /// from.
 #[derive(Debug, Clone, Copy)]
@@ -204,8 +381,10 @@ struct Source {
 /// `break`, a `?` or a panic in the loop that handles them) therefore wakes
 /// the thread of every page fault not yet iterated (`UFFDIO_WAKE` of its
 /// page): it retries the access and, if the page is still missing, faults
-/// again — a new event — instead of staying blocked. Events iterated but
-/// not resolved are the handler's to resolve or wake.
+/// again — a new event — instead of staying blocked. A page fault that was
+/// iterated is woken in the same way when its [`Event`] is dropped without
+/// having been taken (by a typed region that matched it, or
+/// [`Event::take`]): a fault matched to no range is never left waiting.
 ///
 /// The other events are acknowledged by the read as well (the `mremap`,
 /// `madvise`, `munmap` or `fork` they report goes ahead), so dropping one
@@ -232,11 +411,11 @@ impl Events<'_> {
     }
 }
 
-impl Iterator for Events<'_> {
-    type Item = Event;
+impl<'a> Iterator for Events<'a> {
+    type Item = Event<'a>;
 
     #[inline(always)]
-    fn next(&mut self) -> Option<Event> {
+    fn next(&mut self) -> Option<Event<'a>> {
         if self.next >= self.buf.filled {
             return None;
         }
@@ -245,7 +424,7 @@ impl Iterator for Events<'_> {
         if msg[0] != sys::UFFD_EVENT_PAGEFAULT {
             return Some(decode_other(msg, &self.buf.source));
         }
-        Some(decode_fault(msg, &self.buf.source))
+        Some(decode_fault(msg, &self.buf.source, self.fd))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -273,20 +452,11 @@ impl Events<'_> {
     #[cold]
     #[inline(never)]
     fn drop_rest(&mut self) {
-        let page = super::register::page_size();
         while self.next < self.buf.filled {
             let msg = self.buf.msgs[self.next];
             self.next += 1;
             if msg[0] == sys::UFFD_EVENT_PAGEFAULT {
-                let start = u64_at(&msg, ARG1) & !(page as u64 - 1);
-                let mut range = sys::uffdio_range {
-                    start,
-                    len: page as u64,
-                };
-                // SAFETY: UFFDIO_WAKE reads one `uffdio_range` (`range`) and
-                // only wakes threads waiting on faults of this userfaultfd.
-                // A failure leaves nothing to undo.
-                let _ = unsafe { crate::sys::ioctl_mut(self.fd, sys::UFFDIO_WAKE, &mut range) };
+                wake_page(self.fd, u64_at(&msg, ARG1));
             } else {
                 drop(decode_other(&msg, &self.buf.source));
             }
@@ -315,11 +485,12 @@ const ARG2: usize = 24;
 
 /// A `UFFD_EVENT_PAGEFAULT` record.
 #[inline]
-fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
+fn decode_fault<'a>(msg: &[u8; MSG], source: &Source, fd: BorrowedFd<'a>) -> Event<'a> {
     let flags = FaultFlags::from_bits_retain(u64_at(msg, ARG0));
     let kind = FaultKind::from_flags(flags);
+    let address = u64_at(msg, ARG1);
     Event::PageFault {
-        address: u64_at(msg, ARG1) as usize,
+        address: address as usize,
         kind,
         write: flags.contains(FaultFlags::WRITE),
         thread_id: source
@@ -328,6 +499,11 @@ fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
             .then(|| u32_at(msg, ARG2)),
         flags,
         uffd_id: source.id,
+        pending: Pending {
+            fd: Some(fd),
+            address,
+            taken: Cell::new(false),
+        },
     }
 }
 
@@ -335,7 +511,7 @@ fn decode_fault(msg: &[u8; MSG], source: &Source) -> Event {
 /// the page-fault path.
 #[cold]
 #[inline(never)]
-fn decode_other(msg: &[u8; MSG], source: &Source) -> Event {
+fn decode_other(msg: &[u8; MSG], source: &Source) -> Event<'static> {
     let event = msg[0];
     match event {
         sys::UFFD_EVENT_FORK => {
@@ -548,9 +724,14 @@ mod tests {
     use super::*;
 
     /// One record decoded the way `Events::next` decodes it.
-    fn decode(msg: &[u8; MSG], source: &Source) -> Event {
+    fn decode(msg: &[u8; MSG], source: &Source) -> Event<'static> {
         if msg[0] == sys::UFFD_EVENT_PAGEFAULT {
-            decode_fault(msg, source)
+            let stdin: &'static std::io::Stdin = Box::leak(Box::new(std::io::stdin()));
+            let event = decode_fault(msg, source, stdin.as_fd());
+            assert!(!event.is_taken(), "a decoded fault starts untaken");
+            // Taken: dropping it wakes nothing (stdin is no userfaultfd).
+            assert!(event.take());
+            event
         } else {
             decode_other(msg, source)
         }
@@ -742,6 +923,7 @@ mod tests {
                     thread_id,
                     flags,
                     uffd_id,
+                    ..
                 } => {
                     assert_eq!(uffd_id, src.id, "the record names its userfaultfd");
                     assert_eq!(m[0], sys::UFFD_EVENT_PAGEFAULT);

@@ -45,6 +45,12 @@
 //!   `EVENT_FORK`, glibc's `fork()` even holds the malloc locks meanwhile,
 //!   so the reader must not allocate before reading (this module's reading
 //!   path does not).
+//! - **A read takes its faults from the kernel**, which does not report
+//!   them again while their threads wait. A page fault [`Event`] that
+//!   nobody [takes](Event::take) — a typed region's `fault` takes the
+//!   events it matches — wakes its page when it is dropped, and so do the
+//!   faults of a batch left un-iterated: no fault is left blocked because
+//!   no handler matched it.
 //! - **Closing the userfaultfd releases every waiting thread**: their
 //!   accesses are retried and handled by the kernel as if the range had
 //!   never been registered (anonymous pages are zero-filled).
@@ -81,6 +87,9 @@
 //!     for event in uffd.wait_events(&mut events, Some(Duration::from_millis(100)))? {
 //!         match event {
 //!             Event::PageFault { address, kind: FaultKind::Missing, .. } => {
+//!                 // Resolved below, after the batch: this handler answers
+//!                 // for the fault from now on.
+//!                 event.take();
 //!                 faults.push(address & !(PAGE - 1));
 //!             }
 //!             Event::Remove { start, end } => {
@@ -135,7 +144,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[cfg(feature = "tokio")]
 pub use async_tokio::AsyncUffd;
-pub use event::{Event, EventBuffer, Events, FaultKind};
+pub use event::{Event, EventBuffer, Events, FaultKind, Pending};
 pub(crate) use flags::flag_names;
 pub use flags::{
     ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, PoisonMode, RegisterMode,

@@ -89,7 +89,7 @@ impl Registration {
 /// The base page size of the process.
 #[inline]
 pub(super) fn page_size() -> usize {
-    rustix::param::page_size()
+    crate::sys::page_size()
 }
 
 /// Checks that `[start, start + len)` is non-empty, page-aligned and does
