@@ -25,8 +25,7 @@
 //! }
 //! ```
 
-use super::{Class, RawFault, Region, Resolution};
-use crate::backing::Backing;
+use super::{Class, RawFault, Resolution};
 use crate::error::Result;
 use crate::uffd::RwprotectMode;
 
@@ -46,45 +45,8 @@ pub struct UnknownFault<'r, C: Class, B> {
     pub(super) raw: RawFault<'r, C, B>,
 }
 
-macro_rules! common {
-    ($ty:ident) => {
-        impl<'r, C: Class, B> $ty<'r, C, B> {
-            /// The faulting page's first address.
-            pub fn page(&self) -> usize {
-                self.raw.page
-            }
-
-            /// The region the fault belongs to.
-            pub fn region(&self) -> &'r Region<C, B> {
-                self.raw.region
-            }
-
-            /// `ioctl(uffd, UFFDIO_WAKE, …)`: leaves the fault unresolved
-            /// and wakes its waiter, which retries the access (and faults
-            /// again if nothing changed).
-            ///
-            /// # Errors
-            ///
-            /// The `UFFDIO_WAKE` errno.
-            #[doc(alias = "UFFDIO_WAKE")]
-            pub fn wake(mut self) -> Result<()> {
-                self.raw.done = true;
-                self.raw.region.wake(self.raw.page)
-            }
-        }
-
-        impl<'r, C: Class, B: Backing> $ty<'r, C, B> {
-            /// The file offset of the faulting page, for a region with a
-            /// backing file; `None` for one without (anonymous memory).
-            pub fn backing_offset(&self) -> Option<u64> {
-                self.raw.region.file_offset_of(self.raw.page)
-            }
-        }
-    };
-}
-
-common!(RwpFault);
-common!(UnknownFault);
+// `page`, `region`, `wake` and `backing_offset` come from the accessors
+// every typed fault shares (`typed_fault`).
 
 impl<C: Class, B> RwpFault<'_, C, B> {
     /// `ioctl(uffd, UFFDIO_RWPROTECT, …)` without `RWP`: un-protects the

@@ -122,6 +122,8 @@ pub struct WpFault<'r, C: Class, B> {
 fault_accessors!(MissingFault);
 fault_accessors!(MinorFault);
 fault_accessors!(WpFault);
+fault_accessors!(RwpFault);
+fault_accessors!(UnknownFault);
 
 impl<C: Class, B> MissingFault<'_, C, B> {
     #[inline]
