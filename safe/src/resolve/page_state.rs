@@ -257,23 +257,31 @@ impl<B> PageState<B> {
             if s == FILLED || s == BUSY {
                 return None;
             }
-            match w.compare_exchange_weak(
-                v,
-                v | (BUSY << shift),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(PageClaim {
-                        state: self,
-                        page,
-                        prev: s,
-                        done: false,
-                    });
-                }
+            match self.mark_busy(w, v, shift, page) {
+                Ok(claim) => return Some(claim),
                 Err(now) => v = now,
             }
         }
+    }
+
+    /// Sets `page`'s state in word `w` (last seen as `v`) to busy, keeping
+    /// what it was in the claim; `Err` with the word's new value when it
+    /// changed meanwhile.
+    #[inline(always)]
+    fn mark_busy(
+        &self,
+        w: &AtomicU32,
+        v: u32,
+        shift: u32,
+        page: u64,
+    ) -> Result<PageClaim<'_, B>, u32> {
+        w.compare_exchange_weak(v, v | (BUSY << shift), Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| PageClaim {
+                state: self,
+                page,
+                prev: (v >> shift) & 3,
+                done: false,
+            })
     }
 
     /// Claims `page` unless it is filled, waiting while it is busy.
@@ -303,20 +311,8 @@ impl<B> PageState<B> {
             if s == FILLED && !any {
                 return None;
             }
-            match w.compare_exchange_weak(
-                v,
-                v | (BUSY << shift),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    return Some(PageClaim {
-                        state: self,
-                        page,
-                        prev: s,
-                        done: false,
-                    });
-                }
+            match self.mark_busy(w, v, shift, page) {
+                Ok(claim) => return Some(claim),
                 Err(now) => v = now,
             }
         }
