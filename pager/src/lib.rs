@@ -64,6 +64,7 @@
 //! # }
 //! ```
 
+mod backed;
 mod error;
 pub mod firecracker;
 mod resolver;
@@ -72,6 +73,7 @@ pub mod source;
 mod stats;
 mod workingset;
 
+pub use backed::{FileRange, Stage2};
 pub use error::Error;
 pub use resolver::Range;
 pub use server::{Config, Exit, Report, Server};

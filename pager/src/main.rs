@@ -306,6 +306,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         record: args.record.is_some(),
         finish_when_complete: true,
         peer: Some(peer),
+        files: Vec::new(),
     };
     let started = Instant::now();
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags, Timespec};
 use userfault::uffd::{Event, EventBuffer, Uffd};
 
+use crate::backed::{Backed, FileFault, FileRange, Stage2};
 use crate::error::Error;
 use crate::resolver::{Outcome, Range, Resolver, Scratch};
 use crate::source::PageSource;
@@ -42,11 +43,15 @@ pub struct Config {
     /// (the VMM's socket): the server then stops with
     /// [`Exit::PeerClosed`].
     pub peer: Option<OwnedFd>,
+    /// File-backed ranges (a memfd or guest_memfd the VMM maps, and
+    /// guest_memfd slots only vCPUs reach), served through their files'
+    /// shared page state; see [`FileRange`] and [`Server::stage2`].
+    pub files: Vec<FileRange>,
 }
 
 impl Default for Config {
     /// 2 threads, 64 KiB chunks, prefetch on, no working set, no
-    /// recording, finish when complete, no peer.
+    /// recording, finish when complete, no peer, no file ranges.
     fn default() -> Config {
         Config {
             threads: 2,
@@ -56,6 +61,7 @@ impl Default for Config {
             record: false,
             finish_when_complete: true,
             peer: None,
+            files: Vec::new(),
         }
     }
 }
@@ -92,6 +98,7 @@ pub struct Report {
 #[derive(Debug)]
 struct Shared {
     resolver: Resolver,
+    backed: Arc<Backed>,
     counters: Arc<Counters>,
     stop: OwnedFd,
     stopping: AtomicBool,
@@ -124,8 +131,8 @@ impl Shared {
 
     fn stats(&self) -> Stats {
         self.counters.snapshot(
-            self.resolver.total() as u64,
-            self.resolver.remaining() as u64,
+            self.resolver.total() as u64 + self.backed.total(),
+            self.resolver.remaining() as u64 + self.backed.remaining(),
         )
     }
 }
@@ -171,6 +178,13 @@ impl Server {
             uffd.set_nonblocking(true)?;
         }
         let counters = Arc::new(Counters::default());
+        let backed = Arc::new(Backed::new(
+            &uffd,
+            config.files,
+            source.clone(),
+            counters.clone(),
+            config.chunk,
+        )?);
         let mut resolver = Resolver::new(
             uffd,
             ranges,
@@ -188,6 +202,7 @@ impl Server {
             .map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
             resolver,
+            backed,
             counters,
             stop,
             stopping: AtomicBool::new(false),
@@ -221,6 +236,13 @@ impl Server {
             server.threads.push(t);
         }
         Ok(server)
+    }
+
+    /// The stage-2 entry point for vCPU threads taking KVM userfault exits
+    /// on the slots of [`Config::files`]: clone it into each vCPU thread
+    /// and call [`Stage2::resolve`] for every `KVM_EXIT_MEMORY_FAULT`.
+    pub fn stage2(&self) -> Stage2 {
+        Stage2::new(self.shared.backed.clone())
     }
 
     /// The counters now (cheap: relaxed loads).
@@ -365,6 +387,7 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
         faults: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
         deferred: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
         forks: Vec::with_capacity(BATCH),
+        files: Vec::with_capacity(BATCH),
         scratch: resolver.scratch(),
     };
     loop {
@@ -432,6 +455,7 @@ struct Batch {
     faults: Vec<usize>,
     deferred: Vec<usize>,
     forks: Vec<Uffd>,
+    files: Vec<FileFault>,
     scratch: Scratch,
 }
 
@@ -462,6 +486,9 @@ fn handle_batch(
         };
         for event in events {
             read_any = true;
+            if shared.backed.take(&event, &mut b.files) {
+                continue;
+            }
             match event {
                 Event::PageFault { address, .. } => {
                     // Served below, after the batch: taken, so dropping the
@@ -488,6 +515,12 @@ fn handle_batch(
         spawn_child(shared, resolver, child);
     }
     let pass = if read_any { Pass::Busy } else { Pass::Idle };
+    if !b.files.is_empty()
+        && let Err(exit) = shared.backed.serve(&mut b.files)
+    {
+        shared.finish(exit);
+        return Pass::Stop;
+    }
     if b.faults.is_empty() {
         return pass;
     }
@@ -644,6 +677,9 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             return;
         }
     }
+    if working_set.is_some() && !populate_files(shared, working_set) {
+        return;
+    }
     // What is left is background work: from here the populator runs at
     // nice `BACKGROUND_NICE` (`setpriority(2)` changes the calling thread
     // on Linux), so the scheduler gives handler threads and vCPUs the CPU
@@ -665,11 +701,30 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+    if !populate_files(shared, None) {
+        return;
+    }
     shared.prefetch_done.store(true, Ordering::Release);
     if finish {
-        match resolver.finish() {
+        match resolver.finish().and_then(|()| shared.backed.finish()) {
             Ok(()) => shared.finish(Exit::Complete),
             Err(e) => shared.finish(Exit::Failed(e)),
+        }
+    }
+}
+
+/// The populator's pass over the file ranges (`working_set`'s pages, or
+/// everything left); false when the server stops.
+fn populate_files(shared: &Shared, working_set: Option<&WorkingSet>) -> bool {
+    match shared
+        .backed
+        .populate(working_set, &|| shared.stopped(), &|| {
+            yield_to_demand(shared)
+        }) {
+        Ok(done) => done,
+        Err(exit) => {
+            shared.finish(exit);
+            false
         }
     }
 }

@@ -25,6 +25,7 @@ pub(crate) struct Counters {
     pub remaps: AtomicU64,
     pub forks: AtomicU64,
     pub other_events: AtomicU64,
+    pub stage2_faults: AtomicU64,
     latency: Histogram,
 }
 
@@ -55,6 +56,7 @@ impl Counters {
             remaps: get(&self.remaps),
             forks: get(&self.forks),
             other_events: get(&self.other_events),
+            stage2_faults: get(&self.stage2_faults),
             latency,
         }
     }
@@ -155,6 +157,8 @@ pub struct Stats {
     pub forks: u64,
     /// Events of kinds the server does not act on.
     pub other_events: u64,
+    /// KVM userfault exits resolved through [`Stage2`](crate::Stage2).
+    pub stage2_faults: u64,
     /// Demand-fault latency, from reading the event to its resolution.
     pub latency: Latency,
 }

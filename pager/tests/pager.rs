@@ -6,6 +6,9 @@
 #[path = "../../tests/util.rs"]
 mod util;
 
+// File-backed ranges through the shared page state, and the stage-2 entry.
+mod backed;
+
 use std::io::{IoSlice, Write as _};
 use std::mem::MaybeUninit;
 use std::os::fd::AsFd;

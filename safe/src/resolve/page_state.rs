@@ -201,6 +201,20 @@ impl<B> PageState<B> {
         Ok(self.get(page) == FILLED)
     }
 
+    /// Number of pages of `[offset, offset + len)` that are neither filled
+    /// nor discarded: what a populator still has to write there (a
+    /// snapshot; busy pages count as unfilled).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for an unaligned, empty or out-of-range span.
+    pub fn count_unfilled(&self, offset: u64, len: u64) -> Result<u64> {
+        let (first, n) = self.span("count_unfilled", offset, len)?;
+        Ok((first..first + n)
+            .filter(|&p| !matches!(self.get(p), FILLED | DISCARDED))
+            .count() as u64)
+    }
+
     /// Number of filled pages (a snapshot; pages change while it counts).
     pub fn count_filled(&self) -> u64 {
         (0..self.pages).filter(|&p| self.get(p) == FILLED).count() as u64
@@ -504,6 +518,53 @@ impl<B: Backing> PageState<B> {
     pub fn populate(&self, offset: u64, data: &[u8]) -> Result<Resolution> {
         let (page, _) = self.span("populate", offset, self.page_size as u64)?;
         self.populate_page(page, data)
+    }
+
+    /// `pwrite(2)` of the unfilled pages of `[offset, offset + data.len())`:
+    /// the chunked populate, a populator's background step. Claims every
+    /// page of the span that is unfilled and not busy (never waiting),
+    /// writes each run of claimed pages with one fill, clears their bits in
+    /// every attached KVM userfault bitmap a word at a time and marks them
+    /// filled. Pages filled or being filled by another path are skipped, so
+    /// no page is written twice and a page written since its fill keeps
+    /// what was written. Pages discarded with [`Discard::Zero`] are left
+    /// discarded: they read zeros whenever they are next needed, and until
+    /// then a balloon's pages stay free.
+    ///
+    /// Returns the runs this call wrote, as file byte ranges in ascending
+    /// order: the pages a caller may now map (`UFFDIO_CONTINUE`) ahead of
+    /// their faults.
+    ///
+    /// # Errors
+    ///
+    /// `InvalidArgument` for an unaligned, empty or out-of-range span, or
+    /// one longer than [`MAX_WINDOW`](crate::resolve::MAX_WINDOW); the
+    /// fill's errors (for a guest_memfd without `write()`: `Unsupported`),
+    /// after which the pages not written yet are left as they were.
+    pub fn populate_run(&self, offset: u64, data: &[u8]) -> Result<Vec<std::ops::Range<u64>>> {
+        const OP: &str = "populate_run";
+        let (first, n) = self.span(OP, offset, data.len() as u64)?;
+        if data.len() > crate::resolve::MAX_WINDOW {
+            return Err(Error::invalid(
+                OP,
+                format!(
+                    "{:#x} bytes is more than a window of {:#x}",
+                    data.len(),
+                    crate::resolve::MAX_WINDOW
+                ),
+            ));
+        }
+        let ps = self.page_size;
+        let mut held = crate::resolve::HeldPages::claim_with(self, first, n, false);
+        let runs = held.runs(n);
+        let mut written = Vec::with_capacity(runs.len());
+        for &(a, b) in &runs {
+            let bytes = &data[a as usize * ps..b as usize * ps];
+            self.fill_run(first + a, bytes, |k| held.zero(a + k))?;
+            held.finish(a, b);
+            written.push((first + a) * ps as u64..(first + b) * ps as u64);
+        }
+        Ok(written)
     }
 
     /// Declares `[offset, offset + len)` already in the file (an eagerly

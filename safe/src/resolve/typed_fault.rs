@@ -408,6 +408,17 @@ impl<'s, B> HeldPages<'s, B> {
     /// Claims, without waiting, every claimable page of the `n` pages from
     /// file page `first` (at most a window's worth).
     pub(crate) fn claim(state: &'s PageState<B>, first: u64, n: u64) -> HeldPages<'s, B> {
+        HeldPages::claim_with(state, first, n, true)
+    }
+
+    /// [`claim`](Self::claim), leaving discarded pages alone unless
+    /// `discarded`.
+    pub(crate) fn claim_with(
+        state: &'s PageState<B>,
+        first: u64,
+        n: u64,
+        discarded: bool,
+    ) -> HeldPages<'s, B> {
         let mut held = HeldPages {
             state,
             first,
@@ -416,6 +427,10 @@ impl<'s, B> HeldPages<'s, B> {
         };
         for i in 0..n.min(MAX_PAGES as u64) {
             if let Some(claim) = state.try_claim(first + i) {
+                if !discarded && claim.is_zero_fill() {
+                    // Dropped: left discarded, waiters woken.
+                    continue;
+                }
                 let word = (i / 64) as usize;
                 held.claimed[word] |= 1 << (i % 64);
                 if claim.hold() {

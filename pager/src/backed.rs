@@ -1,0 +1,845 @@
+//! File-backed ranges: guest memory in a file the VMM maps (a shmem memfd,
+//! a guest_memfd), served through the file's shared page state
+//! ([`PageState`]) by the handler threads, the populator and vCPU threads
+//! taking KVM userfault exits ([`Stage2`]).
+//!
+//! Every fill of such a range goes through the state: the first path to
+//! claim a page writes it, every other path only maps it (or, for a vCPU,
+//! finds its userfault bit clear), so each page is written once and a page
+//! the guest wrote after its fill is never written again.
+//!
+//! | path | fills with |
+//! |---|---|
+//! | MISSING fault, CONTINUE-only range | `pwrite` of the chunk around it, then `UFFDIO_CONTINUE` |
+//! | MISSING fault, copy-capable range | `UFFDIO_COPY` of the chunk around it |
+//! | MINOR fault | nothing: `UFFDIO_CONTINUE` of the cached page |
+//! | a vCPU's KVM userfault exit | `pwrite` of the chunk around it, then its bitmap bits cleared |
+//! | the populator | `pwrite` of up to 512 KiB, then `UFFDIO_CONTINUE` where the range has it |
+//!
+//! A `UFFD_EVENT_REMOVE` (a balloon) discards its pages through the state
+//! ([`Discard::Zero`]): the file's pages are punched, the slots' userfault
+//! bits set again, and the next fault of each page on any path fills zeros,
+//! never the snapshot; the populator leaves them unbacked. A hole the VMM
+//! punches into the file itself (no event) reads zeros too: the state finds
+//! the filled page missing and fills it with zeros.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use userfault::Errno;
+use userfault::backing::Backing;
+use userfault::kvm::{MemoryFault, Stage2Resolver, UserfaultBitmap};
+use userfault::resolve::{
+    Class, ContinueOnly, CopyCapable, Discard, Fault, MAX_WINDOW, MissingFault, PageState, Region,
+    Resolution, Window,
+};
+use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, Uffd};
+
+use crate::error::Error;
+use crate::resolver::Outcome;
+use crate::server::Exit;
+use crate::source::PageSource;
+use crate::stats::Counters;
+use crate::workingset::WorkingSet;
+
+/// Bytes the populator writes per step at most.
+const EXTENT: usize = 512 << 10;
+
+/// A part of a backing file served through the file's [`PageState`]: the
+/// VMM's registered mapping of it (CONTINUE-only or copy-capable), or no
+/// mapping at all (a guest_memfd only vCPUs reach), and the source offset
+/// its first byte is restored from. Give it to the server with
+/// [`Config::files`](crate::Config::files).
+///
+/// The server fills the range on demand (faults of the mapping, KVM
+/// userfault exits of the slots added with
+/// [`stage2_slot`](Self::stage2_slot)) in aligned chunks of
+/// [`Config::chunk`](crate::Config::chunk) bytes (a power of two up to
+/// 2 MiB), and with [`Config::prefetch`](crate::Config::prefetch) fills the
+/// rest in the background; once every page is in it unregisters the
+/// mapping.
+///
+/// REMAP of a file range's mapping is not followed: its faults at the new
+/// address are not this range's.
+pub struct FileRange {
+    inner: Box<dyn Served>,
+}
+
+impl fmt::Debug for FileRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl FileRange {
+    /// Serves the faults of a CONTINUE-only `region` (registered
+    /// `MISSING | MINOR` over a mapping of the file) from the source at
+    /// `source_offset`: a MISSING fault's chunk is written into the file
+    /// (`pwrite`) and mapped with `UFFDIO_CONTINUE` — never `UFFDIO_COPY`,
+    /// which the region's faults do not offer — and a MINOR fault is only
+    /// mapped.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the region has no file mapping.
+    pub fn continue_only<B: Backing + 'static>(
+        region: Region<ContinueOnly, B>,
+        source_offset: u64,
+    ) -> Result<FileRange, Error> {
+        FileRange::mapped(region, source_offset)
+    }
+
+    /// Serves the faults of a copy-capable `region` over a mapping of the
+    /// file (made with `Region::copy_capable_file`) from the source at
+    /// `source_offset`: a MISSING fault's chunk is placed with one
+    /// `UFFDIO_COPY` per run of unfilled pages, a MINOR fault (if
+    /// registered) is mapped with `UFFDIO_CONTINUE`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the region has no file mapping.
+    pub fn copy_capable<B: Backing + 'static>(
+        region: Region<CopyCapable, B>,
+        source_offset: u64,
+    ) -> Result<FileRange, Error> {
+        FileRange::mapped(region, source_offset)
+    }
+
+    fn mapped<C: Serve<B>, B: Backing + 'static>(
+        region: Region<C, B>,
+        source_offset: u64,
+    ) -> Result<FileRange, Error> {
+        let Some(mapping) = region.mapping() else {
+            return Err(Error::Config(format!(
+                "the region at {:#x} maps no file: serve it as a Range",
+                region.registration().start()
+            )));
+        };
+        let (state, first, len) = (
+            mapping.state().clone(),
+            mapping.file_offset(),
+            mapping.len() as u64,
+        );
+        Ok(FileRange {
+            inner: Box::new(File {
+                region: Some(region),
+                state,
+                first,
+                len,
+                source_offset,
+                slots: Vec::new(),
+                unmapped: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Serves `[file_offset, file_offset + len)` of the file of `state`,
+    /// which no registered mapping covers, from the source at
+    /// `source_offset`: only vCPUs reach it (through the slots added with
+    /// [`stage2_slot`](Self::stage2_slot)), and the populator.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the span is empty, not whole pages of the
+    /// file, or outside it.
+    pub fn unmapped<B: Backing + 'static>(
+        state: Arc<PageState<B>>,
+        file_offset: u64,
+        len: u64,
+        source_offset: u64,
+    ) -> Result<FileRange, Error> {
+        let ps = state.page_size() as u64;
+        let end = file_offset.checked_add(len);
+        if len == 0
+            || !file_offset.is_multiple_of(ps)
+            || !len.is_multiple_of(ps)
+            || end.is_none_or(|end| end > state.pages() * ps)
+        {
+            return Err(Error::Config(format!(
+                "the file span {file_offset:#x}+{len:#x} is not whole pages of {ps:#x} bytes \
+                 inside the file's {:#x}",
+                state.pages() * ps
+            )));
+        }
+        Ok(FileRange {
+            inner: Box::new(File::<ContinueOnly, B> {
+                region: None,
+                state,
+                first: file_offset,
+                len,
+                source_offset,
+                slots: Vec::new(),
+                unmapped: AtomicBool::new(true),
+            }),
+        })
+    }
+
+    /// Attaches the userfault bitmap of a `KVM_MEM_USERFAULT` memslot
+    /// whose first page is at `backing_offset` in the file (its
+    /// `guest_memfd_offset`) to the file's page state
+    /// ([`Stage2Resolver::new`]): the bitmap's bits are made to agree with
+    /// the state (set for every page not filled), every fill on any path
+    /// clears them, every discard sets them again, and
+    /// [`Stage2::resolve`] serves the slot's exits. Attach before the
+    /// slot's vCPUs run.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the slot does not lie inside this range's
+    /// part of the file; [`Error::Uffd`] from attaching (page sizes that
+    /// differ, an unaligned offset, a bitmap attached elsewhere, more than
+    /// 16 bitmaps on the file).
+    pub fn stage2_slot(
+        mut self,
+        bitmap: Arc<UserfaultBitmap>,
+        backing_offset: u64,
+    ) -> Result<FileRange, Error> {
+        self.inner.add_slot(bitmap, backing_offset)?;
+        Ok(self)
+    }
+}
+
+/// What the server needs of a file range, whatever its class and backing.
+trait Served: Send + Sync + fmt::Debug {
+    /// The registration's userfaultfd id and span, if it has a mapping.
+    fn registration(&self) -> Option<(u64, usize, usize)>;
+    /// Source offset and length of the span.
+    fn source_span(&self) -> (u64, u64);
+    fn page_size(&self) -> usize;
+    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Served1;
+    fn remove(&self, start: usize, end: usize, ctx: &Ctx);
+    fn unmap(&self, start: usize, end: usize);
+    /// Populates `[at, at + len)` of the span (relative bytes); returns
+    /// pages written.
+    fn populate(&self, at: u64, len: u64, ctx: &Ctx, buf: &mut Vec<u8>) -> Result<u64, Error>;
+    fn unfilled(&self) -> u64;
+    fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Served1>;
+    fn add_slot(&mut self, bitmap: Arc<UserfaultBitmap>, backing_offset: u64) -> Result<(), Error>;
+    fn finish(&self) -> Result<(), Error>;
+}
+
+/// The outcome of one resolution on a file range and whether it wrote.
+type Served1 = Result<Resolution, Error>;
+
+/// The class-specific part: how a MISSING fault's window is filled.
+trait Serve<B>: Class + Sized {
+    fn missing(
+        f: MissingFault<'_, Self, B>,
+        w: Window,
+        data: &[u8],
+    ) -> userfault::Result<Resolution>;
+}
+
+impl<B: Backing> Serve<B> for ContinueOnly {
+    fn missing(
+        f: MissingFault<'_, ContinueOnly, B>,
+        w: Window,
+        data: &[u8],
+    ) -> userfault::Result<Resolution> {
+        f.write_window_then_continue(w, data)
+    }
+}
+
+impl<B: Backing> Serve<B> for CopyCapable {
+    fn missing(
+        f: MissingFault<'_, CopyCapable, B>,
+        w: Window,
+        data: &[u8],
+    ) -> userfault::Result<Resolution> {
+        f.copy_window(w, data)
+    }
+}
+
+/// One file range.
+struct File<C: Class, B> {
+    region: Option<Region<C, B>>,
+    state: Arc<PageState<B>>,
+    /// File offset of the span's first byte.
+    first: u64,
+    len: u64,
+    source_offset: u64,
+    /// Attached userfault bitmaps and their slots' file offsets.
+    slots: Vec<(Arc<UserfaultBitmap>, u64)>,
+    /// The mapping is gone (or there never was one).
+    unmapped: AtomicBool,
+}
+
+impl<C: Class, B> fmt::Debug for File<C, B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRange")
+            .field("class", &C::NAME)
+            .field(
+                "registration",
+                &self.region.as_ref().map(|r| *r.registration()),
+            )
+            .field("file_offset", &format_args!("{:#x}", self.first))
+            .field("len", &format_args!("{:#x}", self.len))
+            .field("source_offset", &format_args!("{:#x}", self.source_offset))
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+/// What every file range shares: the source, the counters, the chunk.
+#[derive(Debug)]
+struct Ctx {
+    source: Arc<dyn PageSource>,
+    counters: Arc<Counters>,
+    /// Bytes of the window around a demand fault.
+    window: usize,
+}
+
+impl Ctx {
+    /// Reads `buf.len()` bytes of the source at `offset` (zeros without a
+    /// read where the source knows them to be zero).
+    fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), Error> {
+        if self.source.is_zero(offset, buf.len() as u64) {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.source.read_at(offset, buf).map_err(Error::Source)
+    }
+}
+
+fn sized(buf: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    &mut buf[..len]
+}
+
+impl<C: Serve<B>, B: Backing + 'static> File<C, B> {
+    /// The source offset of file offset `offset` (inside the span).
+    fn source_of(&self, offset: u64) -> u64 {
+        self.source_offset + (offset - self.first)
+    }
+
+    /// Pages of the file's span `[offset, offset + len)` not filled yet.
+    fn count_unfilled(&self, offset: u64, len: u64) -> u64 {
+        self.state.count_unfilled(offset, len).unwrap_or(0)
+    }
+}
+
+impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
+    fn registration(&self) -> Option<(u64, usize, usize)> {
+        let reg = self.region.as_ref()?.registration();
+        Some((reg.uffd_id(), reg.start(), reg.end()))
+    }
+
+    fn source_span(&self) -> (u64, u64) {
+        (self.source_offset, self.len)
+    }
+
+    fn page_size(&self) -> usize {
+        self.state.page_size()
+    }
+
+    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Served1 {
+        let Some(region) = &self.region else {
+            return Ok(Resolution::AlreadyPresent);
+        };
+        let Some(fault) = region.fault_at(addr, kind) else {
+            return Ok(Resolution::AlreadyPresent);
+        };
+        match fault {
+            Fault::Missing(f) => {
+                // An error from here on drops `f` unresolved, which wakes
+                // the faulting thread (it faults again).
+                let w = f.window(ctx.window)?;
+                let before = self.count_unfilled(w.file_offset(), w.len() as u64);
+                let data = sized(buf, w.len());
+                ctx.read(self.source_of(w.file_offset()), data)?;
+                let r = C::missing(f, w, data)?;
+                let after = self.count_unfilled(w.file_offset(), w.len() as u64);
+                Counters::add(&ctx.counters.demand_pages, before.saturating_sub(after));
+                Ok(r)
+            }
+            Fault::Minor(f) => Ok(f.map()?),
+            // Not registered for these: woken.
+            other => {
+                drop(other);
+                Ok(Resolution::AlreadyPresent)
+            }
+        }
+    }
+
+    fn remove(&self, start: usize, end: usize, ctx: &Ctx) {
+        let Some(region) = &self.region else { return };
+        let reg = region.registration();
+        let (lo, hi) = (start.max(reg.start()), end.min(reg.end()));
+        if lo >= hi {
+            return;
+        }
+        let ps = self.page_size();
+        // Whole pages only: a partial page keeps its contents.
+        let (lo, hi) = (lo.next_multiple_of(ps), hi & !(ps - 1));
+        if lo >= hi {
+            return;
+        }
+        // Failing to punch leaves the pages as they were (filled): the
+        // guest then reads the data it had, never the snapshot over it.
+        if region.discard(lo, hi - lo, Discard::Zero).is_ok() {
+            Counters::add(&ctx.counters.removed_pages, ((hi - lo) / ps) as u64);
+        }
+    }
+
+    fn unmap(&self, start: usize, end: usize) {
+        if let Some((_, s, e)) = self.registration()
+            && start < e
+            && s < end
+        {
+            // Its pages stay in the file (and vCPUs still reach them);
+            // only the mapping is gone.
+            self.unmapped.store(true, Ordering::Release);
+        }
+    }
+
+    fn populate(&self, at: u64, len: u64, ctx: &Ctx, buf: &mut Vec<u8>) -> Result<u64, Error> {
+        let offset = self.first + at;
+        if self.count_unfilled(offset, len) == 0 {
+            return Ok(0);
+        }
+        let data = sized(buf, len as usize);
+        ctx.read(self.source_of(offset), data)?;
+        let runs = self.state.populate_run(offset, data)?;
+        let mut pages = 0;
+        let ps = self.page_size() as u64;
+        for run in &runs {
+            pages += (run.end - run.start) / ps;
+        }
+        Counters::add(&ctx.counters.prefetch_pages, pages);
+        Counters::add(&ctx.counters.copied_bytes, pages * ps);
+        // Map what was written into the VMM's mapping ahead of its faults
+        // (a MINOR fault each otherwise). Best effort: a page mapped
+        // meanwhile (EEXIST), a mapping being changed (EAGAIN) or gone is
+        // left to its fault.
+        if let Some(region) = &self.region
+            && !self.unmapped.load(Ordering::Acquire)
+            && region.registration().ioctls().contains(Ioctls::CONTINUE)
+            && let Some(mapping) = region.mapping()
+        {
+            for run in runs {
+                if let Ok(addr) = mapping.addr_of(run.start) {
+                    let _ = region.uffd().continue_range(
+                        region.registration(),
+                        addr,
+                        (run.end - run.start) as usize,
+                        ContinueMode::empty(),
+                    );
+                }
+            }
+        }
+        Ok(pages)
+    }
+
+    fn unfilled(&self) -> u64 {
+        self.count_unfilled(self.first, self.len)
+    }
+
+    fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Served1> {
+        for (bitmap, offset) in &self.slots {
+            // Attached when the slot was added: this finds it again.
+            let resolver = match Stage2Resolver::new(&self.state, bitmap, *offset) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e.into())),
+            };
+            let Some(fault) = resolver.fault(exit) else {
+                continue;
+            };
+            return Some((|| {
+                let w = fault.window(ctx.window.max(self.page_size()))?;
+                let before = self.count_unfilled(w.backing_offset(), w.len() as u64);
+                let data = sized(buf, w.len());
+                ctx.read(self.source_of(w.backing_offset()), data)?;
+                let r = fault.resolve_window(w, data)?;
+                let after = self.count_unfilled(w.backing_offset(), w.len() as u64);
+                Counters::add(&ctx.counters.demand_pages, before.saturating_sub(after));
+                Ok(r)
+            })());
+        }
+        None
+    }
+
+    fn add_slot(&mut self, bitmap: Arc<UserfaultBitmap>, backing_offset: u64) -> Result<(), Error> {
+        let end = backing_offset.checked_add(bitmap.memory_size());
+        if backing_offset < self.first || end.is_none_or(|end| end > self.first + self.len) {
+            return Err(Error::Config(format!(
+                "the slot at file offset {backing_offset:#x}+{:#x} does not lie inside the \
+                 range's {:#x}+{:#x}",
+                bitmap.memory_size(),
+                self.first,
+                self.len
+            )));
+        }
+        Stage2Resolver::new(&self.state, &bitmap, backing_offset)?;
+        self.slots.push((bitmap, backing_offset));
+        Ok(())
+    }
+
+    fn finish(&self) -> Result<(), Error> {
+        let Some(region) = &self.region else {
+            return Ok(());
+        };
+        if self.unmapped.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let reg = region.registration();
+        match region.uffd().unregister_range(reg.start(), reg.len()) {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.errno(),
+                    Some(Errno::EINVAL | Errno::ENOMEM | Errno::ESRCH)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A page fault of a file range, read and taken, to be resolved after the
+/// batch.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileFault {
+    file: usize,
+    addr: usize,
+    kind: FaultKind,
+}
+
+/// The server's file ranges.
+#[derive(Debug)]
+pub(crate) struct Backed {
+    files: Vec<Box<dyn Served>>,
+    ctx: Ctx,
+}
+
+thread_local! {
+    /// Each thread's buffer for a window of source data.
+    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Backed {
+    /// The file ranges of a server on `uffd`, served from `source`.
+    pub fn new(
+        uffd: &Uffd,
+        files: Vec<FileRange>,
+        source: Arc<dyn PageSource>,
+        counters: Arc<Counters>,
+        chunk: usize,
+    ) -> Result<Backed, Error> {
+        let mut out: Vec<Box<dyn Served>> = Vec::with_capacity(files.len());
+        for f in files {
+            let f = f.inner;
+            if let Some((id, start, end)) = f.registration()
+                && id != uffd.id()
+            {
+                return Err(Error::Config(format!(
+                    "the file range at {start:#x}+{:#x} is registered with another userfaultfd",
+                    end - start
+                )));
+            }
+            let (offset, len) = f.source_span();
+            if offset.checked_add(len).is_none_or(|end| end > source.len()) {
+                return Err(Error::Config(format!(
+                    "the file range at source offset {offset:#x}+{len:#x} extends past the \
+                     source's {} bytes",
+                    source.len()
+                )));
+            }
+            out.push(f);
+        }
+        let window = chunk
+            .clamp(1, MAX_WINDOW)
+            .next_power_of_two()
+            .min(MAX_WINDOW);
+        let largest = out.iter().map(|f| f.page_size()).max().unwrap_or(1);
+        Ok(Backed {
+            files: out,
+            ctx: Ctx {
+                source,
+                counters,
+                window: window.max(largest),
+            },
+        })
+    }
+
+    /// Takes a page fault of a file range into `faults` (resolved after
+    /// the batch by [`serve`](Self::serve)) and returns true; applies a
+    /// REMOVE or UNMAP to the file ranges it touches and returns false
+    /// (the other ranges see it too).
+    #[inline]
+    pub fn take(&self, event: &Event<'_>, faults: &mut Vec<FileFault>) -> bool {
+        if self.files.is_empty() {
+            return false;
+        }
+        match *event {
+            Event::PageFault {
+                address,
+                kind,
+                uffd_id,
+                ..
+            } => {
+                let found = self.files.iter().position(|f| {
+                    f.registration()
+                        .is_some_and(|(id, s, e)| id == uffd_id && s <= address && address < e)
+                });
+                match found {
+                    Some(file) => {
+                        event.take();
+                        faults.push(FileFault {
+                            file,
+                            addr: address,
+                            kind,
+                        });
+                        true
+                    }
+                    None => false,
+                }
+            }
+            Event::Remove { start, end } => {
+                for f in &self.files {
+                    f.remove(start, end, &self.ctx);
+                }
+                false
+            }
+            Event::Unmap { start, end } => {
+                for f in &self.files {
+                    f.unmap(start, end);
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    /// Resolves the faults [`take`](Self::take) collected; `Err` with why
+    /// the server stops.
+    pub fn serve(&self, faults: &mut Vec<FileFault>) -> Result<(), Exit> {
+        let read_at = Instant::now();
+        BUF.with_borrow_mut(|buf| {
+            for f in faults.drain(..) {
+                let r = self.files[f.file].fault(f.addr, f.kind, &self.ctx, buf);
+                self.outcome(r, read_at)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Counts a demand resolution; `Err` with the server's exit when it
+    /// must stop.
+    fn outcome(&self, r: Served1, since: Instant) -> Result<(), Exit> {
+        let c = &self.ctx.counters;
+        match classify(r) {
+            Ok(Outcome::Done) => {
+                Counters::add(&c.demand_faults, 1);
+                c.record_latency(since.elapsed());
+                Ok(())
+            }
+            // The faulting thread was woken: it faults again.
+            Ok(Outcome::Again) => {
+                Counters::add(&c.retries, 1);
+                Ok(())
+            }
+            Ok(Outcome::Gone) => {
+                Counters::add(&c.other_events, 1);
+                Ok(())
+            }
+            Ok(Outcome::PeerGone) => Err(Exit::PeerClosed {
+                reason: "the process whose memory is served has exited".into(),
+            }),
+            Err(e) => Err(Exit::Failed(e)),
+        }
+    }
+
+    /// The populator's work on the file ranges: the pages of `working_set`
+    /// first (in its order) when given, otherwise everything left, in
+    /// extents of up to 512 KiB, calling `pause` before each and stopping
+    /// (`Ok(false)`) once `stopped` says so.
+    pub fn populate(
+        &self,
+        working_set: Option<&WorkingSet>,
+        stopped: &dyn Fn() -> bool,
+        pause: &dyn Fn(),
+    ) -> Result<bool, Exit> {
+        if self.files.is_empty() {
+            return Ok(true);
+        }
+        let step = |file: usize, at: u64, len: u64, buf: &mut Vec<u8>| -> Result<bool, Exit> {
+            if stopped() {
+                return Ok(false);
+            }
+            pause();
+            match self.files[file].populate(at, len, &self.ctx, buf) {
+                Ok(_) => Ok(true),
+                Err(Error::Uffd(e)) if e.is_again() => Ok(true),
+                Err(e) => Err(Exit::Failed(e)),
+            }
+        };
+        BUF.with_borrow_mut(|buf| {
+            if let Some(ws) = working_set {
+                for (file, at, len) in self.extents(ws) {
+                    if !step(file, at, len, buf)? {
+                        return Ok(false);
+                    }
+                }
+                return Ok(true);
+            }
+            // Passes until nothing is left (pages busy on another path are
+            // found on the next pass).
+            loop {
+                for (i, f) in self.files.iter().enumerate() {
+                    let (_, len) = f.source_span();
+                    let ps = f.page_size() as u64;
+                    let extent = (EXTENT as u64).max(ps).min(MAX_WINDOW as u64);
+                    let mut at = 0;
+                    while at < len {
+                        let n = extent.min(len - at);
+                        if !step(i, at, n, buf)? {
+                            return Ok(false);
+                        }
+                        at += n;
+                    }
+                }
+                if self.remaining() == 0 {
+                    return Ok(true);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        })
+    }
+
+    /// The working set's pages in the file ranges, as extents (file range,
+    /// relative offset, length) of consecutive pages, in order.
+    fn extents(&self, ws: &WorkingSet) -> Vec<(usize, u64, u64)> {
+        let mut out: Vec<(usize, u64, u64)> = Vec::new();
+        for &p in ws.pages() {
+            let Some(src) = p.checked_mul(u64::from(ws.page_size())) else {
+                continue;
+            };
+            let Some((file, rel)) = self.files.iter().enumerate().find_map(|(i, f)| {
+                let (off, len) = f.source_span();
+                let rel = src.checked_sub(off)?;
+                (rel < len).then_some((i, rel))
+            }) else {
+                continue;
+            };
+            let ps = self.files[file].page_size() as u64;
+            let at = rel - rel % ps;
+            match out.last_mut() {
+                Some((f, start, len))
+                    if *f == file && *start + *len == at && *len + ps <= EXTENT as u64 =>
+                {
+                    *len += ps
+                }
+                Some((f, start, len)) if *f == file && (*start..*start + *len).contains(&at) => {}
+                _ => out.push((file, at, ps)),
+            }
+        }
+        out
+    }
+
+    /// Unregisters every file range's mapping (the populator found every
+    /// page in).
+    pub fn finish(&self) -> Result<(), Error> {
+        for f in &self.files {
+            f.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Pages of the file ranges.
+    pub fn total(&self) -> u64 {
+        self.files
+            .iter()
+            .map(|f| f.source_span().1 / f.page_size() as u64)
+            .sum()
+    }
+
+    /// Pages of the file ranges neither filled nor discarded.
+    pub fn remaining(&self) -> u64 {
+        self.files.iter().map(|f| f.unfilled()).sum()
+    }
+}
+
+/// What a file range's resolution means for the server.
+fn classify(r: Served1) -> Result<Outcome, Error> {
+    let e = match r {
+        Ok(_) => return Ok(Outcome::Done),
+        Err(Error::Uffd(e)) => e,
+        Err(e) => return Err(e),
+    };
+    if e.is_again() {
+        return Ok(Outcome::Again);
+    }
+    match e.errno() {
+        Some(Errno::ESRCH) => Ok(Outcome::PeerGone),
+        Some(Errno::ENOENT) => Ok(Outcome::Gone),
+        _ => Err(e.into()),
+    }
+}
+
+/// The stage-2 entry point of a [`Server`](crate::Server): vCPU threads
+/// that get `KVM_EXIT_MEMORY_FAULT` with `KVM_MEMORY_EXIT_FLAG_USERFAULT`
+/// on a `KVM_MEM_USERFAULT` memslot (attached with
+/// [`FileRange::stage2_slot`]) call [`resolve`](Self::resolve), then
+/// re-enter `KVM_RUN`. Cheap to clone; one per vCPU thread. It fills
+/// through the same page state as the server's handler threads and its
+/// populator, so each page is written once whichever asks first, and
+/// keeps working after the server stopped.
+#[derive(Debug, Clone)]
+pub struct Stage2 {
+    backed: Arc<Backed>,
+}
+
+impl Stage2 {
+    pub(crate) fn new(backed: Arc<Backed>) -> Stage2 {
+        Stage2 { backed }
+    }
+
+    /// `KVM_EXIT_MEMORY_FAULT` with `KVM_MEMORY_EXIT_FLAG_USERFAULT`:
+    /// fills the faulting page and the unfilled pages of the aligned chunk
+    /// around it ([`Config::chunk`](crate::Config::chunk)) into the file
+    /// with `pwrite` — one per run of unfilled pages — from the source,
+    /// then clears their bits in the slot's userfault bitmap, so that the
+    /// vCPU finds the page when it re-enters `KVM_RUN`. A page filled
+    /// already (by a fault of the VMM's mapping, the populator or another
+    /// vCPU) is not written again: a guest's writes to it survive. A
+    /// discarded page gets zeros.
+    ///
+    /// Returns `Ok(None)` when the exit is not a KVM userfault of any
+    /// attached slot (another kind of memory fault: the VMM handles it);
+    /// `Ok(Some(resolution))` otherwise — re-enter the vCPU.
+    ///
+    /// Build `exit` from the vCPU's `kvm_run`, for example with
+    /// `MemoryFault::new(flags, gpa, size)` from kvm-ioctls'
+    /// `VcpuExit::MemoryFault`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Source`] when the source cannot be read; [`Error::Uffd`]
+    /// from the write (for a guest_memfd on a kernel without guest_memfd
+    /// `write()`: `Unsupported`). The page's bit stays set then: the vCPU
+    /// exits again if re-entered.
+    pub fn resolve(&self, exit: &MemoryFault) -> Result<Option<Resolution>, Error> {
+        if !exit.is_userfault() {
+            return Ok(None);
+        }
+        let b = &self.backed;
+        BUF.with_borrow_mut(|buf| {
+            for f in &b.files {
+                if let Some(r) = f.stage2(exit, &b.ctx, buf) {
+                    if r.is_ok() {
+                        Counters::add(&b.ctx.counters.stage2_faults, 1);
+                    }
+                    return r.map(Some);
+                }
+            }
+            Ok(None)
+        })
+    }
+}

@@ -1,0 +1,419 @@
+//! File-backed ranges through the shared page state: a shmem memfd served
+//! CONTINUE-only to touching threads, writers and the populator; balloon
+//! removals and punched holes; stage-2 resolutions sharing the state; and,
+//! where the kernel has the posted series, a guest_memfd served to the VMM
+//! and to a real vCPU taking KVM userfault exits.
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use userfault::backing::{BackedMapping, Backing, Claimed, Memfd};
+use userfault::kvm::{MemoryFault, MemoryFaultFlags, UserfaultBitmap};
+use userfault::resolve::{PageState, Region};
+use userfault::uffd::{Features, Uffd};
+use userfault_pager::source::FileSource;
+use userfault_pager::{Config, Exit, FileRange, Server};
+
+use crate::util;
+
+// The real-mode guest of the workspace's KVM tests.
+#[allow(dead_code)]
+#[path = "../../../tests/kvm/guest.rs"]
+mod guest;
+
+// A guest_memfd served to the VMM and a vCPU (the posted series).
+mod series;
+
+pub const PAGE: usize = 4096;
+
+/// The byte at offset `j` of source page `i` (never zero, so that a page
+/// read as zeros is told apart).
+fn source_byte(i: usize, j: usize) -> u8 {
+    ((i * 13 + j / 32) % 253) as u8 + 1
+}
+
+/// A snapshot file of `pages` pages in the test's scratch directory, and
+/// its contents.
+fn snapshot(test: &str, pages: usize) -> (FileSource, Vec<u8>) {
+    let dir = std::env::temp_dir().join(format!("userfault-pager-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snapshot");
+    let bytes: Vec<u8> = (0..pages * PAGE)
+        .map(|k| source_byte(k / PAGE, k % PAGE))
+        .collect();
+    let f = std::fs::File::create(&path).unwrap();
+    f.write_all_at(&bytes, 0).unwrap();
+    drop(f);
+    (FileSource::open(&path).unwrap(), bytes)
+}
+
+/// A shmem memfd that counts each page's fills since its last punch: the
+/// page state makes every fill under its claim, so a second count is a
+/// page filled twice.
+#[derive(Debug)]
+pub struct Counting {
+    memfd: Memfd,
+    fills: Vec<AtomicU32>,
+}
+
+impl Counting {
+    fn new(pages: usize) -> Counting {
+        Counting {
+            memfd: Memfd::shmem(c"pager-counting", (pages * PAGE) as u64).expect("memfd"),
+            fills: (0..pages).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn fills_of(&self, page: usize) -> u32 {
+        self.fills[page].load(Ordering::SeqCst)
+    }
+}
+
+impl AsFd for Counting {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.memfd.as_fd()
+    }
+}
+
+impl Backing for Counting {
+    fn size(&self) -> u64 {
+        self.memfd.size()
+    }
+
+    fn page_size(&self) -> usize {
+        self.memfd.page_size()
+    }
+
+    fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> userfault::Result<()> {
+        let first = offset as usize / PAGE;
+        for p in first..first + data.len() / PAGE {
+            self.fills[p].fetch_add(1, Ordering::SeqCst);
+        }
+        self.memfd.fill(offset, data, claim)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64, claim: Claimed<'_>) -> userfault::Result<()> {
+        for p in offset as usize / PAGE..(offset + len) as usize / PAGE {
+            self.fills[p].store(0, Ordering::SeqCst);
+        }
+        self.memfd.punch_hole(offset, len, claim)
+    }
+}
+
+/// A non-blocking userfaultfd with REMOVE events, a counting memfd of
+/// `pages` pages, its state, a mapping of it and a CONTINUE-only region on
+/// the mapping; `None` after skipping `test`.
+#[allow(clippy::type_complexity)]
+fn continue_only_memfd(
+    test: &str,
+    pages: usize,
+) -> Option<(
+    Arc<Uffd>,
+    Arc<PageState<Counting>>,
+    Arc<BackedMapping<Counting>>,
+    Region<userfault::resolve::ContinueOnly, Counting>,
+)> {
+    let uffd = match Uffd::builder()
+        .non_blocking(true)
+        .request_features(Features::EVENT_REMOVE | Features::MINOR_SHMEM)
+        .create()
+    {
+        Ok(u) => Arc::new(u),
+        Err(e) => {
+            util::skip(test, "uffd", &e.to_string());
+            return None;
+        }
+    };
+    if !uffd.features().contains(Features::EVENT_REMOVE) {
+        util::skip(test, "uffd", "UFFD_FEATURE_EVENT_REMOVE is not offered");
+        return None;
+    }
+    if !uffd.features().contains(Features::MINOR_SHMEM) {
+        util::skip(
+            test,
+            "uffd-minor-shmem",
+            "UFFD_FEATURE_MINOR_SHMEM is not offered (Linux 5.14)",
+        );
+        return None;
+    }
+    let state = PageState::new(Arc::new(Counting::new(pages))).expect("page state");
+    let ram = Arc::new(BackedMapping::new(&state, 0, pages * PAGE).expect("mmap"));
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    Some((uffd, state, ram, region))
+}
+
+/// Reads page `i` of the mapping at `base` through raw pointers.
+fn read_page(base: usize, i: usize) -> Vec<u8> {
+    let mut out = vec![0u8; PAGE];
+    for (j, b) in out.iter_mut().enumerate() {
+        // SAFETY: inside a live mapping no Rust reference points into; the
+        // read blocks until the server resolves its fault.
+        *b = unsafe { ((base + i * PAGE + j) as *const u8).read_volatile() };
+    }
+    out
+}
+
+/// The marker a writer leaves at bytes 128..136 of page `p`.
+fn marker(p: usize) -> [u8; 8] {
+    [0xE0 ^ (p as u8); 8]
+}
+
+fn write_marker(base: usize, p: usize) {
+    for (k, b) in marker(p).into_iter().enumerate() {
+        // SAFETY: as in `read_page`; the write faults the page in first.
+        unsafe { ((base + p * PAGE + 128 + k) as *mut u8).write_volatile(b) };
+    }
+}
+
+#[test]
+fn file_range_served_continue_only_to_touching_threads_writers_and_the_populator() {
+    const TEST: &str =
+        "file_range_served_continue_only_to_touching_threads_writers_and_the_populator";
+    const PAGES: usize = 4096;
+    let Some((uffd, state, ram, region)) = continue_only_memfd(TEST, PAGES) else {
+        return;
+    };
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let written = |p: usize| p.is_multiple_of(5);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 3,
+            // Small demand chunks, so that the populator's extents (512
+            // KiB) have pages left to fill.
+            chunk: 4 * PAGE,
+            files: vec![FileRange::continue_only(region, 0).expect("file range")],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let report = util::with_deadline(TEST, Duration::from_secs(120), || {
+        std::thread::scope(|s| {
+            // Two readers (forwards and backwards) compare every page no
+            // writer touches; two writers leave a marker on the others,
+            // from the end, while the populator goes from the start. All
+            // start once the populator is under way.
+            while server.stats().prefetch_pages == 0 && !server.is_prefetched() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            for t in 0..2 {
+                let bytes = &bytes;
+                s.spawn(move || {
+                    let order: Vec<usize> = if t == 0 {
+                        (0..PAGES).collect()
+                    } else {
+                        (0..PAGES).rev().collect()
+                    };
+                    for p in order.into_iter().filter(|&p| !written(p)) {
+                        assert!(
+                            read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE],
+                            "page {p} differs from the source"
+                        );
+                    }
+                });
+            }
+            for t in 0..2 {
+                s.spawn(move || {
+                    for p in (0..PAGES).rev().filter(|&p| written(p) && p / 5 % 2 == t) {
+                        write_marker(base, p);
+                    }
+                });
+            }
+        });
+        server.wait()
+    });
+    assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
+    for p in 0..PAGES {
+        let mut want = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
+        if written(p) {
+            want[128..136].copy_from_slice(&marker(p));
+        }
+        assert!(
+            read_page(base, p) == want,
+            "page {p}: {}",
+            if written(p) {
+                "the guest's write was lost"
+            } else {
+                "differs from the source"
+            }
+        );
+        assert_eq!(state.backing().fills_of(p), 1, "page {p} fills");
+    }
+    let s = &report.stats;
+    assert_eq!((s.total_pages, s.remaining_pages), (PAGES as u64, 0));
+    // Each filling path counts the pages it saw filled: at least all.
+    assert!(s.demand_pages + s.prefetch_pages >= PAGES as u64, "{s:?}");
+    assert!(s.demand_faults > 0, "{s:?}");
+    util::report(&format!(
+        "{TEST}: {} demand faults ({} pages), {} prefetched",
+        s.demand_faults, s.demand_pages, s.prefetch_pages
+    ));
+}
+
+#[test]
+fn file_range_removed_and_punched_pages_read_zeros_and_stay_unbacked() {
+    const TEST: &str = "file_range_removed_and_punched_pages_read_zeros_and_stay_unbacked";
+    const PAGES: usize = 1024;
+    let removed = 64..128;
+    let punched = 512..544;
+    let Some((uffd, state, ram, region)) = continue_only_memfd(TEST, PAGES) else {
+        return;
+    };
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            finish_when_complete: false,
+            files: vec![FileRange::continue_only(region, 0).expect("file range")],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let stats = util::with_deadline(TEST, Duration::from_secs(120), || {
+        // The balloon takes its pages while the populator runs.
+        let len = removed.len() * PAGE;
+        // SAFETY: a range of the live mapping; nothing references it.
+        unsafe {
+            rustix::mm::madvise(
+                (base + removed.start * PAGE) as *mut _,
+                len,
+                rustix::mm::Advice::LinuxRemove,
+            )
+        }
+        .expect("MADV_REMOVE");
+        while !server.is_prefetched() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for p in removed.clone() {
+            assert!(
+                !state.is_filled(p as u64).unwrap(),
+                "removed page {p} was populated"
+            );
+        }
+        // A hole punched into the file behind the server's back.
+        rustix::fs::fallocate(
+            state.backing().as_fd(),
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            (punched.start * PAGE) as u64,
+            (punched.len() * PAGE) as u64,
+        )
+        .expect("punch");
+        std::thread::scope(|s| {
+            for t in 0..2usize {
+                let (bytes, removed, punched) = (&bytes, removed.clone(), punched.clone());
+                s.spawn(move || {
+                    for p in (0..PAGES).filter(|p| p % 2 == t) {
+                        let seen = read_page(base, p);
+                        if removed.contains(&p) || punched.contains(&p) {
+                            assert!(seen.iter().all(|&b| b == 0), "page {p} is not zeros");
+                        } else {
+                            assert!(seen == bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+                        }
+                    }
+                });
+            }
+        });
+        server.shutdown().stats
+    });
+    assert_eq!(stats.removed_pages, removed.len() as u64, "{stats:?}");
+    util::report(&format!(
+        "{TEST}: {} removed, {} demand faults, {} prefetched",
+        stats.removed_pages, stats.demand_faults, stats.prefetch_pages
+    ));
+}
+
+#[test]
+fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
+    const TEST: &str = "stage2_uffd_and_populator_fill_each_page_once_through_one_state";
+    const PAGES: usize = 2048;
+    let Some((uffd, state, ram, region)) = continue_only_memfd(TEST, PAGES) else {
+        return;
+    };
+    let (source, bytes) = snapshot(TEST, PAGES);
+    // The slot's guest physical range; its bitmap is attached to the state.
+    const GPA: u64 = 1 << 32;
+    let bitmap =
+        Arc::new(UserfaultBitmap::new_all_set(GPA, (PAGES * PAGE) as u64).expect("bitmap"));
+    let file = FileRange::continue_only(region, 0)
+        .expect("file range")
+        .stage2_slot(bitmap.clone(), 0)
+        .expect("slot");
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let report = util::with_deadline(TEST, Duration::from_secs(120), || {
+        std::thread::scope(|s| {
+            // Two "vCPUs": this kernel has no KVM userfault, so their exits
+            // are the ones KVM would report for a set bit; each resolution
+            // writes the file and clears bits, then the page is checked
+            // through the file.
+            for t in 0..2u64 {
+                let stage2 = server.stage2();
+                let (bitmap, state, bytes) = (&bitmap, &state, &bytes);
+                s.spawn(move || {
+                    let mut buf = vec![0u8; PAGE];
+                    for p in (0..PAGES as u64).filter(|p| p % 3 == t) {
+                        if bitmap.test(p) != Some(true) {
+                            continue;
+                        }
+                        let flags = MemoryFaultFlags::USERFAULT.bits();
+                        let exit = MemoryFault::new(flags, GPA + p * PAGE as u64, PAGE as u64);
+                        stage2
+                            .resolve(&exit)
+                            .expect("stage-2")
+                            .expect("a slot's exit");
+                        assert_eq!(bitmap.test(p), Some(false), "bit {p} still set");
+                        let fd = state.backing().memfd.as_fd();
+                        let n = rustix::io::pread(fd, &mut buf[..], p * PAGE as u64);
+                        assert_eq!(n.expect("pread"), PAGE);
+                        let p = p as usize;
+                        assert!(buf == bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+                    }
+                });
+            }
+            // The VMM touches every third page through its mapping.
+            let bytes = &bytes;
+            s.spawn(move || {
+                for p in (0..PAGES).filter(|p| p % 3 == 2).rev() {
+                    assert!(
+                        read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE],
+                        "page {p}"
+                    );
+                }
+            });
+        });
+        server.wait()
+    });
+    assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
+    assert_eq!(bitmap.count_set(), 0, "every bit cleared");
+    for p in 0..PAGES {
+        assert_eq!(state.backing().fills_of(p), 1, "page {p} fills");
+    }
+    let s = &report.stats;
+    assert!(s.demand_pages + s.prefetch_pages >= PAGES as u64, "{s:?}");
+    util::report(&format!(
+        "{TEST}: {} stage-2 exits, {} uffd faults, {} demand pages, {} prefetched",
+        s.stage2_faults, s.demand_faults, s.demand_pages, s.prefetch_pages
+    ));
+}

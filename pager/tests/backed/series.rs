@@ -1,0 +1,202 @@
+//! The posted series (required on the `7.3-oot` kernel): a guest_memfd
+//! served by the server to the VMM's registered mapping and to a real vCPU
+//! taking KVM userfault exits, through one page state.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuExit;
+use userfault::backing::BackedMapping;
+use userfault::kvm::{
+    GmemFlags, GmemFlavour, GuestMemfd, Kvm, MemoryFault, Memslot, UserfaultBitmap, probe_userfault,
+};
+use userfault::resolve::{PageState, Region};
+use userfault::uffd::{Features, Uffd};
+use userfault_pager::source::FileSource;
+use userfault_pager::{Config, FileRange, Server};
+
+use super::{PAGE, guest, read_page, source_byte};
+use crate::util::{self, require};
+
+const PAGES: usize = 64;
+const SIZE: usize = PAGES * PAGE;
+
+/// The guest image: the summing-and-overwriting program, its data, and
+/// the source pattern everywhere else.
+fn image() -> Vec<u8> {
+    let mut image: Vec<u8> = (0..SIZE).map(|k| source_byte(k / PAGE, k % PAGE)).collect();
+    let code = guest::CODE_GPA as usize;
+    image[code..code + PAGE].fill(0xF4);
+    image[code..code + guest::WRITING_CODE.len()].copy_from_slice(guest::WRITING_CODE);
+    let data = guest::DATA_GPA as usize;
+    image[data..data + guest::DATA_LEN].copy_from_slice(&guest::data());
+    image
+}
+
+fn page_of(gpa: u64) -> usize {
+    gpa as usize / PAGE
+}
+
+#[test]
+fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
+    const TEST: &str = "guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server";
+    let kvm_ioctls = require!(
+        TEST,
+        "kvm",
+        kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))
+    );
+    let vm = require!(
+        TEST,
+        "kvm",
+        kvm_ioctls
+            .create_vm()
+            .map_err(|e| format!("KVM_CREATE_VM: {e}"))
+    );
+    // SAFETY: `vm` owns the descriptor and outlives every use of `vm_fd`.
+    let vm_fd = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
+    let kvm = require!(TEST, "kvm", Kvm::open().map_err(|e| e.to_string()));
+    require!(
+        TEST,
+        "kvm-userfault",
+        probe_userfault(&kvm).map_err(|e| format!("no KVM userfault: {e}"))
+    );
+    let write = require!(
+        TEST,
+        "gmem-write",
+        GmemFlavour::probe(vm_fd)
+            .and_then(|f| f.write())
+            .map_err(|e| format!("no guest_memfd write(): {e}"))
+    );
+    let flags = GmemFlags::MMAP | GmemFlags::INIT_SHARED | write;
+    let gmem = Arc::new(require!(
+        TEST,
+        "gmem-mmap",
+        GuestMemfd::create(vm_fd, SIZE as u64, flags).map_err(|e| e.to_string())
+    ));
+    let state = PageState::new(gmem.clone()).expect("page state");
+    let ram = Arc::new(BackedMapping::new(&state, 0, SIZE).expect("mmap"));
+    let uffd = Arc::new(
+        Uffd::builder()
+            .non_blocking(true)
+            .request_features(Features::EVENT_REMOVE)
+            .create()
+            .expect("userfaultfd"),
+    );
+    // SAFETY: guest memory is reached only by the vCPU and raw pointers.
+    let region = require!(
+        TEST,
+        "gmem-uffd",
+        unsafe { Region::continue_only(uffd.clone(), ram.clone()) }
+            .map_err(|e| format!("no userfaultfd on guest_memfd: {e}"))
+    );
+    let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, SIZE as u64).expect("bitmap"));
+    let file = FileRange::continue_only(region, 0)
+        .expect("file range")
+        .stage2_slot(bitmap.clone(), 0)
+        .expect("slot");
+    let image = image();
+    let dir = std::env::temp_dir().join(format!("userfault-pager-{TEST}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("snapshot");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all_at(&image, 0)
+        .unwrap();
+    let slot = Memslot::from_mapping(0, 0, ram.mapping())
+        .guest_memfd(&gmem, 0)
+        .userfault(&bitmap);
+    // SAFETY: `ram`, `gmem` and `bitmap` outlive the slot (deleted below)
+    // and the vCPU (dropped first); no Rust reference points into `ram`.
+    unsafe { slot.set(vm_fd) }.expect("guest_memfd memslot with KVM_MEM_USERFAULT");
+    // One page per resolution, so that each path fills its own pages; no
+    // populator, so that the vCPU's pages are left to the vCPU.
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(FileSource::open(&path).unwrap()),
+        Config {
+            threads: 2,
+            chunk: PAGE,
+            prefetch: false,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let data_page = page_of(guest::DATA_GPA);
+    let vmm_first = data_page + 1;
+    let mut vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
+    guest::enter_real_mode(&vcpu);
+    let (reported, exits) = util::with_deadline(TEST, Duration::from_secs(300), || {
+        // The VMM touches one of the guest's data pages and the upper half
+        // of the slot first, through its mapping (userfaultfd faults).
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for p in std::iter::once(vmm_first).chain(PAGES / 2..PAGES) {
+                    assert!(
+                        read_page(base, p) == image[p * PAGE..(p + 1) * PAGE],
+                        "VMM page {p}"
+                    );
+                }
+            });
+        });
+        assert_eq!(bitmap.test(vmm_first as u64), Some(false));
+        // The vCPU takes a KVM userfault exit for each other page it
+        // touches; the server's stage-2 entry fills it.
+        let stage2 = server.stage2();
+        let (mut reported, mut exits) = (None, Vec::new());
+        for _ in 0..64 {
+            match vcpu.run().expect("KVM_RUN") {
+                VcpuExit::MemoryFault { flags, gpa, size } => {
+                    let exit = MemoryFault::new(flags, gpa, size);
+                    let r = stage2.resolve(&exit).expect("stage-2 resolve");
+                    assert!(r.is_some(), "not a userfault of the slot: {exit:?}");
+                    exits.push(page_of(gpa));
+                }
+                VcpuExit::IoOut(port, bytes) => {
+                    assert_eq!(port, guest::PORT);
+                    let bytes: [u8; 4] = bytes.try_into().expect("a 4-byte out");
+                    reported = Some(u32::from_le_bytes(bytes));
+                }
+                VcpuExit::Hlt => break,
+                other => panic!("unexpected exit {other:?}"),
+            }
+        }
+        (reported, exits)
+    });
+    assert_eq!(
+        reported,
+        Some(guest::checksum(&guest::data())),
+        "the guest summed the snapshot's data"
+    );
+    assert!(
+        exits.contains(&page_of(guest::CODE_GPA)) && exits.contains(&data_page),
+        "stage-2 exits for the code and the first data page: {exits:?}"
+    );
+    assert!(
+        !exits.contains(&vmm_first),
+        "the page the VMM filled took a stage-2 exit: {exits:?}"
+    );
+    // What the guest wrote (every data byte, including the page the VMM
+    // filled first) is what the VMM reads now: nothing refilled it.
+    for i in (0..guest::DATA_LEN).step_by(257) {
+        let at = guest::DATA_GPA as usize + i;
+        // SAFETY: inside the live, registered mapping.
+        let b = unsafe { ((base + at) as *const u8).read_volatile() };
+        assert_eq!(b, guest::OVERWRITE, "data byte {i}");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.stage2_faults, exits.len() as u64, "{stats:?}");
+    assert!(stats.demand_faults as usize > PAGES / 2, "{stats:?}");
+    util::report(&format!(
+        "{TEST}: checksum ok; stage-2 exits for pages {exits:?}; {} userfaultfd faults",
+        stats.demand_faults
+    ));
+    drop(vcpu);
+    server.shutdown();
+    Memslot::delete(vm_fd, 0, 0).expect("delete memslot");
+    let _ = std::fs::remove_dir_all(&dir);
+}
