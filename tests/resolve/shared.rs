@@ -542,6 +542,73 @@ fn a_window_is_filled_once_around_pages_other_paths_filled() {
     })
 }
 
+/// The chunked populate writes each run of unfilled pages once, skips
+/// pages other paths filled (a vCPU's write to one survives) and pages
+/// discarded to zeros, clears the bits of what it wrote, and refuses
+/// unaligned or out-of-range spans.
+#[test]
+fn populate_run_writes_only_unfilled_pages_once_and_leaves_discarded_ones() {
+    const TEST: &str = "populate_run_writes_only_unfilled_pages_once_and_leaves_discarded_ones";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let pages = 32;
+        let Some((_uffd, mapping, _region)) = counting_fixture(TEST, pages) else {
+            return;
+        };
+        let page = page_size();
+        let state = mapping.state();
+        let bitmap = slot(&mapping);
+        let resolver = Stage2Resolver::new(state, &bitmap, 0).expect("resolver");
+        let view = vcpu_view(&mapping);
+        // Page 2 filled by a vCPU, which then wrote to it; pages 5 and 6
+        // discarded by a balloon.
+        resolver
+            .fault(&exit_at(2))
+            .expect("stage-2 fault")
+            .resolve(&source_page(2 * page as u64, page))
+            .expect("stage-2");
+        vcpu_write(&view, 2 * page, 0x22);
+        state
+            .discard(5 * page as u64, 2 * page as u64, Discard::Zero)
+            .expect("discard");
+        let n = 8;
+        assert_eq!(
+            state.count_unfilled(0, (n * page) as u64).expect("count"),
+            (n - 3) as u64
+        );
+        let data: Vec<u8> = (0..n)
+            .flat_map(|p| source_page((p * page) as u64, page))
+            .collect();
+        let b = mapping.backing();
+        let calls = b.calls.load(std::sync::atomic::Ordering::SeqCst);
+        let runs = state.populate_run(0, &data).expect("populate_run");
+        let p = page as u64;
+        assert_eq!(runs, vec![0..2 * p, 3 * p..5 * p, 7 * p..8 * p]);
+        assert_eq!(
+            b.calls.load(std::sync::atomic::Ordering::SeqCst) - calls,
+            3,
+            "one write per run"
+        );
+        for q in 0..n {
+            let want = usize::from(!(5..7).contains(&q));
+            assert_eq!(b.fills_of(q) as usize, want, "page {q}");
+            assert_eq!(
+                bitmap.test(q as u64),
+                Some((5..7).contains(&q)),
+                "bit of page {q}"
+            );
+        }
+        assert_eq!(pread_page(b.as_fd(), 2 * p)[0], 0x22, "the vCPU's write");
+        assert_eq!(pread_page(b.as_fd(), 4 * p), source_page(4 * p, page));
+        assert_eq!(state.count_unfilled(0, (n * page) as u64).unwrap(), 0);
+        // Again: nothing left to write.
+        assert!(state.populate_run(0, &data).expect("again").is_empty());
+        // Refused: unaligned, past the file, empty.
+        assert!(state.populate_run(1, &data[..page]).is_err());
+        assert!(state.populate_run(31 * p, &data[..2 * page]).is_err());
+        assert!(state.count_unfilled(0, 0).is_err());
+    })
+}
+
 /// Two regions over one range of one userfaultfd would unregister each
 /// other: the second is refused. Events read from another userfaultfd are
 /// not the region's.
