@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# The integration tests and the probe under other Linux kernels, booted
-# under QEMU by the kernel harness (../shared/kernels/run-in-kernel.sh).
+# The integration tests, the page server's tests and the probe under other
+# Linux kernels, booted under QEMU by the kernel harness
+# (../shared/kernels/run-in-kernel.sh).
 #
 #   ci/kernel-matrix.sh                 every kernel below, two at a time
 #   ci/kernel-matrix.sh 6.1 7.3-oot     just these
 #   ci/kernel-matrix.sh 6.1 -- FILTER   one kernel, only tests matching FILTER
 #
-# Each kernel gets one boot: the probe's table, then the test binary with
-# the USERFAULT_TEST_REQUIRE list of what that kernel has (a test that would
-# skip for want of a listed capability fails). The exit status is non-zero
+# Each kernel gets one boot: the probe's table, then the integration test
+# binary and the page server's test binary (pager/tests/pager.rs, with the
+# userfault-pager binary it drives), both with the USERFAULT_TEST_REQUIRE
+# list of what that kernel has (a test that would skip for want of a listed
+# capability fails); a FILTER goes to both. The exit status is non-zero
 # when any kernel's run fails. Knobs: KERNELS_DIR (the harness; default
 # ../shared/kernels beside the clone), MATRIX_JOBS (kernels at a time,
 # default 2), MATRIX_OUT (logs and summaries, default target/kernel-matrix).
@@ -52,7 +55,7 @@ done
 for k in "${kernels[@]}"; do require_of "$k" >/dev/null; done
 [ -x "$KERNELS_DIR/run-in-kernel.sh" ] || { echo "no kernel harness at $KERNELS_DIR" >&2; exit 2; }
 
-echo "== build: static test binary and probe ($TARGET)"
+echo "== build: static test binaries, the pager and the probe ($TARGET)"
 export RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static"
 mkdir -p "$OUT"
 if ! cargo test --target $TARGET --test integration --no-run --message-format=json \
@@ -61,11 +64,23 @@ if ! cargo test --target $TARGET --test integration --no-run --message-format=js
 	exit 2
 fi
 test_bin=$(sed -n 's/.*"executable":"\([^"]*integration[^"]*\)".*/\1/p' "$OUT/build.json" | tail -n1)
+if ! cargo test --target $TARGET -p userfault-pager --test pager --no-run --message-format=json \
+	>"$OUT/build-pager.json" 2>"$OUT/build.err"; then
+	cat "$OUT/build.err" >&2
+	exit 2
+fi
+pager_test_bin=$(sed -n 's/.*"executable":"\([^"]*\/pager-[^"]*\)".*/\1/p' "$OUT/build-pager.json" | tail -n1)
 cargo build --target $TARGET --bin userfault-probe
+cargo build --target $TARGET -p userfault-pager --bin userfault-pager
 probe_bin=$ROOT/target/$TARGET/debug/userfault-probe
-[ -x "$test_bin" ] && [ -x "$probe_bin" ] || { echo "build failed: no test binary" >&2; exit 2; }
+pager_bin=$ROOT/target/$TARGET/debug/userfault-pager
+for b in "$test_bin" "$pager_test_bin" "$probe_bin" "$pager_bin"; do
+	[ -n "$b" ] && [ -x "$b" ] || { echo "build failed: no binary '$b'" >&2; exit 2; }
+done
 cp "$test_bin" "$OUT/integration"
+cp "$pager_test_bin" "$OUT/pager-tests"
 cp "$probe_bin" "$OUT/userfault-probe"
+cp "$pager_bin" "$OUT/userfault-pager"
 
 # The guest's program: the probe's table, then the tests. busybox sh runs it.
 cat >"$OUT/matrix-run" <<'EOF'
@@ -76,7 +91,11 @@ probe=$?
 echo "== userfault-probe exit status $probe"
 ./integration --test-threads=1 "$@"
 tests=$?
+echo "== pager tests"
+./pager-tests --test-threads=1 "$@"
+pager=$?
 [ "$tests" = 0 ] || exit "$tests"
+[ "$pager" = 0 ] || exit "$pager"
 exit "$probe"
 EOF
 chmod +x "$OUT/matrix-run"
@@ -86,8 +105,8 @@ run_one() { # $1: kernel
 	start=$(date +%s)
 	rc=0
 	KRUN_QUIET=0 KRUN_TIMEOUT=${MATRIX_TIMEOUT:-1500} KRUN_HUGEPAGES=16 \
-		KRUN_FILES="$OUT/integration $OUT/userfault-probe" \
-		KRUN_ENV="USERFAULT_TEST_REQUIRE=$(require_of "$k") USERFAULT_PROBE=/payload/userfault-probe" \
+		KRUN_FILES="$OUT/integration $OUT/pager-tests $OUT/userfault-probe $OUT/userfault-pager" \
+		KRUN_ENV="USERFAULT_TEST_REQUIRE=$(require_of "$k") USERFAULT_PROBE=/payload/userfault-probe USERFAULT_PAGER_BIN=/payload/userfault-pager" \
 		"$KERNELS_DIR/run-in-kernel.sh" "$k" "$OUT/matrix-run" "${filter[@]}" >"$log" 2>&1 || rc=$?
 	echo "$rc $(($(date +%s) - start))" >"$OUT/$k.status"
 }
@@ -107,8 +126,9 @@ printf '\n%-8s %-6s %6s %6s %6s %6s  %s\n' kernel status passed failed skips sec
 for k in "${kernels[@]}"; do
 	read -r rc secs <"$OUT/$k.status" || { rc=125 secs=0; }
 	log=$OUT/$k.log
-	passed=$(sed -n 's/^test result: .* \([0-9]*\) passed.*/\1/p' "$log" | tail -n1)
-	nfail=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | tail -n1)
+	# Summed over both test binaries.
+	passed=$(sed -n 's/^test result: .* \([0-9]*\) passed.*/\1/p' "$log" | awk '{s += $1} END {if (NR) print s}')
+	nfail=$(sed -n 's/^test result: .* \([0-9]*\) failed.*/\1/p' "$log" | awk '{s += $1} END {if (NR) print s}')
 	skips=$(grep -c 'SKIP [a-z_0-9]*\( \[[A-Za-z]*\]\)\?:' "$log" || true)
 	status=ok
 	[ "$rc" = 0 ] || { status="rc=$rc"; failed=1; }
@@ -120,7 +140,7 @@ for k in "${kernels[@]}"; do
 	if [ "$rc" != 0 ]; then
 		echo
 		echo "== $k: failures (full log: $OUT/$k.log)"
-		sed -n '/^failures:$/,/^test result/p' "$OUT/$k.log" | head -n 200
+		sed -n '/^failures:$/,/^test result/p' "$OUT/$k.log" | head -n 400
 		grep -E '^\[run-in-kernel\]' "$OUT/$k.log" || true
 	fi
 done

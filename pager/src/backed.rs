@@ -48,10 +48,11 @@ use crate::workingset::WorkingSet;
 /// Bytes the populator writes per step at most.
 const EXTENT: usize = 512 << 10;
 
-/// A part of a backing file served through the file's [`PageState`]: the
-/// VMM's registered mapping of it (CONTINUE-only or copy-capable), or no
-/// mapping at all (a guest_memfd only vCPUs reach), and the source offset
-/// its first byte is restored from. Give it to the server with
+/// `pwrite(2)` + `UFFDIO_CONTINUE` (or `UFFDIO_COPY`) through the file's
+/// [`PageState`]: a part of a backing file to serve — the VMM's registered
+/// mapping of it (CONTINUE-only or copy-capable), or no mapping at all (a
+/// guest_memfd only vCPUs reach) — and the source offset its first byte is
+/// restored from. Give it to the server with
 /// [`Config::files`](crate::Config::files).
 ///
 /// The server fills the range on demand (faults of the mapping, KVM
@@ -75,9 +76,9 @@ impl fmt::Debug for FileRange {
 }
 
 impl FileRange {
-    /// Serves the faults of a CONTINUE-only `region` (registered
-    /// `MISSING | MINOR` over a mapping of the file) from the source at
-    /// `source_offset`: a MISSING fault's chunk is written into the file
+    /// `pwrite(2)` + `UFFDIO_CONTINUE`: serves the faults of a
+    /// CONTINUE-only `region` (registered `MISSING | MINOR` over a mapping
+    /// of the file) from the source at `source_offset`: a MISSING fault's chunk is written into the file
     /// (`pwrite`) and mapped with `UFFDIO_CONTINUE` — never `UFFDIO_COPY`,
     /// which the region's faults do not offer — and a MINOR fault is only
     /// mapped.
@@ -85,6 +86,7 @@ impl FileRange {
     /// # Errors
     ///
     /// [`Error::Config`] when the region has no file mapping.
+    #[doc(alias = "UFFDIO_CONTINUE")]
     pub fn continue_only<B: Backing + 'static>(
         region: Region<ContinueOnly, B>,
         source_offset: u64,
@@ -92,15 +94,16 @@ impl FileRange {
         FileRange::mapped(region, source_offset)
     }
 
-    /// Serves the faults of a copy-capable `region` over a mapping of the
-    /// file (made with `Region::copy_capable_file`) from the source at
-    /// `source_offset`: a MISSING fault's chunk is placed with one
+    /// `UFFDIO_COPY`: serves the faults of a copy-capable `region` over a
+    /// mapping of the file (made with `Region::copy_capable_file`) from the
+    /// source at `source_offset`: a MISSING fault's chunk is placed with one
     /// `UFFDIO_COPY` per run of unfilled pages, a MINOR fault (if
     /// registered) is mapped with `UFFDIO_CONTINUE`.
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when the region has no file mapping.
+    #[doc(alias = "UFFDIO_COPY")]
     pub fn copy_capable<B: Backing + 'static>(
         region: Region<CopyCapable, B>,
         source_offset: u64,
@@ -136,8 +139,8 @@ impl FileRange {
         })
     }
 
-    /// Serves `[file_offset, file_offset + len)` of the file of `state`,
-    /// which no registered mapping covers, from the source at
+    /// `pwrite(2)` only: serves `[file_offset, file_offset + len)` of the
+    /// file of `state`, which no registered mapping covers, from the source at
     /// `source_offset`: only vCPUs reach it (through the slots added with
     /// [`stage2_slot`](Self::stage2_slot)), and the populator.
     ///
@@ -177,7 +180,7 @@ impl FileRange {
         })
     }
 
-    /// Attaches the userfault bitmap of a `KVM_MEM_USERFAULT` memslot
+    /// `KVM_MEM_USERFAULT`: attaches the userfault bitmap of a memslot
     /// whose first page is at `backing_offset` in the file (its
     /// `guest_memfd_offset`) to the file's page state
     /// ([`Stage2Resolver::new`]): the bitmap's bits are made to agree with
@@ -192,6 +195,7 @@ impl FileRange {
     /// part of the file; [`Error::Uffd`] from attaching (page sizes that
     /// differ, an unaligned offset, a bitmap attached elsewhere, more than
     /// 16 bitmaps on the file).
+    #[doc(alias = "KVM_MEM_USERFAULT")]
     pub fn stage2_slot(
         mut self,
         bitmap: Arc<UserfaultBitmap>,
@@ -783,7 +787,8 @@ fn classify(r: Served1) -> Result<Outcome, Error> {
     }
 }
 
-/// The stage-2 entry point of a [`Server`](crate::Server): vCPU threads
+/// `KVM_EXIT_MEMORY_FAULT`: the stage-2 entry point of a
+/// [`Server`](crate::Server). vCPU threads
 /// that get `KVM_EXIT_MEMORY_FAULT` with `KVM_MEMORY_EXIT_FLAG_USERFAULT`
 /// on a `KVM_MEM_USERFAULT` memslot (attached with
 /// [`FileRange::stage2_slot`]) call [`resolve`](Self::resolve), then
@@ -825,6 +830,7 @@ impl Stage2 {
     /// from the write (for a guest_memfd on a kernel without guest_memfd
     /// `write()`: `Unsupported`). The page's bit stays set then: the vCPU
     /// exits again if re-entered.
+    #[doc(alias = "KVM_EXIT_MEMORY_FAULT")]
     pub fn resolve(&self, exit: &MemoryFault) -> Result<Option<Resolution>, Error> {
         if !exit.is_userfault() {
             return Ok(None);

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`Server`] | handler threads over one userfaultfd, a populator, counters |
 //! | [`Range`] | a registered range and the source offset it is served from |
+//! | [`FileRange`] | a memfd or guest_memfd range served through the file's shared page state |
+//! | [`Stage2`] | the entry point for vCPU threads taking KVM userfault exits |
 //! | [`source`] | page sources: a snapshot file, zeros, a diff over a base |
 //! | [`WorkingSet`] | the order pages were first needed, in a small versioned file |
 //! | [`firecracker`] | Firecracker's handshake: the userfaultfd and guest memory layout over a Unix socket |
@@ -28,6 +30,13 @@
 //! those pages map zeros, never the snapshot, and the populator leaves them
 //! unbacked; UNMAP retires pages; REMAP moves them (their state moves
 //! along); FORK serves the child's copy from the state the parent had.
+//!
+//! File-backed guest memory (a shmem memfd, a guest_memfd) is served
+//! through the file's shared page state instead ([`FileRange`],
+//! [`Config::files`]): `pwrite` + `UFFDIO_CONTINUE` on CONTINUE-only
+//! ranges, `UFFDIO_COPY` on copy-capable ones, the populator writing the
+//! file, and vCPU threads resolving their KVM userfault exits through
+//! [`Server::stage2`] — each page written once, whichever path asks first.
 //!
 //! # Example
 //!

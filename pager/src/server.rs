@@ -238,8 +238,8 @@ impl Server {
         Ok(server)
     }
 
-    /// The stage-2 entry point for vCPU threads taking KVM userfault exits
-    /// on the slots of [`Config::files`]: clone it into each vCPU thread
+    /// `KVM_EXIT_MEMORY_FAULT`: the stage-2 entry point for vCPU threads
+    /// taking KVM userfault exits on the slots of [`Config::files`]: clone it into each vCPU thread
     /// and call [`Stage2::resolve`] for every `KVM_EXIT_MEMORY_FAULT`.
     pub fn stage2(&self) -> Stage2 {
         Stage2::new(self.shared.backed.clone())

@@ -157,7 +157,8 @@ pub struct Stats {
     pub forks: u64,
     /// Events of kinds the server does not act on.
     pub other_events: u64,
-    /// KVM userfault exits resolved through [`Stage2`](crate::Stage2).
+    /// KVM userfault exits (`KVM_EXIT_MEMORY_FAULT`) resolved through
+    /// [`Stage2`](crate::Stage2).
     pub stage2_faults: u64,
     /// Demand-fault latency, from reading the event to its resolution.
     pub latency: Latency,

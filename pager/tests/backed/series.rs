@@ -42,6 +42,11 @@ fn page_of(gpa: u64) -> usize {
 #[test]
 fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     const TEST: &str = "guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server";
+    // Declared before the VM, so that they are dropped after it (the
+    // memslot refers to them) also when the test fails.
+    let gmem: Arc<GuestMemfd>;
+    let ram: Arc<BackedMapping<GuestMemfd>>;
+    let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, SIZE as u64).expect("bitmap"));
     let kvm_ioctls = require!(
         TEST,
         "kvm",
@@ -70,13 +75,13 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
             .map_err(|e| format!("no guest_memfd write(): {e}"))
     );
     let flags = GmemFlags::MMAP | GmemFlags::INIT_SHARED | write;
-    let gmem = Arc::new(require!(
+    gmem = Arc::new(require!(
         TEST,
         "gmem-mmap",
         GuestMemfd::create(vm_fd, SIZE as u64, flags).map_err(|e| e.to_string())
     ));
     let state = PageState::new(gmem.clone()).expect("page state");
-    let ram = Arc::new(BackedMapping::new(&state, 0, SIZE).expect("mmap"));
+    ram = Arc::new(BackedMapping::new(&state, 0, SIZE).expect("mmap"));
     let uffd = Arc::new(
         Uffd::builder()
             .non_blocking(true)
@@ -91,7 +96,6 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
         unsafe { Region::continue_only(uffd.clone(), ram.clone()) }
             .map_err(|e| format!("no userfaultfd on guest_memfd: {e}"))
     );
-    let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, SIZE as u64).expect("bitmap"));
     let file = FileRange::continue_only(region, 0)
         .expect("file range")
         .stage2_slot(bitmap.clone(), 0)
@@ -107,8 +111,9 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     let slot = Memslot::from_mapping(0, 0, ram.mapping())
         .guest_memfd(&gmem, 0)
         .userfault(&bitmap);
-    // SAFETY: `ram`, `gmem` and `bitmap` outlive the slot (deleted below)
-    // and the vCPU (dropped first); no Rust reference points into `ram`.
+    // SAFETY: `ram`, `gmem` and `bitmap` outlive the slot (deleted below,
+    // or closed with the VM, which is dropped before them) and the vCPU;
+    // no Rust reference points into `ram`.
     unsafe { slot.set(vm_fd) }.expect("guest_memfd memslot with KVM_MEM_USERFAULT");
     // One page per resolution, so that each path fills its own pages; no
     // populator, so that the vCPU's pages are left to the vCPU.
