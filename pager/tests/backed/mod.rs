@@ -13,7 +13,7 @@ use std::time::Duration;
 use userfault::backing::{BackedMapping, Backing, Claimed, Memfd};
 use userfault::kvm::{MemoryFault, MemoryFaultFlags, UserfaultBitmap};
 use userfault::resolve::{PageState, Region};
-use userfault::uffd::{Features, Uffd};
+use userfault::uffd::{Features, RegisterMode, Uffd};
 use userfault_pager::source::FileSource;
 use userfault_pager::{Config, Exit, FileRange, Server};
 
@@ -104,9 +104,7 @@ impl Backing for Counting {
     }
 }
 
-/// A non-blocking userfaultfd with REMOVE events, a counting memfd of
-/// `pages` pages, its state, a mapping of it and a CONTINUE-only region on
-/// the mapping; `None` after skipping `test`.
+/// A CONTINUE-only region on [`memfd`]'s mapping.
 #[allow(clippy::type_complexity)]
 fn continue_only_memfd(
     test: &str,
@@ -116,6 +114,24 @@ fn continue_only_memfd(
     Arc<PageState<Counting>>,
     Arc<BackedMapping<Counting>>,
     Region<userfault::resolve::ContinueOnly, Counting>,
+)> {
+    let (uffd, state, ram) = memfd(test, pages)?;
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    Some((uffd, state, ram, region))
+}
+
+/// A non-blocking userfaultfd with REMOVE events and MINOR faults on
+/// shmem, a counting memfd of `pages` pages, its state and a mapping of
+/// it; `None` after skipping `test`.
+#[allow(clippy::type_complexity)]
+fn memfd(
+    test: &str,
+    pages: usize,
+) -> Option<(
+    Arc<Uffd>,
+    Arc<PageState<Counting>>,
+    Arc<BackedMapping<Counting>>,
 )> {
     let uffd = match Uffd::builder()
         .non_blocking(true)
@@ -142,9 +158,7 @@ fn continue_only_memfd(
     }
     let state = PageState::new(Arc::new(Counting::new(pages))).expect("page state");
     let ram = Arc::new(BackedMapping::new(&state, 0, pages * PAGE).expect("mmap"));
-    // SAFETY: the guest's memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-    Some((uffd, state, ram, region))
+    Some((uffd, state, ram))
 }
 
 /// Reads page `i` of the mapping at `base` through raw pointers.
@@ -174,11 +188,39 @@ fn write_marker(base: usize, p: usize) {
 fn file_range_served_continue_only_to_touching_threads_writers_and_the_populator() {
     const TEST: &str =
         "file_range_served_continue_only_to_touching_threads_writers_and_the_populator";
+    touch_write_populate(TEST, false);
+}
+
+/// The same through `UFFDIO_COPY`: the demand faults' copies bypass the
+/// file's write path, so only the populator's writes are counted; a page
+/// the populator wrote over a copied one would lose the guest's marker.
+#[test]
+fn file_range_served_copy_capable_to_touching_threads_writers_and_the_populator() {
+    const TEST: &str =
+        "file_range_served_copy_capable_to_touching_threads_writers_and_the_populator";
+    touch_write_populate(TEST, true);
+}
+
+/// 16 MiB of a memfd served to two readers comparing every page they
+/// read, two writers leaving markers, and the populator; afterwards every
+/// byte equals the source or the marker, and each page was written once.
+fn touch_write_populate(test: &str, copy: bool) {
     const PAGES: usize = 4096;
-    let Some((uffd, state, ram, region)) = continue_only_memfd(TEST, PAGES) else {
+    let Some((uffd, state, ram)) = memfd(test, PAGES) else {
         return;
     };
-    let (source, bytes) = snapshot(TEST, PAGES);
+    let file = if copy {
+        let mode = RegisterMode::MISSING | RegisterMode::MINOR;
+        // SAFETY: the guest's memory is reached only through raw pointers.
+        let region = unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
+            .expect("register");
+        FileRange::copy_capable(region, 0)
+    } else {
+        // SAFETY: as above.
+        let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+        FileRange::continue_only(region, 0)
+    };
+    let (source, bytes) = snapshot(test, PAGES);
     let written = |p: usize| p.is_multiple_of(5);
     let server = Server::start(
         uffd,
@@ -189,13 +231,13 @@ fn file_range_served_continue_only_to_touching_threads_writers_and_the_populator
             // Small demand chunks, so that the populator's extents (512
             // KiB) have pages left to fill.
             chunk: 4 * PAGE,
-            files: vec![FileRange::continue_only(region, 0).expect("file range")],
+            files: vec![file.expect("file range")],
             ..Config::default()
         },
     )
     .expect("start");
     let base = ram.addr();
-    let report = util::with_deadline(TEST, Duration::from_secs(120), || {
+    let report = util::with_deadline(test, Duration::from_secs(120), || {
         std::thread::scope(|s| {
             // Two readers (forwards and backwards) compare every page no
             // writer touches; two writers leave a marker on the others,
@@ -245,7 +287,12 @@ fn file_range_served_continue_only_to_touching_threads_writers_and_the_populator
                 "differs from the source"
             }
         );
-        assert_eq!(state.backing().fills_of(p), 1, "page {p} fills");
+        let fills = state.backing().fills_of(p);
+        if copy {
+            assert!(fills <= 1, "page {p} written {fills} times");
+        } else {
+            assert_eq!(fills, 1, "page {p} fills");
+        }
     }
     let s = &report.stats;
     assert_eq!((s.total_pages, s.remaining_pages), (PAGES as u64, 0));
@@ -253,7 +300,7 @@ fn file_range_served_continue_only_to_touching_threads_writers_and_the_populator
     assert!(s.demand_pages + s.prefetch_pages >= PAGES as u64, "{s:?}");
     assert!(s.demand_faults > 0, "{s:?}");
     util::report(&format!(
-        "{TEST}: {} demand faults ({} pages), {} prefetched",
+        "{test}: {} demand faults ({} pages), {} prefetched",
         s.demand_faults, s.demand_pages, s.prefetch_pages
     ));
 }

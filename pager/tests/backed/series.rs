@@ -13,7 +13,7 @@ use userfault::kvm::{
     GmemFlags, GmemFlavour, GuestMemfd, Kvm, MemoryFault, Memslot, UserfaultBitmap, probe_userfault,
 };
 use userfault::resolve::{PageState, Region};
-use userfault::uffd::{Features, Uffd};
+use userfault::uffd::{Features, RegisterMode, Uffd};
 use userfault_pager::source::FileSource;
 use userfault_pager::{Config, FileRange, Server};
 
@@ -41,19 +41,40 @@ fn page_of(gpa: u64) -> usize {
 
 #[test]
 fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
-    const TEST: &str = "guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server";
+    serve_vmm_and_vcpu(
+        "guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server",
+        false,
+    );
+}
+
+/// The same with the VMM's mapping registered copy-capable: its faults are
+/// placed with `UFFDIO_COPY`, the vCPU's with write().
+#[test]
+fn guest_memfd_served_copy_capable_to_the_vmm_and_a_vcpu_through_the_server() {
+    serve_vmm_and_vcpu(
+        "guest_memfd_served_copy_capable_to_the_vmm_and_a_vcpu_through_the_server",
+        true,
+    );
+}
+
+/// A guest_memfd slot with KVM userfault, mapped by the VMM and registered
+/// (CONTINUE-only, or copy-capable with `copy`): the VMM touches pages
+/// first, then a vCPU runs the summing guest, taking a userfault exit for
+/// each page the VMM did not fill, and writes its data pages; the VMM then
+/// reads what the guest wrote.
+fn serve_vmm_and_vcpu(test: &str, copy: bool) {
     // Declared before the VM, so that they are dropped after it (the
     // memslot refers to them) also when the test fails.
     let gmem: Arc<GuestMemfd>;
     let ram: Arc<BackedMapping<GuestMemfd>>;
     let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, SIZE as u64).expect("bitmap"));
     let kvm_ioctls = require!(
-        TEST,
+        test,
         "kvm",
         kvm_ioctls::Kvm::new().map_err(|e| format!("cannot open /dev/kvm: {e}"))
     );
     let vm = require!(
-        TEST,
+        test,
         "kvm",
         kvm_ioctls
             .create_vm()
@@ -61,14 +82,14 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     );
     // SAFETY: `vm` owns the descriptor and outlives every use of `vm_fd`.
     let vm_fd = unsafe { BorrowedFd::borrow_raw(vm.as_raw_fd()) };
-    let kvm = require!(TEST, "kvm", Kvm::open().map_err(|e| e.to_string()));
+    let kvm = require!(test, "kvm", Kvm::open().map_err(|e| e.to_string()));
     require!(
-        TEST,
+        test,
         "kvm-userfault",
         probe_userfault(&kvm).map_err(|e| format!("no KVM userfault: {e}"))
     );
     let write = require!(
-        TEST,
+        test,
         "gmem-write",
         GmemFlavour::probe(vm_fd)
             .and_then(|f| f.write())
@@ -76,7 +97,7 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     );
     let flags = GmemFlags::MMAP | GmemFlags::INIT_SHARED | write;
     gmem = Arc::new(require!(
-        TEST,
+        test,
         "gmem-mmap",
         GuestMemfd::create(vm_fd, SIZE as u64, flags).map_err(|e| e.to_string())
     ));
@@ -89,19 +110,33 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
             .create()
             .expect("userfaultfd"),
     );
-    // SAFETY: guest memory is reached only by the vCPU and raw pointers.
-    let region = require!(
-        TEST,
-        "gmem-uffd",
-        unsafe { Region::continue_only(uffd.clone(), ram.clone()) }
-            .map_err(|e| format!("no userfaultfd on guest_memfd: {e}"))
-    );
-    let file = FileRange::continue_only(region, 0)
+    let file = if copy {
+        let mode = RegisterMode::MISSING | RegisterMode::MINOR;
+        let region = require!(
+            test,
+            "gmem-uffd-copy",
+            // SAFETY: guest memory is reached only by the vCPU and raw
+            // pointers.
+            unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
+                .map_err(|e| format!("no copy-capable userfaultfd on guest_memfd: {e}"))
+        );
+        FileRange::copy_capable(region, 0)
+    } else {
+        let region = require!(
+            test,
+            "gmem-uffd",
+            // SAFETY: as above.
+            unsafe { Region::continue_only(uffd.clone(), ram.clone()) }
+                .map_err(|e| format!("no userfaultfd on guest_memfd: {e}"))
+        );
+        FileRange::continue_only(region, 0)
+    };
+    let file = file
         .expect("file range")
         .stage2_slot(bitmap.clone(), 0)
         .expect("slot");
     let image = image();
-    let dir = std::env::temp_dir().join(format!("userfault-pager-{TEST}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("userfault-pager-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("snapshot");
     std::fs::File::create(&path)
@@ -135,7 +170,7 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     let vmm_first = data_page + 1;
     let mut vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
     guest::enter_real_mode(&vcpu);
-    let (reported, exits) = util::with_deadline(TEST, Duration::from_secs(300), || {
+    let (reported, exits) = util::with_deadline(test, Duration::from_secs(300), || {
         // The VMM touches one of the guest's data pages and the upper half
         // of the slot first, through its mapping (userfaultfd faults).
         std::thread::scope(|s| {
@@ -197,7 +232,7 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     assert_eq!(stats.stage2_faults, exits.len() as u64, "{stats:?}");
     assert!(stats.demand_faults as usize > PAGES / 2, "{stats:?}");
     util::report(&format!(
-        "{TEST}: checksum ok; stage-2 exits for pages {exits:?}; {} userfaultfd faults",
+        "{test}: checksum ok; stage-2 exits for pages {exits:?}; {} userfaultfd faults",
         stats.demand_faults
     ));
     drop(vcpu);
