@@ -63,8 +63,9 @@ const EXTENT: usize = 512 << 10;
 /// rest in the background; once every page is in it unregisters the
 /// mapping.
 ///
-/// REMAP of a file range's mapping is not followed: its faults at the new
-/// address are not this range's.
+/// REMAP of a file range's mapping is not followed (its faults at the new
+/// address are not this range's), and its faults are not recorded into the
+/// working set ([`Config::record`](crate::Config::record)).
 pub struct FileRange {
     inner: Box<dyn Served>,
 }
@@ -545,6 +546,13 @@ impl Backed {
                 return Err(Error::Config(format!(
                     "the file range at {start:#x}+{:#x} is registered with another userfaultfd",
                     end - start
+                )));
+            }
+            if f.page_size() > MAX_WINDOW {
+                return Err(Error::Config(format!(
+                    "the file range's pages of {:#x} bytes are larger than a window of {:#x}",
+                    f.page_size(),
+                    MAX_WINDOW
                 )));
             }
             let (offset, len) = f.source_span();

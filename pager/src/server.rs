@@ -161,7 +161,9 @@ impl Server {
     ///
     /// [`Error::Config`] when a range is not this userfaultfd's, is not
     /// aligned to its page size, overlaps another or extends past the
-    /// source, or `threads` is 0; [`Error::Uffd`] from `fcntl` or
+    /// source, when a file range ([`Config::files`]) is registered with
+    /// another userfaultfd, extends past the source or has pages larger
+    /// than 2 MiB, or `threads` is 0; [`Error::Uffd`] from `fcntl` or
     /// `eventfd`; [`Error::Io`] when a thread cannot be spawned.
     pub fn start(
         uffd: Arc<Uffd>,

@@ -464,3 +464,95 @@ fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
         s.stage2_faults, s.demand_faults, s.demand_pages, s.prefetch_pages
     ));
 }
+
+/// Misfits are refused with a configuration error naming what is wrong,
+/// and exits that are not a slot's KVM userfaults are left to the VMM.
+#[test]
+fn file_ranges_that_do_not_fit_are_refused_and_foreign_exits_left_alone() {
+    const TEST: &str = "file_ranges_that_do_not_fit_are_refused_and_foreign_exits_left_alone";
+    const PAGES: usize = 16;
+    let Some((uffd, state, _ram, region)) = continue_only_memfd(TEST, PAGES) else {
+        return;
+    };
+    let (source, _) = snapshot(TEST, PAGES);
+    let source = Arc::new(source);
+    let config_error = |r: Result<Server, userfault_pager::Error>, what: &str| match r {
+        Err(userfault_pager::Error::Config(msg)) => assert!(msg.contains(what), "{msg}"),
+        other => panic!("expected a configuration error about {what}: {other:?}"),
+    };
+    // Registered with another userfaultfd than the server's.
+    let other = Arc::new(Uffd::builder().non_blocking(true).create().expect("uffd"));
+    config_error(
+        Server::start(
+            other,
+            &[],
+            source.clone(),
+            Config {
+                files: vec![FileRange::continue_only(region, 0).expect("file range")],
+                ..Config::default()
+            },
+        ),
+        "another userfaultfd",
+    );
+    // Past the end of the source.
+    let len = (PAGES * PAGE) as u64;
+    let past = FileRange::unmapped(state.clone(), 0, len, PAGE as u64).expect("file range");
+    config_error(
+        Server::start(
+            uffd.clone(),
+            &[],
+            source.clone(),
+            Config {
+                files: vec![past],
+                ..Config::default()
+            },
+        ),
+        "extends past",
+    );
+    // Spans that are not whole pages of the file, and a slot outside.
+    for (offset, len) in [(1, PAGE as u64), (0, 0), (0, len + PAGE as u64)] {
+        match FileRange::unmapped(state.clone(), offset, len, 0) {
+            Err(userfault_pager::Error::Config(_)) => {}
+            other => panic!("{offset:#x}+{len:#x}: {other:?}"),
+        }
+    }
+    let half = FileRange::unmapped(state.clone(), 0, len / 2, 0).expect("file range");
+    let bitmap = Arc::new(UserfaultBitmap::new_all_set(0, len).expect("bitmap"));
+    match half.stage2_slot(bitmap, 0) {
+        Err(userfault_pager::Error::Config(msg)) => assert!(msg.contains("inside"), "{msg}"),
+        other => panic!("a slot larger than the range: {other:?}"),
+    }
+    // A served slot: exits of other kinds or outside it are not its own.
+    const GPA: u64 = 1 << 32;
+    let bitmap = Arc::new(UserfaultBitmap::new_all_set(GPA, len).expect("bitmap"));
+    let file = FileRange::unmapped(state.clone(), 0, len, 0)
+        .expect("file range")
+        .stage2_slot(bitmap.clone(), 0)
+        .expect("slot");
+    let server = Server::start(
+        uffd,
+        &[],
+        source,
+        Config {
+            prefetch: false,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let stage2 = server.stage2();
+    let userfault = MemoryFaultFlags::USERFAULT.bits();
+    let private = MemoryFaultFlags::PRIVATE.bits();
+    for exit in [
+        MemoryFault::new(private, GPA, PAGE as u64),
+        MemoryFault::new(userfault, GPA - PAGE as u64, PAGE as u64),
+        MemoryFault::new(userfault, GPA + len, PAGE as u64),
+    ] {
+        assert_eq!(stage2.resolve(&exit).expect("resolve"), None, "{exit:?}");
+    }
+    assert_eq!(bitmap.count_set(), PAGES as u64, "nothing was filled");
+    let exit = MemoryFault::new(userfault, GPA + PAGE as u64, PAGE as u64);
+    assert!(stage2.resolve(&exit).expect("resolve").is_some());
+    assert_eq!(bitmap.test(1), Some(false));
+    assert_eq!(server.shutdown().stats.stage2_faults, 1);
+}
