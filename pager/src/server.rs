@@ -241,8 +241,11 @@ impl Server {
     }
 
     /// `KVM_EXIT_MEMORY_FAULT`: the stage-2 entry point for vCPU threads
-    /// taking KVM userfault exits on the slots of [`Config::files`]: clone it into each vCPU thread
-    /// and call [`Stage2::resolve`] for every `KVM_EXIT_MEMORY_FAULT`.
+    /// taking KVM userfault exits on the slots of [`Config::files`]. Clone
+    /// it into each vCPU thread and call [`Stage2::resolve`] for every
+    /// memory-fault exit; it shares the page state with the handler
+    /// threads and the populator, and keeps working after the server
+    /// stopped.
     pub fn stage2(&self) -> Stage2 {
         Stage2::new(self.shared.backed.clone())
     }
