@@ -44,6 +44,7 @@ fn guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server() {
     serve_vmm_and_vcpu(
         "guest_memfd_served_to_the_vmm_and_a_vcpu_through_the_server",
         false,
+        false,
     );
 }
 
@@ -54,6 +55,19 @@ fn guest_memfd_served_copy_capable_to_the_vmm_and_a_vcpu_through_the_server() {
     serve_vmm_and_vcpu(
         "guest_memfd_served_copy_capable_to_the_vmm_and_a_vcpu_through_the_server",
         true,
+        false,
+    );
+}
+
+/// With the populator writing the file while the VMM and the vCPU touch
+/// it: the guest's writes survive it, every other page ends as the
+/// snapshot's, and every userfault bit ends clear.
+#[test]
+fn guest_memfd_vcpu_and_vmm_writes_survive_the_populator() {
+    serve_vmm_and_vcpu(
+        "guest_memfd_vcpu_and_vmm_writes_survive_the_populator",
+        false,
+        true,
     );
 }
 
@@ -62,7 +76,7 @@ fn guest_memfd_served_copy_capable_to_the_vmm_and_a_vcpu_through_the_server() {
 /// first, then a vCPU runs the summing guest, taking a userfault exit for
 /// each page the VMM did not fill, and writes its data pages; the VMM then
 /// reads what the guest wrote.
-fn serve_vmm_and_vcpu(test: &str, copy: bool) {
+fn serve_vmm_and_vcpu(test: &str, copy: bool, prefetch: bool) {
     // Declared before the VM, so that they are dropped after it (the
     // memslot refers to them) also when the test fails.
     let gmem: Arc<GuestMemfd>;
@@ -150,8 +164,8 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool) {
     // or closed with the VM, which is dropped before them) and the vCPU;
     // no Rust reference points into `ram`.
     unsafe { slot.set(vm_fd) }.expect("guest_memfd memslot with KVM_MEM_USERFAULT");
-    // One page per resolution, so that each path fills its own pages; no
-    // populator, so that the vCPU's pages are left to the vCPU.
+    // One page per resolution, so that each path fills its own pages;
+    // without the populator the vCPU's pages are left to the vCPU.
     let server = Server::start(
         uffd,
         &[],
@@ -159,7 +173,7 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool) {
         Config {
             threads: 2,
             chunk: PAGE,
-            prefetch: false,
+            prefetch,
             files: vec![file],
             ..Config::default()
         },
@@ -184,6 +198,10 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool) {
             });
         });
         assert_eq!(bitmap.test(vmm_first as u64), Some(false));
+        // The VMM writes a page the guest never touches.
+        let vmm_written = PAGES / 2;
+        // SAFETY: inside the live, registered mapping (filled just now).
+        unsafe { ((base + vmm_written * PAGE + 9) as *mut u8).write_volatile(0xA7) };
         // The vCPU takes a KVM userfault exit for each other page it
         // touches; the server's stage-2 entry fills it.
         let stage2 = server.stage2();
@@ -213,7 +231,7 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool) {
         "the guest summed the snapshot's data"
     );
     assert!(
-        exits.contains(&page_of(guest::CODE_GPA)) && exits.contains(&data_page),
+        prefetch || (exits.contains(&page_of(guest::CODE_GPA)) && exits.contains(&data_page)),
         "stage-2 exits for the code and the first data page: {exits:?}"
     );
     assert!(
@@ -228,9 +246,38 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool) {
         let b = unsafe { ((base + at) as *const u8).read_volatile() };
         assert_eq!(b, guest::OVERWRITE, "data byte {i}");
     }
+    // SAFETY: as above.
+    let b = unsafe { ((base + PAGES / 2 * PAGE + 9) as *const u8).read_volatile() };
+    assert_eq!(b, 0xA7, "the VMM's write");
+    if prefetch {
+        assert!(
+            server.wait_timeout(Duration::from_secs(120)),
+            "the populator finished"
+        );
+        assert_eq!(bitmap.count_set(), 0, "every userfault bit clear");
+        let result = page_of(guest::RESULT_GPA);
+        let sum = guest::checksum(&guest::data()).to_le_bytes();
+        for p in 0..PAGES {
+            let mut want = image[p * PAGE..(p + 1) * PAGE].to_vec();
+            if (data_page..data_page + guest::DATA_LEN / PAGE).contains(&p) {
+                want.fill(guest::OVERWRITE);
+            } else if p == result {
+                want[..4].copy_from_slice(&sum);
+            } else if p == PAGES / 2 {
+                want[9] = 0xA7;
+            }
+            assert!(
+                read_page(base, p) == want,
+                "page {p} differs from the snapshot and the guest's and VMM's writes"
+            );
+        }
+    }
     let stats = server.stats();
     assert_eq!(stats.stage2_faults, exits.len() as u64, "{stats:?}");
-    assert!(stats.demand_faults as usize > PAGES / 2, "{stats:?}");
+    assert!(
+        prefetch || stats.demand_faults as usize > PAGES / 2,
+        "{stats:?}"
+    );
     util::report(&format!(
         "{test}: checksum ok; stage-2 exits for pages {exits:?}; {} userfaultfd faults",
         stats.demand_faults
