@@ -214,20 +214,20 @@ trait Served: Send + Sync + fmt::Debug {
     /// Source offset and length of the span.
     fn source_span(&self) -> (u64, u64);
     fn page_size(&self) -> usize;
-    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Served1;
+    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Answer;
     fn remove(&self, start: usize, end: usize, ctx: &Ctx);
     fn unmap(&self, start: usize, end: usize);
     /// Populates `[at, at + len)` of the span (relative bytes); returns
     /// pages written.
     fn populate(&self, at: u64, len: u64, ctx: &Ctx, buf: &mut Vec<u8>) -> Result<u64, Error>;
     fn unfilled(&self) -> u64;
-    fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Served1>;
+    fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Answer>;
     fn add_slot(&mut self, bitmap: Arc<UserfaultBitmap>, backing_offset: u64) -> Result<(), Error>;
     fn finish(&self) -> Result<(), Error>;
 }
 
-/// The outcome of one resolution on a file range and whether it wrote.
-type Served1 = Result<Resolution, Error>;
+/// What one resolution on a file range achieved.
+type Answer = Result<Resolution, Error>;
 
 /// The class-specific part: how a MISSING fault's window is filled.
 trait Serve<B>: Class + Sized {
@@ -342,7 +342,7 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         self.state.page_size()
     }
 
-    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Served1 {
+    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Answer {
         let Some(region) = &self.region else {
             return Ok(Resolution::AlreadyPresent);
         };
@@ -444,7 +444,7 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         self.count_unfilled(self.first, self.len)
     }
 
-    fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Served1> {
+    fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Answer> {
         for (bitmap, offset) in &self.slots {
             // Attached when the slot was added: this finds it again.
             let resolver = match Stage2Resolver::new(&self.state, bitmap, *offset) {
@@ -644,7 +644,7 @@ impl Backed {
 
     /// Counts a demand resolution; `Err` with the server's exit when it
     /// must stop.
-    fn outcome(&self, r: Served1, since: Instant) -> Result<(), Exit> {
+    fn outcome(&self, r: Answer, since: Instant) -> Result<(), Exit> {
         let c = &self.ctx.counters;
         match classify(r) {
             Ok(Outcome::Done) => {
@@ -779,7 +779,7 @@ impl Backed {
 }
 
 /// What a file range's resolution means for the server.
-fn classify(r: Served1) -> Result<Outcome, Error> {
+fn classify(r: Answer) -> Result<Outcome, Error> {
     let e = match r {
         Ok(_) => return Ok(Outcome::Done),
         Err(Error::Uffd(e)) => e,
