@@ -385,6 +385,10 @@ fn peer_closed(fd: BorrowedFd<'_>, revents: PollFlags) -> Option<String> {
 /// Events read at once.
 const BATCH: usize = 64;
 
+/// Faults in a row on one page outside every range before the server
+/// gives up on it.
+const MAX_UNSERVED: u32 = 64;
+
 /// Faults kept for a retry after `EAGAIN` without allocating.
 const MAX_DEFERRED: usize = 1024;
 
@@ -431,6 +435,7 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>) {
         deferred: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
         forks: Vec::with_capacity(BATCH),
         scratch: resolver.scratch(),
+        unserved: (0, 0),
     };
     if !child {
         shared.announce_started();
@@ -438,7 +443,26 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>) {
     // A child's pages not faulted yet, filled between its events.
     let mut child_cursor = 0;
     loop {
-        let populating = child && shared.prefetch && resolver.remaining() > 0;
+        if child && shared.prefetch {
+            match populate_child_step(resolver, &mut child_cursor, &mut b.scratch) {
+                ChildStep::More => {}
+                ChildStep::Done => {
+                    // Every page of the child is in: it needs the server no
+                    // more.
+                    if let Err(e) = resolver.finish() {
+                        shared.finish(Exit::Failed(e));
+                    }
+                    return;
+                }
+                ChildStep::Exited => return,
+                ChildStep::Failed(e) => {
+                    shared.finish(Exit::Failed(e));
+                    return;
+                }
+            }
+        }
+        // Until the child is complete (checked above), never blocks.
+        let populating = child && shared.prefetch;
         let timeout = if populating {
             Some(timespec(Duration::ZERO))
         } else {
@@ -486,24 +510,6 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>) {
                 Pass::Idle => break,
                 Pass::Busy if shared.stopped() => return,
                 Pass::Busy => readable = true,
-            }
-        }
-        if child && shared.prefetch {
-            match populate_child_step(resolver, &mut child_cursor, &mut b.scratch) {
-                ChildStep::More => {}
-                ChildStep::Done => {
-                    // Every page of the child is in: it needs the server no
-                    // more.
-                    if let Err(e) = resolver.finish() {
-                        shared.finish(Exit::Failed(e));
-                    }
-                    return;
-                }
-                ChildStep::Exited => return,
-                ChildStep::Failed(e) => {
-                    shared.finish(Exit::Failed(e));
-                    return;
-                }
             }
         }
     }
@@ -567,6 +573,9 @@ struct Batch {
     deferred: Vec<usize>,
     forks: Vec<(Uffd, ForkCapture)>,
     scratch: Scratch,
+    /// The last page faulted outside every range, and how many times in a
+    /// row.
+    unserved: (usize, u32),
 }
 
 /// One pass of a handler thread once `poll` returned: reads the events
@@ -643,8 +652,24 @@ fn handle_batch(
                 Counters::add(&shared.counters.retries, 1);
                 b.deferred.push(addr);
             }
-            // Woken (and counted) by the resolver.
-            Ok(Outcome::Gone) => {}
+            // Woken (and counted) by the resolver. The same page coming
+            // back again and again is a mapping the server was never given
+            // (a registered range the VMM grew, say): stop with its address
+            // rather than wake it forever.
+            Ok(Outcome::Gone) => {
+                let page = addr & !(rustix::param::page_size() - 1);
+                b.unserved = match b.unserved {
+                    (p, n) if p == page => (p, n + 1),
+                    _ => (page, 1),
+                };
+                if b.unserved.1 >= MAX_UNSERVED {
+                    shared.finish(Exit::Failed(Error::Config(format!(
+                        "page faults at {page:#x} keep arriving outside every served range \
+                         (a registered mapping grew or was replaced without the server being told)"
+                    ))));
+                    return Pass::Stop;
+                }
+            }
             // A forked child exited: only its thread ends.
             Ok(Outcome::PeerGone) if child => return Pass::Stop,
             Ok(Outcome::PeerGone) => {
