@@ -104,6 +104,73 @@ fn new_uffd(test: &str, features: Features) -> Option<Uffd> {
     }
 }
 
+/// A new private anonymous mapping of `len` bytes at an address of the
+/// kernel's choosing, read-write or inaccessible (a reservation), that the
+/// test manages by hand (`Mapping` would unmap an address a remap moved).
+fn raw_mapping(len: usize, accessible: bool) -> usize {
+    let prot = if accessible {
+        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE
+    } else {
+        rustix::mm::ProtFlags::empty()
+    };
+    // SAFETY: a new mapping at an address of the kernel's choosing; it
+    // replaces nothing.
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .unwrap() as usize
+}
+
+/// `mremap(2)`: moves `len` bytes of the test's mapping at `from` onto a
+/// fresh reservation; returns the new address.
+fn move_mapping(from: usize, len: usize) -> usize {
+    let target = raw_mapping(len, false);
+    // SAFETY: moves part of the test's own mapping onto the test's own
+    // reservation; nothing holds a reference into either.
+    unsafe {
+        rustix::mm::mremap_fixed(
+            from as *mut _,
+            len,
+            len,
+            rustix::mm::MremapFlags::MAYMOVE,
+            target as *mut _,
+        )
+    }
+    .unwrap() as usize
+}
+
+/// Serves `pages` pages of new private anonymous memory, registered with
+/// `uffd` for MISSING faults, from snapshot `file` at offset 0.
+fn serve_anonymous(uffd: Uffd, pages: usize, file: &Path, config: Config) -> (Mapping, Server) {
+    let guest = Mapping::anonymous(pages * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(file).unwrap()),
+        config,
+    )
+    .unwrap();
+    (guest, server)
+}
+
+/// A userfaultfd with REMOVE and FORK events, or a skip (FORK events need
+/// `CAP_SYS_PTRACE`).
+fn fork_uffd(test: &str) -> Option<Uffd> {
+    let uffd = new_uffd(test, Features::EVENT_REMOVE | Features::EVENT_FORK)?;
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        util::skip(test, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
+        return None;
+    }
+    Some(uffd)
+}
+
 /// `madvise(MADV_DONTNEED)`: a balloon inflating over `[addr, addr + len)`.
 fn balloon(addr: usize, len: usize) {
     // SAFETY: the range is part of a mapping the test owns and reaches only
@@ -144,20 +211,16 @@ fn library_serves_every_byte_from_four_threads_and_zeros_after_remove() {
     let dir = scratch_dir("lib-threads");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, hole.clone());
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 4,
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let started = Instant::now();
     util::with_deadline(TEST, Duration::from_secs(120), || {
         touch_all(guest.addr(), PAGES, 4, &bytes);
@@ -218,21 +281,17 @@ fn library_prefetches_working_set_then_rest_and_unregisters() {
     let dir = scratch_dir("lib-prefetch");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
     let ws = WorkingSet::from_pages(4096, (0..64).map(|k| (PAGES - 1 - k * 97) as u64)).unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             working_set: Some(ws),
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         // A guest touching pages while the populator runs.
         for i in (0..PAGES).step_by(509) {
@@ -322,17 +381,7 @@ fn library_follows_a_remap_and_an_unmap() {
     let dir = scratch_dir("lib-remap");
     let file = dir.join("mem");
     snapshot(&file, PAGES, 0..0);
-    // A raw mapping the test remaps (Mapping would unmap the old address).
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-    let base = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            PAGES * PAGE,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .unwrap() as usize;
+    let base = raw_mapping(PAGES * PAGE, true);
     // SAFETY: the mapping is reached only through raw pointers.
     let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
     let server = Server::start(
@@ -350,29 +399,7 @@ fn library_follows_a_remap_and_an_unmap() {
         assert_eq!(read_page(base, 0), want(0, &(0..0)));
         // Move the second half elsewhere: onto a fresh reservation.
         let half = PAGES / 2 * PAGE;
-        // SAFETY: a new inaccessible mapping at an address of the kernel's
-        // choosing, replaced by the move below.
-        let target = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                half,
-                rustix::mm::ProtFlags::empty(),
-                rustix::mm::MapFlags::PRIVATE,
-            )
-        }
-        .unwrap();
-        // SAFETY: moves part of the test's own mapping onto the
-        // reservation; nothing holds a reference into either.
-        let moved = unsafe {
-            rustix::mm::mremap_fixed(
-                (base + half) as *mut _,
-                half,
-                half,
-                rustix::mm::MremapFlags::MAYMOVE,
-                target,
-            )
-        }
-        .unwrap() as usize;
+        let moved = move_mapping(base + half, half);
         for i in 0..PAGES / 2 {
             assert_eq!(
                 read_page(moved, i),
@@ -428,20 +455,16 @@ fn library_keeps_guest_writes_and_removed_zeros_while_prefetching() {
     let dir = scratch_dir("lib-writes");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             finish_when_complete: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     let written = |i: usize| i.is_multiple_of(3) && !ballooned(i);
     util::with_deadline(TEST, Duration::from_secs(120), || {
@@ -515,16 +538,7 @@ fn library_follows_a_remap_while_prefetching_and_completes() {
     let dir = scratch_dir("lib-remap-prefetch");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-    let base = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            PAGES * PAGE,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .unwrap() as usize;
+    let base = raw_mapping(PAGES * PAGE, true);
     // SAFETY: the mapping is reached only through raw pointers.
     let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
     let server = Server::start(
@@ -541,29 +555,7 @@ fn library_follows_a_remap_while_prefetching_and_completes() {
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         assert_eq!(read_page(base, 1), file_page(&bytes, 1));
         // The second half moves while the populator is working through it.
-        // SAFETY: a new inaccessible mapping at an address of the kernel's
-        // choosing, replaced by the move below.
-        let target = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                half,
-                rustix::mm::ProtFlags::empty(),
-                rustix::mm::MapFlags::PRIVATE,
-            )
-        }
-        .unwrap();
-        // SAFETY: moves part of the test's own mapping onto the
-        // reservation; nothing holds a reference into either.
-        let moved = unsafe {
-            rustix::mm::mremap_fixed(
-                (base + half) as *mut _,
-                half,
-                half,
-                rustix::mm::MremapFlags::MAYMOVE,
-                target,
-            )
-        }
-        .unwrap() as usize;
+        let moved = move_mapping(base + half, half);
         let report = server.wait();
         (report, moved)
     });
@@ -588,29 +580,22 @@ fn library_follows_a_remap_while_prefetching_and_completes() {
 #[test]
 fn library_serves_a_forked_child_until_both_are_complete() {
     const TEST: &str = "library_serves_a_forked_child_until_both_are_complete";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_FORK) else {
+    let Some(uffd) = fork_uffd(TEST) else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_FORK) {
-        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
-    }
     const PAGES: usize = 2048;
     let dir = scratch_dir("lib-fork-complete");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         // The parent writes into a few pages, then forks while the
@@ -670,16 +655,7 @@ fn library_wakes_faults_outside_every_range_and_names_the_address() {
     let bytes = snapshot(&file, PAGES, 0..0);
     // Twice the room, the upper half given back: the registered mapping
     // then grows in place into it, beyond the range the server was given.
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-    let base = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            2 * PAGES * PAGE,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .unwrap() as usize;
+    let base = raw_mapping(2 * PAGES * PAGE, true);
     // SAFETY: unmaps the upper half of the test's own mapping.
     unsafe { rustix::mm::munmap((base + PAGES * PAGE) as *mut _, PAGES * PAGE).unwrap() };
     // SAFETY: the mapping is reached only through raw pointers.
@@ -1211,30 +1187,23 @@ fn assert_no_fault_served(vmm: &Vmm) {
 #[test]
 fn library_serves_a_forked_child_from_the_parents_state() {
     const TEST: &str = "library_serves_a_forked_child_from_the_parents_state";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_FORK) else {
+    let Some(uffd) = fork_uffd(TEST) else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_FORK) {
-        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
-    }
     const PAGES: usize = 256;
     let dir = scratch_dir("lib-fork");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     util::with_deadline(TEST, Duration::from_secs(60), || {
         // The parent has the first half; a balloon took pages 10..20.
