@@ -39,7 +39,6 @@ use userfault::resolve::{
 use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, Uffd};
 
 use crate::error::Error;
-use crate::resolver::Outcome;
 use crate::server::Exit;
 use crate::source::PageSource;
 use crate::stats::Counters;
@@ -776,6 +775,18 @@ impl Backed {
     pub fn remaining(&self) -> u64 {
         self.files.iter().map(|f| f.unfilled()).sum()
     }
+}
+
+/// What became of a file range's resolution.
+enum Outcome {
+    /// Resolved.
+    Done,
+    /// `EAGAIN`: the faulting thread was woken and faults again.
+    Again,
+    /// Not (or no longer) registered.
+    Gone,
+    /// The process whose memory this is has exited (`ESRCH`).
+    PeerGone,
 }
 
 /// What a file range's resolution means for the server.
