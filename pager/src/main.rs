@@ -309,9 +309,12 @@ fn run(args: &Args) -> Result<(), Failure> {
         files: Vec::new(),
     };
     let started = Instant::now();
+    // Before the handler threads start: a stop that arrives once they have
+    // served a fault must save what they recorded, not exit as if nothing
+    // had been served.
+    stop.serving.store(true, Ordering::Release);
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)
         .map_err(|e| Failure(format!("{e}; nothing was served"), 1))?;
-    stop.serving.store(true, Ordering::Release);
     let progress = args.prefetch && std::io::stderr().is_terminal();
     let mut printed = false;
     let mut signal = 0;
