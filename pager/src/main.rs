@@ -309,9 +309,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         files: Vec::new(),
     };
     let started = Instant::now();
-    // Before the handler threads start: a stop that arrives once they have
-    // served a fault must save what they recorded, not exit as if nothing
-    // had been served.
+    // Before the start: its handler threads serve at once, so a stop from
+    // here on is a stop while serving (counters printed, recording saved).
     stop.serving.store(true, Ordering::Release);
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)
         .map_err(|e| Failure(format!("{e}; nothing was served"), 1))?;

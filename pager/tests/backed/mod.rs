@@ -35,8 +35,8 @@ fn source_byte(i: usize, j: usize) -> u8 {
     ((i * 13 + j / 32) % 253) as u8 + 1
 }
 
-/// A snapshot file of `pages` pages in the test's scratch directory, and
-/// its contents.
+/// A snapshot of `pages` pages (a file already unlinked), and its
+/// contents.
 fn snapshot(test: &str, pages: usize) -> (FileSource, Vec<u8>) {
     let dir = std::env::temp_dir().join(format!("userfault-pager-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -48,7 +48,10 @@ fn snapshot(test: &str, pages: usize) -> (FileSource, Vec<u8>) {
     let f = std::fs::File::create(&path).unwrap();
     f.write_all_at(&bytes, 0).unwrap();
     drop(f);
-    (FileSource::open(&path).unwrap(), bytes)
+    let source = FileSource::open(&path).unwrap();
+    // The source keeps the file open; nothing is left behind.
+    std::fs::remove_dir_all(&dir).unwrap();
+    (source, bytes)
 }
 
 /// A shmem memfd that counts each page's fills since its last punch: the

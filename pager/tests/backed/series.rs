@@ -157,6 +157,9 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool, prefetch: bool) {
         .unwrap()
         .write_all_at(&image, 0)
         .unwrap();
+    let source = Arc::new(FileSource::open(&path).unwrap());
+    // The source keeps the file open; nothing is left behind.
+    std::fs::remove_dir_all(&dir).unwrap();
     let slot = Memslot::from_mapping(0, 0, ram.mapping())
         .guest_memfd(&gmem, 0)
         .userfault(&bitmap);
@@ -169,7 +172,7 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool, prefetch: bool) {
     let server = Server::start(
         uffd,
         &[],
-        Arc::new(FileSource::open(&path).unwrap()),
+        source,
         Config {
             threads: 2,
             chunk: PAGE,
@@ -285,5 +288,4 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool, prefetch: bool) {
     drop(vcpu);
     server.shutdown();
     Memslot::delete(vm_fd, 0, 0).expect("delete memslot");
-    let _ = std::fs::remove_dir_all(&dir);
 }
