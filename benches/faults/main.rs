@@ -106,6 +106,12 @@ fn main() {
             ("prefetch", "fc-raw"),
             ("replay", "fc-raw"),
             ("replay-0", "fc-raw"),
+            ("demand-map", "fc-raw"),
+            ("prefetch-map", "fc-raw"),
+            ("replay-map", "fc-raw"),
+            ("replay-0-map", "fc-raw"),
+            ("prefetch-map-cpu", "fc-raw"),
+            ("replay-map-cpu", "fc-raw"),
         ]);
     }
     if o.wants("cost") {

@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use userfault::mem::{Mapping, Sharing};
 use userfault::uffd::{Features, RegisterMode, Uffd};
-use userfault_pager::source::FileSource;
-use userfault_pager::{Config, Range, Server, WorkingSet};
+use userfault_pager::source::{FileSource, MappedSource, Prefault};
+use userfault_pager::{Config, PageSource, Populator, Range, Server, WorkingSet};
 
 use crate::harness::{self, Interleaved, Options, PAGE, Sample, with_deadline};
 use crate::raw;
@@ -199,52 +199,76 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
             .expect("variant thread")
         })
     };
-    let report = Interleaved::new(format!(
+    // The populator's own CPU in the `-cpu` variants: another one this
+    // process may run on (a VMM host's idle core during a restore).
+    let spare = harness::other_cpu(cpu);
+    let base = Run {
+        prefetch: false,
+        working_set: None,
+        gap,
+        chunk: CHUNK,
+        mapped: false,
+        populator_cpu: None,
+    };
+    let variants: Vec<(&str, Run)> = {
+        let ws = Some(ws);
+        let v = |prefetch: bool, replay: bool, mapped: bool, spare: Option<usize>| Run {
+            prefetch,
+            working_set: if replay { ws.clone() } else { None },
+            mapped,
+            populator_cpu: spare,
+            ..base.clone()
+        };
+        let mut list = vec![
+            (
+                "page",
+                Run {
+                    chunk: PAGE,
+                    ..base.clone()
+                },
+            ),
+            ("demand", v(false, false, false, None)),
+            ("prefetch", v(true, false, false, None)),
+            ("replay", v(true, true, false, None)),
+            (
+                "replay-0",
+                Run {
+                    gap: Duration::ZERO,
+                    ..v(true, true, false, None)
+                },
+            ),
+            ("demand-map", v(false, false, true, None)),
+            ("prefetch-map", v(true, false, true, None)),
+            ("replay-map", v(true, true, true, None)),
+            (
+                "replay-0-map",
+                Run {
+                    gap: Duration::ZERO,
+                    ..v(true, true, true, None)
+                },
+            ),
+        ];
+        if spare.is_some() {
+            list.push(("prefetch-map-cpu", v(true, false, true, spare)));
+            list.push(("replay-map-cpu", v(true, true, true, spare)));
+        }
+        list
+    };
+    let mut report = Interleaved::new(format!(
         "snapshot restore, {} MiB, guest touches {} pages ({} working set + {} random), 1 vCPU",
         len >> 20,
         guest.touched(),
         guest.working_set.len(),
         guest.tail.len()
     ))
-    .variant("fc-raw", || pinned(&|| fc_raw(&snapshot, &guest, src, gap)))
-    .variant("page", || {
-        pinned(&|| server("page", &snapshot, &guest, src, false, None, gap, PAGE))
-    })
-    .variant("demand", || {
-        pinned(&|| server("demand", &snapshot, &guest, src, false, None, gap, CHUNK))
-    })
-    .variant("prefetch", || {
-        pinned(&|| server("prefetch", &snapshot, &guest, src, true, None, gap, CHUNK))
-    })
-    .variant("replay", || {
-        pinned(&|| {
-            server(
-                "replay",
-                &snapshot,
-                &guest,
-                src,
-                true,
-                Some(ws.clone()),
-                gap,
-                CHUNK,
-            )
-        })
-    })
-    .variant("replay-0", || {
-        pinned(&|| {
-            server(
-                "replay-0",
-                &snapshot,
-                &guest,
-                src,
-                true,
-                Some(ws.clone()),
-                Duration::ZERO,
-                CHUNK,
-            )
-        })
-    })
-    .run(o.rounds);
+    .variant("fc-raw", || pinned(&|| fc_raw(&snapshot, &guest, src, gap)));
+    for (name, run) in &variants {
+        let (snapshot, guest) = (&snapshot, &guest);
+        report = report.variant(*name, move || {
+            pinned(&|| server(name, snapshot, guest, src, run))
+        });
+    }
+    let report = report.run(o.rounds);
     let splits = std::mem::take(&mut *SPLITS.lock().unwrap());
     for s in &report.series {
         let mut faults: Vec<f64> = s.samples.iter().map(|x| x.faults as f64).collect();
@@ -327,19 +351,27 @@ fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8], gap: Duration) -> Samp
     Sample::new(touched, touched, time.as_secs_f64(), lat)
 }
 
-/// The page server over the same memory.
-#[allow(clippy::too_many_arguments)]
-fn server(
-    name: &str,
-    snapshot: &Snapshot,
-    guest: &Guest,
-    src: &[u8],
+/// One server variant's settings.
+#[derive(Clone)]
+struct Run {
     prefetch: bool,
     working_set: Option<WorkingSet>,
     gap: Duration,
     chunk: usize,
-) -> Sample {
-    let source = Arc::new(FileSource::open(&snapshot.path).expect("open the snapshot"));
+    /// Serve from a `MappedSource` (populated before the handshake, as the
+    /// baseline's mapping is) instead of a `FileSource`.
+    mapped: bool,
+    /// The populator's own CPU.
+    populator_cpu: Option<usize>,
+}
+
+/// The page server over the same memory.
+fn server(name: &str, snapshot: &Snapshot, guest: &Guest, src: &[u8], run: &Run) -> Sample {
+    let source: Arc<dyn PageSource> = if run.mapped {
+        Arc::new(MappedSource::open(&snapshot.path, Prefault::Populate).expect("map the snapshot"))
+    } else {
+        Arc::new(FileSource::open(&snapshot.path).expect("open the snapshot"))
+    };
     let mem = Mapping::anonymous(snapshot.len, Sharing::Private).expect("guest memory");
     let uffd = Uffd::builder()
         .non_blocking(true)
@@ -356,16 +388,20 @@ fn server(
         source,
         Config {
             threads: 1,
-            chunk,
-            prefetch,
-            working_set,
+            chunk: run.chunk,
+            prefetch: run.prefetch,
+            working_set: run.working_set.clone(),
             finish_when_complete: false,
+            populator: Populator {
+                cpus: run.populator_cpu.into_iter().collect(),
+                ..Populator::default()
+            },
             ..Config::default()
         },
     )
     .expect("start the server");
     let (time, lat) = with_deadline("pager", Duration::from_secs(300), || {
-        guest.run(mem.addr(), t0, gap)
+        guest.run(mem.addr(), t0, run.gap)
     });
     let report = server.shutdown();
     let split = guest.split(&lat);

@@ -5,6 +5,7 @@
 //! userfault-pager firecracker --socket PATH --mem-file FILE [--diff-file FILE]
 //!     [--working-set FILE] [--record-working-set FILE] [--threads N]
 //!     [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
+//!     [--source mmap|pread] [--populator-cpus LIST]
 //! ```
 //!
 //! Exit status: 0 when the VMM closed its connection, every page was
@@ -21,12 +22,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use userfault_pager::source::{FileSource, LayeredSource};
-use userfault_pager::{Config, Exit, PageSource, Server, Stats, WorkingSet, firecracker};
+use userfault_pager::source::{FileSource, LayeredSource, MappedSource, Prefault};
+use userfault_pager::{
+    Config, Exit, PageSource, Populator, Server, Stats, WorkingSet, firecracker,
+};
 
 const USAGE: &str = "usage: userfault-pager firecracker --socket PATH --mem-file FILE
            [--diff-file FILE] [--working-set FILE] [--record-working-set FILE]
            [--threads N] [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
+           [--source mmap|pread] [--populator-cpus LIST]
 
 Serves a Firecracker microVM's guest memory from a snapshot file as its
 userfaultfd page-fault handler: listens on the Unix socket PATH (given to
@@ -43,6 +47,11 @@ chunk around it while a background populator fills the rest.
   --chunk SIZE                bytes resolved around each fault: 4K..2M (default 64K)
   --no-prefetch               serve demand faults only
   --stats-json FILE           write the final counters as JSON
+  --source mmap|pread         how --mem-file is read: mmap (default) maps it and copies
+                              straight from the page cache, prefaulted before Firecracker
+                              connects; pread reads each chunk into a buffer first
+  --populator-cpus LIST       run the background populator on these CPUs only
+                              (e.g. 3 or 2,3 or 2-3): a core the vCPUs do not use
   --handshake-timeout SECS    wait this long for the handshake after connect (default 10)";
 
 #[derive(Debug)]
@@ -57,6 +66,27 @@ struct Args {
     prefetch: bool,
     stats_json: Option<PathBuf>,
     handshake_timeout: Duration,
+    mapped: bool,
+    populator_cpus: Vec<usize>,
+}
+
+/// A CPU list as `taskset -c` takes it: `3`, `0,2`, `2-3`, `0,2-3`.
+fn parse_cpus(s: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let (lo, hi): (usize, usize) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.parse().ok()?, hi.parse().ok()?),
+            None => {
+                let c = part.parse().ok()?;
+                (c, c)
+            }
+        };
+        if lo > hi || hi >= 1024 {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    Some(cpus)
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -88,6 +118,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         prefetch: true,
         stats_json: None,
         handshake_timeout: Duration::from_secs(10),
+        mapped: true,
+        populator_cpus: Vec::new(),
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -122,6 +154,19 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&s| s > 0)
                     .ok_or_else(|| format!("--handshake-timeout {v:?}: expected seconds"))?;
                 args.handshake_timeout = Duration::from_secs(secs);
+            }
+            "--source" => {
+                args.mapped = match value("--source")?.as_str() {
+                    "mmap" => true,
+                    "pread" => false,
+                    v => return Err(format!("--source {v:?}: expected mmap or pread")),
+                }
+            }
+            "--populator-cpus" => {
+                let v = value("--populator-cpus")?;
+                args.populator_cpus = parse_cpus(&v).ok_or_else(|| {
+                    format!("--populator-cpus {v:?}: expected a CPU list such as 3, 2,3 or 2-3")
+                })?;
             }
             "--no-prefetch" => args.prefetch = false,
             "-h" | "--help" => return Err(String::new()),
@@ -244,12 +289,21 @@ impl Drop for SocketFile<'_> {
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
-    let base = FileSource::open(&args.mem_file).map_err(|e| Failure(e.to_string(), 2))?;
+    // Opened (and, mapped, prefaulted) before Firecracker connects: a
+    // restore does not wait for it.
+    let base: Arc<dyn PageSource> = if args.mapped {
+        Arc::new(
+            MappedSource::open(&args.mem_file, Prefault::Populate)
+                .map_err(|e| Failure(e.to_string(), 2))?,
+        )
+    } else {
+        Arc::new(FileSource::open(&args.mem_file).map_err(|e| Failure(e.to_string(), 2))?)
+    };
     let source: Arc<dyn PageSource> = match &args.diff_file {
-        None => Arc::new(base),
+        None => base,
         Some(diff) => {
             let diff = FileSource::open(diff).map_err(|e| Failure(e.to_string(), 2))?;
-            Arc::new(LayeredSource::new(diff, Arc::new(base)))
+            Arc::new(LayeredSource::new(diff, base))
         }
     };
     let working_set = match &args.working_set {
@@ -306,6 +360,10 @@ fn run(args: &Args) -> Result<(), Failure> {
         record: args.record.is_some(),
         finish_when_complete: true,
         peer: Some(peer),
+        populator: Populator {
+            cpus: args.populator_cpus.clone(),
+            ..Populator::default()
+        },
     };
     let started = Instant::now();
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)

@@ -43,7 +43,7 @@ use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
 use userfault::{Errno, Error as UffdError};
 
 use crate::error::Error;
-use crate::source::{PageSource, all_zero};
+use crate::source::{Mapped, PageSource, all_zero};
 use crate::stats::Counters;
 use crate::workingset::WorkingSet;
 
@@ -58,6 +58,17 @@ const SPAN_ROOM: usize = 256;
 
 /// The unit of working-set entries.
 pub(crate) const RECORD_PAGE: u64 = 4096;
+
+/// Where a resolution's bytes come from.
+#[derive(Debug, Clone, Copy)]
+enum Src<'a> {
+    /// Zero pages (`UFFDIO_ZEROPAGE`).
+    Zero,
+    /// A buffer the source was read into.
+    Bytes(&'a [u8]),
+    /// The source's own mapping, and the source offset of its first byte.
+    Mapped(Mapped<'a>, u64),
+}
 
 /// What became of a resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -542,9 +553,11 @@ impl Resolver {
         }
     }
 
-    /// Resolves a run of consecutive claimed pages: reads the source once,
-    /// then one `UFFDIO_ZEROPAGE` per stretch of zero pages and one
-    /// `UFFDIO_COPY` per stretch of data pages.
+    /// Resolves a run of consecutive claimed pages: one `UFFDIO_ZEROPAGE`
+    /// when the source knows the run is zero; one `UFFDIO_COPY` straight
+    /// from the source when it is a mapping ([`PageSource::mapped`]);
+    /// otherwise one source read, then one `UFFDIO_ZEROPAGE` per stretch of
+    /// zero pages and one `UFFDIO_COPY` per stretch of data pages.
     fn fill_run(
         &self,
         span: &Span,
@@ -558,14 +571,21 @@ impl Resolver {
         let offset = span.offset + (run[0].0 * ps) as u64;
         let removed = run.iter().all(|c| c.1 == ZERO);
         let known_zero = removed || self.source.is_zero(offset, bytes as u64);
+        if known_zero && span.zeropage {
+            return self.place_all(span, run, Src::Zero, demand);
+        }
+        if !known_zero
+            && run.iter().all(|c| c.1 != ZERO)
+            && let Some(m) = self.source.mapped(offset, bytes)
+        {
+            return self.place_all(span, run, Src::Mapped(m, offset), demand);
+        }
         if buf.len() < bytes {
             buf.resize(bytes, 0);
         }
         let data = &mut buf[..bytes];
         if known_zero {
-            if !span.zeropage {
-                data.fill(0);
-            }
+            data.fill(0);
         } else {
             if let Err(e) = self.source.read_at(offset, data) {
                 self.release(span, run);
@@ -585,7 +605,11 @@ impl Resolver {
             while e < n && is_zero(e) == zero {
                 e += 1;
             }
-            let src = (!(zero && span.zeropage)).then(|| &data[k * ps..e * ps]);
+            let src = if zero && span.zeropage {
+                Src::Zero
+            } else {
+                Src::Bytes(&data[k * ps..e * ps])
+            };
             let (done, outcome) = self.place(span, &run[k..e], src, demand);
             if !matches!(outcome, Ok(Outcome::Done)) {
                 self.release(span, &run[k + done..]);
@@ -596,39 +620,76 @@ impl Resolver {
         Ok(Outcome::Done)
     }
 
-    /// Maps `run` (consecutive claimed pages) with `UFFDIO_COPY` of `src`,
-    /// or `UFFDIO_ZEROPAGE` when `src` is `None`, waking its faulting
-    /// threads; returns how many pages were settled and the outcome.
+    /// [`place`](Self::place) of a whole run, giving back the claims it did
+    /// not settle.
+    fn place_all(
+        &self,
+        span: &Span,
+        run: &[(usize, u8)],
+        src: Src<'_>,
+        demand: bool,
+    ) -> Result<Outcome, Error> {
+        let (done, outcome) = self.place(span, run, src, demand);
+        if !matches!(outcome, Ok(Outcome::Done)) {
+            self.release(span, &run[done..]);
+        }
+        outcome
+    }
+
+    /// Maps `run` (consecutive claimed pages) from `src`, waking its
+    /// faulting threads; returns how many pages were settled and the
+    /// outcome.
     fn place(
         &self,
         span: &Span,
         run: &[(usize, u8)],
-        src: Option<&[u8]>,
+        src: Src<'_>,
         demand: bool,
     ) -> (usize, Result<Outcome, Error>) {
         let ps = span.page;
+        let zero = matches!(src, Src::Zero);
         let mut at = 0;
         while at < run.len() {
             let addr = span.addr + run[at].0 * ps;
             let len = (run.len() - at) * ps;
             let r = match src {
-                Some(src) => self
-                    .uffd
-                    .copy(&span.reg, addr, &src[at * ps..], CopyMode::empty()),
-                None => self
+                Src::Bytes(src) => {
+                    self.uffd
+                        .copy(&span.reg, addr, &src[at * ps..], CopyMode::empty())
+                }
+                Src::Mapped(m, _) => {
+                    let m = m.slice(at * ps, len);
+                    // SAFETY: `m` is a range of a `MappedSource`'s own
+                    // private file mapping, which that source made and
+                    // never registers with a userfaultfd or hands out, so
+                    // the kernel's read of it never waits on this thread;
+                    // the borrow of the source keeps it mapped. `m.len()`
+                    // is `len`: the run lies inside the range `mapped`
+                    // returned.
+                    unsafe {
+                        self.uffd.copy_from_ptr(
+                            &span.reg,
+                            addr,
+                            m.addr(),
+                            m.len(),
+                            CopyMode::empty(),
+                        )
+                    }
+                }
+                Src::Zero => self
                     .uffd
                     .zeropage(&span.reg, addr, len, ZeropageMode::empty()),
             };
             match r {
                 Ok(_) => {
-                    self.settle(span, &run[at..], src.is_none(), demand);
+                    self.settle(span, &run[at..], zero, demand);
                     at = run.len();
                 }
                 Err(UffdError::Partial { done, .. }) => {
                     // The kernel stopped part-way (and woke what it did);
                     // the next call says why.
                     let d = ((done as usize) / ps).max(1).min(run.len() - at);
-                    self.settle(span, &run[at..at + d], src.is_none(), demand);
+                    self.settle(span, &run[at..at + d], zero, demand);
                     at += d;
                 }
                 Err(e) if e.is_exists() => {
@@ -637,6 +698,22 @@ impl Resolver {
                     Counters::add(&self.counters.already_present, 1);
                     self.mark(span, &run[at..at + 1], FILLED);
                     at += 1;
+                }
+                Err(e) if e.errno() == Some(Errno::EFAULT) && matches!(src, Src::Mapped(..)) => {
+                    let Src::Mapped(_, offset) = src else {
+                        unreachable!()
+                    };
+                    let from = offset + (at * ps) as u64;
+                    return (
+                        at,
+                        Err(Error::Source(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "UFFDIO_COPY of {len} bytes from the source's mapping at \
+                                 {from:#x}: EFAULT (the file shrank while served)"
+                            ),
+                        ))),
+                    );
                 }
                 Err(e) => {
                     let outcome = classify(e);

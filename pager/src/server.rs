@@ -42,6 +42,43 @@ pub struct Config {
     /// (the VMM's socket): the server then stops with
     /// [`Exit::PeerClosed`].
     pub peer: Option<OwnedFd>,
+    /// How the background populator runs ([`prefetch`](Self::prefetch)).
+    pub populator: Populator,
+}
+
+/// How the background populator runs: where, at what priority, in which
+/// steps, and how it gives way to demand faults.
+#[derive(Debug, Clone)]
+pub struct Populator {
+    /// The CPUs it may run on (`sched_setaffinity(2)`); empty: wherever
+    /// the server's threads may. On a VMM host with cores idle during a
+    /// restore, one of those keeps it off the vCPUs' and handlers' CPUs.
+    pub cpus: Vec<usize>,
+    /// Bytes it resolves per step at most: one source read (or none, from
+    /// a mapped source) and one `UFFDIO_COPY` per extent of consecutive
+    /// pending pages. Larger steps cost fewer calls; a demand fault on a
+    /// page the populator holds waits for its whole step.
+    pub extent: usize,
+    /// Its nice value once the working set is in (`setpriority(2)`);
+    /// `None` leaves its priority alone.
+    pub background_nice: Option<i32>,
+    /// How long, at most, it gives the CPU to the handler threads before
+    /// each step while demand faults wait unread (`sched_yield(2)` in a
+    /// loop); zero never waits. Useful when it shares a CPU with them.
+    pub yield_to_demand: Duration,
+}
+
+impl Default for Populator {
+    /// Any CPU, 512 KiB steps, nice 10 after the working set, up to 200 µs
+    /// of yielding per step.
+    fn default() -> Populator {
+        Populator {
+            cpus: Vec::new(),
+            extent: 512 << 10,
+            background_nice: Some(10),
+            yield_to_demand: Duration::from_micros(200),
+        }
+    }
 }
 
 impl Default for Config {
@@ -56,6 +93,7 @@ impl Default for Config {
             record: false,
             finish_when_complete: true,
             peer: None,
+            populator: Populator::default(),
         }
     }
 }
@@ -154,8 +192,10 @@ impl Server {
     ///
     /// [`Error::Config`] when a range is not this userfaultfd's, is not
     /// aligned to its page size, overlaps another or extends past the
-    /// source, or `threads` is 0; [`Error::Uffd`] from `fcntl` or
-    /// `eventfd`; [`Error::Io`] when a thread cannot be spawned.
+    /// source, `threads` is 0, or a populator CPU is out of range;
+    /// [`Error::Uffd`] from `fcntl` or `eventfd`; [`Error::Io`] when a
+    /// thread cannot be spawned, or from `sched_setaffinity` (none of the
+    /// populator's CPUs is available).
     pub fn start(
         uffd: Arc<Uffd>,
         ranges: &[Range],
@@ -166,6 +206,17 @@ impl Server {
             return Err(Error::Config(
                 "at least one handler thread is needed".into(),
             ));
+        }
+        if let Some(&cpu) = config
+            .populator
+            .cpus
+            .iter()
+            .find(|&&c| c >= rustix::thread::CpuSet::MAX_CPU)
+        {
+            return Err(Error::Config(format!(
+                "populator CPU {cpu} is out of range (at most {})",
+                rustix::thread::CpuSet::MAX_CPU - 1
+            )));
         }
         if !uffd.is_nonblocking()? {
             uffd.set_nonblocking(true)?;
@@ -214,11 +265,24 @@ impl Server {
             let shared = shared.clone();
             let ws = config.working_set;
             let finish = config.finish_when_complete;
+            let how = config.populator;
+            let (placed, pinned) = std::sync::mpsc::sync_channel(1);
             let t = std::thread::Builder::new()
                 .name("pager-prefetch".into())
-                .spawn(move || populator_thread(&shared, ws.as_ref(), finish))
+                .spawn(move || {
+                    let r = pin(&how.cpus);
+                    let ok = r.is_ok();
+                    let _ = placed.send(r);
+                    if ok {
+                        populator_thread(&shared, ws.as_ref(), finish, &how);
+                    }
+                })
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
+            pinned
+                .recv()
+                .unwrap_or(Ok(()))
+                .map_err(|e| Error::io("sched_setaffinity", e))?;
         }
         Ok(server)
     }
@@ -543,14 +607,29 @@ fn spawn_child(shared: &Arc<Shared>, parent: &Resolver, child: Uffd) {
     }
 }
 
+/// Restricts the calling thread to `cpus` (`sched_setaffinity(2)`); an
+/// empty set changes nothing.
+fn pin(cpus: &[usize]) -> rustix::io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu);
+    }
+    rustix::thread::sched_setaffinity(None, &set)
+}
+
 /// Gives the CPU to the handler threads while demand faults wait unread,
-/// for at most `MAX_YIELD` per background step: a fault is read before the
+/// for at most `max` per background step: a fault is read before the
 /// populator takes its next extent. A handler thread already resolving one
 /// is not waited for: it has its CPU, and the populator's next extent is
 /// what the guest will need next (a guest that faults without pause must
 /// not stop the populator).
-fn yield_to_demand(shared: &Shared) {
-    const MAX_YIELD: Duration = Duration::from_micros(200);
+fn yield_to_demand(shared: &Shared, max: Duration) {
+    if max.is_zero() {
+        return;
+    }
     let uffd = shared.resolver.uffd();
     let mut since = None;
     loop {
@@ -563,21 +642,12 @@ fn yield_to_demand(shared: &Shared) {
             return;
         }
         let t0 = *since.get_or_insert_with(Instant::now);
-        if t0.elapsed() >= MAX_YIELD {
+        if t0.elapsed() >= max {
             return;
         }
         std::thread::yield_now();
     }
 }
-
-/// Bytes the populator resolves per step at most: one source read and one
-/// `UFFDIO_COPY` per extent of consecutive pending pages. Large enough that
-/// the per-call costs vanish; small enough that a demand fault on a page
-/// the populator holds waits well under a millisecond.
-const EXTENT: usize = 512 << 10;
-
-/// The populator's nice value once the working set is in.
-const BACKGROUND_NICE: i32 = 10;
 
 /// The working set as extents of consecutive state indices, in the order
 /// of their first page.
@@ -601,10 +671,16 @@ fn extents(resolver: &Resolver, ws: &WorkingSet, max: usize) -> Vec<(usize, usiz
     out
 }
 
-fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: bool) {
+fn populator_thread(
+    shared: &Shared,
+    working_set: Option<&WorkingSet>,
+    finish: bool,
+    how: &Populator,
+) {
     let resolver = &shared.resolver;
-    let mut scratch = resolver.scratch_for(EXTENT);
-    let max = (EXTENT / rustix::param::page_size()).max(1);
+    let extent = how.extent.max(1);
+    let mut scratch = resolver.scratch_for(extent);
+    let max = (extent / rustix::param::page_size()).max(1);
     let first = working_set
         .map(|ws| extents(resolver, ws, max))
         .unwrap_or_default();
@@ -617,7 +693,7 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             if shared.stopped() {
                 return false;
             }
-            yield_to_demand(shared);
+            yield_to_demand(shared, how.yield_to_demand);
             let (outcome, covered) = resolver.prefetch_run(at, end - at, scratch);
             match outcome {
                 Ok(Outcome::Done | Outcome::Gone) => at += covered,
@@ -645,10 +721,12 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
         }
     }
     // What is left is background work: from here the populator runs at
-    // nice `BACKGROUND_NICE` (`setpriority(2)` changes the calling thread
-    // on Linux), so the scheduler gives handler threads and vCPUs the CPU
-    // first. Failing to lower it only costs that preference.
-    let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+    // its background nice value (`setpriority(2)` changes the calling
+    // thread on Linux), so the scheduler gives handler threads and vCPUs
+    // the CPU first. Failing to lower it only costs that preference.
+    if let Some(nice) = how.background_nice {
+        let _ = rustix::process::setpriority_process(None, nice);
+    }
     // Sequential passes until nothing is left (a claim given back after
     // EAGAIN, or held by a handler thread, is found on the next pass).
     while resolver.remaining() > 0 {

@@ -343,6 +343,65 @@ impl Uffd {
         unsafe { self.issue(arg, src.len()) }
     }
 
+    /// `ioctl(uffd, UFFDIO_COPY, {dst, src, len, mode})` from `len` bytes
+    /// at a raw address that only the kernel reads: as [`copy`](Self::copy),
+    /// for a source Rust code never holds a reference to (a file mapping
+    /// whose file may change or shrink underneath it).
+    ///
+    /// The kernel reads the source with `copy_from_user`: a page it cannot
+    /// read (unmapped, or past the end of a truncated file) fails the copy
+    /// with `EFAULT` (or [`Error::Partial`] up to it) instead of raising a
+    /// signal.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy), and `EFAULT` for an unreadable source.
+    ///
+    /// # Safety
+    ///
+    /// A source page the kernel must fault in may not wait on the calling
+    /// thread: `[src, src + len)` must not lie in a range registered with a
+    /// userfaultfd (or on a `KVM_MEM_USERFAULT` slot) whose faults this
+    /// thread serves, or the copy can wait for itself. Memory safety does
+    /// not depend on `src`: the kernel only reads it.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_COPY(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_COPY.2const.html)
+    #[doc(alias = "UFFDIO_COPY")]
+    #[inline]
+    pub unsafe fn copy_from_ptr(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+        mode: CopyMode,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_COPY";
+        self.check_resolve(OP, Ioctls::COPY, reg, dst, len)?;
+        if mode.contains(CopyMode::WP) && !reg.mode.contains(RegisterMode::WP) {
+            return Err(Error::invalid(
+                OP,
+                "CopyMode::WP needs a range registered with RegisterMode::WP",
+            ));
+        }
+        let arg = sys::uffdio_copy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: mode.bits(),
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY only reads `[src, src + len)`, through
+        // `copy_from_user`, which reports unreadable pages as EFAULT; the
+        // caller promises that reading it does not wait on this thread. It
+        // writes only into missing pages of a range registered with this
+        // userfaultfd (checked above), which the registration's contract
+        // leaves to the handler.
+        unsafe { self.issue(arg, len) }
+    }
+
     /// `ioctl(uffd, UFFDIO_ZEROPAGE, {range, mode})`—maps zero pages at the
     /// missing pages of `[dst, dst + len)` and, unless
     /// [`ZeropageMode::DONTWAKE`], wakes the threads waiting on them;
