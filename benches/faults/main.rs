@@ -112,6 +112,11 @@ fn main() {
             ("replay-0-map", "fc-raw"),
             ("prefetch-map-cpu", "fc-raw"),
             ("replay-map-cpu", "fc-raw"),
+            ("demand-map-grow", "fc-raw"),
+            ("prefetch-map-grow", "fc-raw"),
+            ("replay-map-grow", "fc-raw"),
+            ("prefetch-map-cpu-grow", "fc-raw"),
+            ("replay-map-cpu-grow", "fc-raw"),
         ]);
     }
     if o.wants("cost") {

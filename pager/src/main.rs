@@ -5,7 +5,7 @@
 //! userfault-pager firecracker --socket PATH --mem-file FILE [--diff-file FILE]
 //!     [--working-set FILE] [--record-working-set FILE] [--threads N]
 //!     [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
-//!     [--source mmap|pread] [--populator-cpus LIST]
+//!     [--chunk-max SIZE] [--source mmap|pread] [--populator-cpus LIST]
 //! ```
 //!
 //! Exit status: 0 when the VMM closed its connection, every page was
@@ -30,7 +30,7 @@ use userfault_pager::{
 const USAGE: &str = "usage: userfault-pager firecracker --socket PATH --mem-file FILE
            [--diff-file FILE] [--working-set FILE] [--record-working-set FILE]
            [--threads N] [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
-           [--source mmap|pread] [--populator-cpus LIST]
+           [--chunk-max SIZE] [--source mmap|pread] [--populator-cpus LIST]
 
 Serves a Firecracker microVM's guest memory from a snapshot file as its
 userfaultfd page-fault handler: listens on the Unix socket PATH (given to
@@ -45,6 +45,9 @@ chunk around it while a background populator fills the rest.
   --record-working-set FILE   record the order pages are first faulted, saved at exit
   --threads N                 handler threads (default 2)
   --chunk SIZE                bytes resolved around each fault: 4K..2M (default 64K)
+  --chunk-max SIZE            choose each fault's chunk from its neighbours, up to SIZE:
+                              a fault after resolved pages takes the next --chunk..SIZE
+                              bytes forward, an isolated fault its page alone
   --no-prefetch               serve demand faults only
   --stats-json FILE           write the final counters as JSON
   --source mmap|pread         how --mem-file is read: mmap (default) maps it and copies
@@ -68,6 +71,7 @@ struct Args {
     handshake_timeout: Duration,
     mapped: bool,
     populator_cpus: Vec<usize>,
+    chunk_max: Option<usize>,
 }
 
 /// A CPU list as `taskset -c` takes it: `3`, `0,2`, `2-3`, `0,2-3`.
@@ -120,6 +124,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         handshake_timeout: Duration::from_secs(10),
         mapped: true,
         populator_cpus: Vec::new(),
+        chunk_max: None,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -154,6 +159,16 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&s| s > 0)
                     .ok_or_else(|| format!("--handshake-timeout {v:?}: expected seconds"))?;
                 args.handshake_timeout = Duration::from_secs(secs);
+            }
+            "--chunk-max" => {
+                let v = value("--chunk-max")?;
+                args.chunk_max = Some(
+                    parse_size(&v)
+                        .filter(|&n| n.is_power_of_two() && (4 << 10..=2 << 20).contains(&n))
+                        .ok_or_else(|| {
+                            format!("--chunk-max {v:?}: expected a power of two from 4K to 2M")
+                        })?,
+                );
             }
             "--source" => {
                 args.mapped = match value("--source")?.as_str() {
@@ -355,6 +370,7 @@ fn run(args: &Args) -> Result<(), Failure> {
     let config = Config {
         threads: args.threads,
         chunk: args.chunk,
+        adaptive_chunk: args.chunk_max,
         prefetch: args.prefetch,
         working_set,
         record: args.record.is_some(),

@@ -201,6 +201,9 @@ pub(crate) struct Resolver {
     /// One bit per page of the state: in the working set being replayed
     /// ([`predict`](Self::predict)).
     predicted: Option<Box<[u64]>>,
+    /// The largest window in bytes a fault resolves when its chunk is
+    /// chosen from its neighbours ([`adapt`](Self::adapt)).
+    adaptive: Option<usize>,
 }
 
 impl Resolver {
@@ -293,12 +296,13 @@ impl Resolver {
             recorder,
             zeros: vec![0; largest],
             predicted: None,
+            adaptive: None,
         })
     }
 
-    /// Buffers for one thread: a chunk of the largest page size.
+    /// Buffers for one thread: the largest window a fault resolves.
     pub fn scratch(&self) -> Scratch {
-        self.scratch_for(self.chunk)
+        self.scratch_for(self.chunk.max(self.adaptive.unwrap_or(0)))
     }
 
     /// Buffers for one thread resolving up to `bytes` at once (at least a
@@ -392,10 +396,48 @@ impl Resolver {
         // needed than any other page, so only the page itself is resolved.
         let (lo, hi) = if unpredicted {
             (p, p + 1)
+        } else if let Some(max) = self.adaptive {
+            self.adaptive_window(&span, p, max)
         } else {
             self.window(&span, p)
         };
         self.resolve_window(&span, lo, hi, Some(p), scratch)
+    }
+
+    /// Chooses each fault's window from what its neighbours turned out to
+    /// be worth instead of the fixed aligned chunk: see
+    /// [`adaptive_window`](Self::adaptive_window). `max` is the largest
+    /// window in bytes (at least a chunk). Call before the first
+    /// [`scratch`](Self::scratch), which is sized for it.
+    pub fn adapt(&mut self, max: usize) {
+        self.adaptive = Some(max.max(self.chunk));
+    }
+
+    /// The window a fault on local page `p` resolves when chunks adapt:
+    /// after a run of resolved pages just before `p` (the guest walking on
+    /// past what was resolved for it), the pages from `p` forward, as many
+    /// as the run is long rounded up to a power of two, at least a chunk
+    /// and at most `max` bytes; with nothing resolved just before it (a
+    /// fault isolated so far), the page alone, since its neighbours have
+    /// not shown they are needed.
+    fn adaptive_window(&self, span: &Span, p: usize, max: usize) -> (usize, usize) {
+        let per = (self.chunk / span.page).max(1);
+        let most = (max / span.page).max(per);
+        let mut run = 0;
+        while run < most
+            && run < p
+            && matches!(
+                self.states[span.first + p - run - 1].load(Ordering::Relaxed),
+                FILLED | CLAIMED
+            )
+        {
+            run += 1;
+        }
+        if run == 0 {
+            return (p, p + 1);
+        }
+        let w = run.next_power_of_two().clamp(per, most);
+        (p, (p + w).min(span.pages()))
     }
 
     /// Marks the pages of `ws` as the working set being replayed: a fault
@@ -899,6 +941,7 @@ impl Resolver {
             recorder: None,
             zeros: self.zeros.clone(),
             predicted: self.predicted.clone(),
+            adaptive: self.adaptive,
         })
     }
 

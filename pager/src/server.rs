@@ -24,6 +24,14 @@ pub struct Config {
     /// Bytes resolved around each fault and per background step: the
     /// aligned chunk holding the page (rounded up to the page size).
     pub chunk: usize,
+    /// Choose each fault's window from its neighbours instead of the
+    /// aligned chunk around it, growing up to this many bytes: a fault
+    /// just after resolved pages (a guest walking on past what was resolved
+    /// for it) takes the pages from it forward, as many as that run of
+    /// resolved pages is long (at least [`chunk`](Self::chunk), at most
+    /// this); a fault with no resolved page just before it takes its page
+    /// alone. `None`: the aligned chunk around every fault.
+    pub adaptive_chunk: Option<usize>,
     /// Fill every page in the background (working set first, then in
     /// order, the rest at a lower scheduling priority); demand faults
     /// always go first.
@@ -88,6 +96,7 @@ impl Default for Config {
         Config {
             threads: 2,
             chunk: 64 << 10,
+            adaptive_chunk: None,
             prefetch: true,
             working_set: None,
             record: false,
@@ -234,6 +243,9 @@ impl Server {
             && let Some(ws) = &config.working_set
         {
             resolver.predict(ws);
+        }
+        if let Some(max) = config.adaptive_chunk {
+            resolver.adapt(max);
         }
         let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| Error::io("eventfd", e))?;
