@@ -382,9 +382,12 @@ fn run(args: &Args) -> Result<(), Failure> {
         },
     };
     let started = Instant::now();
+    // Serving from here: handler threads resolve faults before `start`
+    // returns, so a stop signal from now on must end the server cleanly
+    // (the loop below sees it) rather than exit at once.
+    stop.serving.store(true, Ordering::Release);
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)
         .map_err(|e| Failure(format!("{e}; nothing was served"), 1))?;
-    stop.serving.store(true, Ordering::Release);
     let progress = args.prefetch && std::io::stderr().is_terminal();
     let mut printed = false;
     let mut signal = 0;

@@ -620,7 +620,32 @@ impl Resolver {
             && run.iter().all(|c| c.1 != ZERO)
             && let Some(m) = self.source.mapped(offset, bytes)
         {
-            return self.place_all(span, run, Src::Mapped(m, offset), demand);
+            // Holes inside the run still become zero pages: one
+            // `UFFDIO_COPY` per stretch of data, one `UFFDIO_ZEROPAGE` per
+            // stretch of hole.
+            let hole = |k: usize| {
+                span.zeropage && self.source.is_zero(offset + (k * ps) as u64, ps as u64)
+            };
+            let mut k = 0;
+            while k < n {
+                let zero = hole(k);
+                let mut e = k + 1;
+                while e < n && hole(e) == zero {
+                    e += 1;
+                }
+                let src = if zero {
+                    Src::Zero
+                } else {
+                    Src::Mapped(m.slice(k * ps, (e - k) * ps), offset + (k * ps) as u64)
+                };
+                let (done, outcome) = self.place(span, &run[k..e], src, demand);
+                if !matches!(outcome, Ok(Outcome::Done)) {
+                    self.release(span, &run[k + done..]);
+                    return outcome;
+                }
+                k = e;
+            }
+            return Ok(Outcome::Done);
         }
         if buf.len() < bytes {
             buf.resize(bytes, 0);
