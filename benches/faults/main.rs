@@ -112,6 +112,8 @@ fn main() {
             ("replay-0-map", "fc-raw"),
             ("prefetch-map-cpu", "fc-raw"),
             ("replay-map-cpu", "fc-raw"),
+            ("replay-map-ahead", "fc-raw"),
+            ("replay-map-cpu-ahead", "fc-raw"),
             ("demand-map-grow", "fc-raw"),
             ("prefetch-map-grow", "fc-raw"),
             ("replay-map-grow", "fc-raw"),

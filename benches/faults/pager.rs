@@ -86,6 +86,10 @@ type Split = (String, (f64, f64), u64);
 /// The server's chunk in every variant but `page`.
 const CHUNK: usize = 64 << 10;
 
+/// What a fault in the working set resolves along the recorded order in
+/// the `-ahead` variants (`Config::replay_ahead`).
+const AHEAD: usize = 256 << 10;
+
 /// The largest chunk of the `-grow` variants (`Config::adaptive_chunk`).
 const GROW: usize = 512 << 10;
 
@@ -236,6 +240,7 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
         mapped: false,
         populator_cpu: None,
         grow: None,
+        ahead: 0,
     };
     let variants: Vec<(&str, Run)> = {
         let ws = Some(ws);
@@ -283,6 +288,11 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
             grow: Some(GROW),
             ..r
         };
+        let ahead = |r: Run| Run { ahead: AHEAD, ..r };
+        list.push(("replay-map-ahead", ahead(v(true, true, true, None))));
+        if spare.is_some() {
+            list.push(("replay-map-cpu-ahead", ahead(v(true, true, true, spare))));
+        }
         list.push(("demand-map-grow", grow(v(false, false, true, None))));
         list.push(("prefetch-map-grow", grow(v(true, false, true, None))));
         list.push(("replay-map-grow", grow(v(true, true, true, None))));
@@ -403,6 +413,8 @@ struct Run {
     populator_cpu: Option<usize>,
     /// `Config::adaptive_chunk`.
     grow: Option<usize>,
+    /// `Config::replay_ahead`.
+    ahead: usize,
 }
 
 /// The page server over the same memory.
@@ -430,6 +442,7 @@ fn server(name: &str, snapshot: &Snapshot, guest: &Guest, src: &[u8], run: &Run)
             threads: 1,
             chunk: run.chunk,
             adaptive_chunk: run.grow,
+            replay_ahead: run.ahead,
             prefetch: run.prefetch,
             working_set: run.working_set.clone(),
             finish_when_complete: false,

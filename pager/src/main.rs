@@ -5,7 +5,8 @@
 //! userfault-pager firecracker --socket PATH --mem-file FILE [--diff-file FILE]
 //!     [--working-set FILE] [--record-working-set FILE] [--threads N]
 //!     [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
-//!     [--chunk-max SIZE] [--source mmap|pread] [--populator-cpus LIST]
+//!     [--chunk-max SIZE] [--replay-ahead SIZE] [--source mmap|pread]
+//!     [--populator-cpus LIST]
 //! ```
 //!
 //! Exit status: 0 when the VMM closed its connection, every page was
@@ -30,7 +31,8 @@ use userfault_pager::{
 const USAGE: &str = "usage: userfault-pager firecracker --socket PATH --mem-file FILE
            [--diff-file FILE] [--working-set FILE] [--record-working-set FILE]
            [--threads N] [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
-           [--chunk-max SIZE] [--source mmap|pread] [--populator-cpus LIST]
+           [--chunk-max SIZE] [--replay-ahead SIZE] [--source mmap|pread]
+           [--populator-cpus LIST]
 
 Serves a Firecracker microVM's guest memory from a snapshot file as its
 userfaultfd page-fault handler: listens on the Unix socket PATH (given to
@@ -48,6 +50,8 @@ chunk around it while a background populator fills the rest.
   --chunk-max SIZE            choose each fault's chunk from its neighbours, up to SIZE:
                               a fault after resolved pages takes the next --chunk..SIZE
                               bytes forward, an isolated fault its page alone
+  --replay-ahead SIZE         with --working-set, a fault on a recorded page resolves SIZE
+                              bytes along the recorded order instead of its chunk (0: off)
   --no-prefetch               serve demand faults only
   --stats-json FILE           write the final counters as JSON
   --source mmap|pread         how --mem-file is read: mmap (default) maps it and copies
@@ -72,6 +76,7 @@ struct Args {
     mapped: bool,
     populator_cpus: Vec<usize>,
     chunk_max: Option<usize>,
+    replay_ahead: usize,
 }
 
 /// A CPU list as `taskset -c` takes it: `3`, `0,2`, `2-3`, `0,2-3`.
@@ -125,6 +130,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         mapped: true,
         populator_cpus: Vec::new(),
         chunk_max: None,
+        replay_ahead: 0,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -169,6 +175,12 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                             format!("--chunk-max {v:?}: expected a power of two from 4K to 2M")
                         })?,
                 );
+            }
+            "--replay-ahead" => {
+                let v = value("--replay-ahead")?;
+                args.replay_ahead = parse_size(&v)
+                    .filter(|&n| n <= 64 << 20)
+                    .ok_or_else(|| format!("--replay-ahead {v:?}: expected a size up to 64M"))?;
             }
             "--source" => {
                 args.mapped = match value("--source")?.as_str() {
@@ -371,6 +383,7 @@ fn run(args: &Args) -> Result<(), Failure> {
         threads: args.threads,
         chunk: args.chunk,
         adaptive_chunk: args.chunk_max,
+        replay_ahead: args.replay_ahead,
         prefetch: args.prefetch,
         working_set,
         record: args.record.is_some(),

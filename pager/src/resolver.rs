@@ -204,6 +204,21 @@ pub(crate) struct Resolver {
     /// The largest window in bytes a fault resolves when its chunk is
     /// chosen from its neighbours ([`adapt`](Self::adapt)).
     adaptive: Option<usize>,
+    /// The working set's order, for faults in it to resolve ahead along it
+    /// ([`replay_along`](Self::replay_along)).
+    replay: Option<Replay>,
+}
+
+/// A replayed working set as extents in its recorded order, for a fault in
+/// it to resolve the pages the recording says come next.
+#[derive(Debug, Clone)]
+struct Replay {
+    /// Extents `(first state index, pages)`, in the recorded order.
+    order: Arc<[(usize, usize)]>,
+    /// `(first state index, position in order)`, sorted by index.
+    by_index: Arc<[(usize, usize)]>,
+    /// Pages a fault resolves along the order, its own included.
+    ahead: usize,
 }
 
 impl Resolver {
@@ -297,6 +312,7 @@ impl Resolver {
             zeros: vec![0; largest],
             predicted: None,
             adaptive: None,
+            replay: None,
         })
     }
 
@@ -394,6 +410,9 @@ impl Resolver {
         // A fault outside the working set being replayed is one the
         // recording did not foresee: its neighbours are no likelier to be
         // needed than any other page, so only the page itself is resolved.
+        if !unpredicted && let Some(r) = &self.replay {
+            return self.fault_along(&span, p, r, scratch);
+        }
         let (lo, hi) = if unpredicted {
             (p, p + 1)
         } else if let Some(max) = self.adaptive {
@@ -402,6 +421,84 @@ impl Resolver {
             self.window(&span, p)
         };
         self.resolve_window(&span, lo, hi, Some(p), scratch)
+    }
+
+    /// With the working set being replayed as `order` (extents of
+    /// consecutive state indices, in the recorded order), a fault on one of
+    /// its pages resolves `ahead` bytes along that order from it: the rest
+    /// of its extent, then the extents recorded after it. The recording,
+    /// not the address, says which pages come next. Zero leaves faults to
+    /// their chunks.
+    pub fn replay_along(&mut self, order: &[(usize, usize)], ahead: usize) {
+        let pages = ahead / rustix::param::page_size();
+        if pages == 0 || order.is_empty() {
+            self.replay = None;
+            return;
+        }
+        let mut by_index: Vec<(usize, usize)> =
+            order.iter().enumerate().map(|(k, e)| (e.0, k)).collect();
+        by_index.sort_unstable();
+        self.replay = Some(Replay {
+            order: order.into(),
+            by_index: by_index.into(),
+            ahead: pages,
+        });
+    }
+
+    /// A fault on page `p` of `span` in the replayed working set: the page
+    /// first (its thread is woken), then along the recorded order.
+    fn fault_along(
+        &self,
+        span: &Span,
+        p: usize,
+        r: &Replay,
+        scratch: &mut Scratch,
+    ) -> Result<Outcome, Error> {
+        let index = span.first + p;
+        let i = r.by_index.partition_point(|e| e.0 <= index);
+        let found = i
+            .checked_sub(1)
+            .map(|i| r.by_index[i].1)
+            .filter(|&k| index < r.order[k].0 + r.order[k].1);
+        let Some(k) = found else {
+            let (lo, hi) = self.window(span, p);
+            return self.resolve_window(span, lo, hi, Some(p), scratch);
+        };
+        let room = (scratch.buf.len() / span.page).max(1);
+        let (start, len) = r.order[k];
+        let local_end = (start + len).saturating_sub(span.first).min(span.pages());
+        let hi = local_end.min(p + room).min(p + r.ahead).max(p + 1);
+        let outcome = self.resolve_window(span, p, hi, Some(p), scratch)?;
+        if outcome != Outcome::Done {
+            return Ok(outcome);
+        }
+        // The faulting thread is awake; what the recording says it needs
+        // next follows, as background work (resolved in the same extents
+        // the populator uses, counted as prefetched).
+        let mut budget = r.ahead.saturating_sub(hi - p);
+        let (mut at, mut end, mut next) = (span.first + hi, start + len, k + 1);
+        while budget > 0 {
+            if at >= end {
+                let Some(&(s, l)) = r.order.get(next) else {
+                    break;
+                };
+                (at, end, next) = (s, s + l, next + 1);
+                continue;
+            }
+            let want = (end - at).min(budget);
+            let (res, covered) = self.prefetch_run(at, want, scratch);
+            match res {
+                Ok(Outcome::Done | Outcome::Gone) => {}
+                // Events to read first, or the peer is gone: the fault
+                // itself was served; the next fault or the populator
+                // finds the rest.
+                Ok(_) => break,
+                Err(e) => return Err(e),
+            }
+            at += covered;
+            budget = budget.saturating_sub(covered);
+        }
+        Ok(Outcome::Done)
     }
 
     /// Chooses each fault's window from what its neighbours turned out to
@@ -967,6 +1064,7 @@ impl Resolver {
             zeros: self.zeros.clone(),
             predicted: self.predicted.clone(),
             adaptive: self.adaptive,
+            replay: self.replay.clone(),
         })
     }
 

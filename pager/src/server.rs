@@ -24,6 +24,12 @@ pub struct Config {
     /// Bytes resolved around each fault and per background step: the
     /// aligned chunk holding the page (rounded up to the page size).
     pub chunk: usize,
+    /// With a [`working_set`](Self::working_set) replayed, bytes a fault on
+    /// one of its pages resolves along the recorded order (the rest of its
+    /// run, then the runs recorded after it) instead of its aligned chunk:
+    /// the recording says which pages the guest needs next. Zero: the
+    /// chunk.
+    pub replay_ahead: usize,
     /// Choose each fault's window from its neighbours instead of the
     /// aligned chunk around it, growing up to this many bytes: a fault
     /// just after resolved pages (a guest walking on past what was resolved
@@ -97,6 +103,7 @@ impl Default for Config {
             threads: 2,
             chunk: 64 << 10,
             adaptive_chunk: None,
+            replay_ahead: 0,
             prefetch: true,
             working_set: None,
             record: false,
@@ -247,6 +254,14 @@ impl Server {
         if let Some(max) = config.adaptive_chunk {
             resolver.adapt(max);
         }
+        // The working set as the populator's extents, in its order; faults
+        // resolve ahead along the same list.
+        let page = rustix::param::page_size();
+        let first = match (&config.working_set, config.prefetch) {
+            (Some(ws), true) => extents(&resolver, ws, (config.populator.extent / page).max(1)),
+            _ => Vec::new(),
+        };
+        resolver.replay_along(&first, config.replay_ahead);
         let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
@@ -275,7 +290,6 @@ impl Server {
         }
         if config.prefetch {
             let shared = shared.clone();
-            let ws = config.working_set;
             let finish = config.finish_when_complete;
             let how = config.populator;
             let (placed, pinned) = std::sync::mpsc::sync_channel(1);
@@ -286,7 +300,7 @@ impl Server {
                     let ok = r.is_ok();
                     let _ = placed.send(r);
                     if ok {
-                        populator_thread(&shared, ws.as_ref(), finish, &how);
+                        populator_thread(&shared, &first, finish, &how);
                     }
                 })
                 .map_err(|e| Error::io("spawn", e))?;
@@ -683,19 +697,13 @@ fn extents(resolver: &Resolver, ws: &WorkingSet, max: usize) -> Vec<(usize, usiz
     out
 }
 
-fn populator_thread(
-    shared: &Shared,
-    working_set: Option<&WorkingSet>,
-    finish: bool,
-    how: &Populator,
-) {
+/// Fills `first` (the working set's extents, in order), then every page
+/// left, in order.
+fn populator_thread(shared: &Shared, first: &[(usize, usize)], finish: bool, how: &Populator) {
     let resolver = &shared.resolver;
     let extent = how.extent.max(1);
     let mut scratch = resolver.scratch_for(extent);
     let max = (extent / rustix::param::page_size()).max(1);
-    let first = working_set
-        .map(|ws| extents(resolver, ws, max))
-        .unwrap_or_default();
     // Resolves the pending pages of `[start, start + len)`, extent by
     // extent, giving way to demand faults before each.
     let prefetch = |start: usize, len: usize, scratch: &mut Scratch| -> bool {
@@ -727,7 +735,7 @@ fn populator_thread(
         }
         true
     };
-    for &(start, len) in &first {
+    for &(start, len) in first {
         if !prefetch(start, len, &mut scratch) {
             return;
         }

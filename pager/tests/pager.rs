@@ -1202,3 +1202,88 @@ fn library_stops_with_a_source_error_when_a_mapped_snapshot_shrinks() {
         });
     });
 }
+
+#[test]
+fn library_resolves_ahead_along_a_replayed_working_set() {
+    const TEST: &str = "library_resolves_ahead_along_a_replayed_working_set";
+    const PAGES: usize = 4096; // 16 MiB
+    let dir = scratch_dir("lib-ahead");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    // Runs of 8 pages scattered backwards through the file: the recorded
+    // order is not the address order.
+    let recorded: Vec<usize> = (0..64)
+        .flat_map(|k| {
+            let start = PAGES - 64 - k * 61;
+            start..start + 8
+        })
+        .collect();
+    for source in ["pread", "mmap"] {
+        let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+            return;
+        };
+        let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+        // SAFETY: `guest` is reached only through raw pointers.
+        let reg =
+            unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+        let src: Arc<dyn userfault_pager::PageSource> = if source == "mmap" {
+            Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap())
+        } else {
+            Arc::new(FileSource::open(&file).unwrap())
+        };
+        let ws = WorkingSet::from_pages(4096, recorded.iter().map(|&p| p as u64)).unwrap();
+        let server = Server::start(
+            Arc::new(uffd),
+            &[Range::new(reg, 0)],
+            src,
+            Config {
+                threads: 1,
+                working_set: Some(ws),
+                replay_ahead: 128 << 10,
+                adaptive_chunk: Some(256 << 10),
+                finish_when_complete: false,
+                // The populator waits on no demand fault and runs wherever.
+                populator: userfault_pager::Populator {
+                    yield_to_demand: Duration::ZERO,
+                    background_nice: None,
+                    ..Default::default()
+                },
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        util::with_deadline(TEST, Duration::from_secs(120), || {
+            for &i in &recorded {
+                assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
+            }
+            for i in 0..PAGES {
+                assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
+            }
+            let settled = Instant::now() + Duration::from_secs(10);
+            while server.stats().remaining_pages != 0 && Instant::now() < settled {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let report = server.shutdown();
+        assert!(matches!(report.exit, Exit::Shutdown), "{:?}", report.exit);
+        let s = &report.stats;
+        assert_eq!(s.remaining_pages, 0, "{source}");
+        // Every page came in exactly once, by a fault, ahead of one or by
+        // the populator.
+        assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{source}");
+        assert_eq!(
+            s.copied_bytes,
+            (PAGES * PAGE) as u64 - zero_bytes(PAGES, source)
+        );
+    }
+}
+
+/// Bytes of the test snapshot's all-zero data pages that a source serves as
+/// zero pages: a pread source finds them, a mapped one copies them.
+fn zero_bytes(pages: usize, source: &str) -> u64 {
+    if source == "mmap" {
+        0
+    } else {
+        ((0..pages).filter(|i| i % 7 == 3).count() * PAGE) as u64
+    }
+}
