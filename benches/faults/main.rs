@@ -109,16 +109,13 @@ fn main() {
             ("demand-map", "fc-raw"),
             ("prefetch-map", "fc-raw"),
             ("replay-map", "fc-raw"),
-            ("replay-0-map", "fc-raw"),
             ("prefetch-map-cpu", "fc-raw"),
             ("replay-map-cpu", "fc-raw"),
             ("replay-map-ahead", "fc-raw"),
             ("replay-map-cpu-ahead", "fc-raw"),
             ("demand-map-grow", "fc-raw"),
             ("prefetch-map-grow", "fc-raw"),
-            ("replay-map-grow", "fc-raw"),
             ("prefetch-map-cpu-grow", "fc-raw"),
-            ("replay-map-cpu-grow", "fc-raw"),
         ]);
     }
     if o.wants("cost") {

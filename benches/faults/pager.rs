@@ -272,13 +272,6 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
             ("demand-map", v(false, false, true, None)),
             ("prefetch-map", v(true, false, true, None)),
             ("replay-map", v(true, true, true, None)),
-            (
-                "replay-0-map",
-                Run {
-                    gap: Duration::ZERO,
-                    ..v(true, true, true, None)
-                },
-            ),
         ];
         if spare.is_some() {
             list.push(("prefetch-map-cpu", v(true, false, true, spare)));
@@ -295,10 +288,8 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
         }
         list.push(("demand-map-grow", grow(v(false, false, true, None))));
         list.push(("prefetch-map-grow", grow(v(true, false, true, None))));
-        list.push(("replay-map-grow", grow(v(true, true, true, None))));
         if spare.is_some() {
             list.push(("prefetch-map-cpu-grow", grow(v(true, false, true, spare))));
-            list.push(("replay-map-cpu-grow", grow(v(true, true, true, spare))));
         }
         list
     };

@@ -47,11 +47,13 @@ chunk around it while a background populator fills the rest.
   --record-working-set FILE   record the order pages are first faulted, saved at exit
   --threads N                 handler threads (default 2)
   --chunk SIZE                bytes resolved around each fault: 4K..2M (default 64K)
-  --chunk-max SIZE            choose each fault's chunk from its neighbours, up to SIZE:
+  --chunk-max SIZE            choose each fault's chunk from its neighbours, up to SIZE
+                              (default 512K; 0: the aligned --chunk around every fault):
                               a fault after resolved pages takes the next --chunk..SIZE
                               bytes forward, an isolated fault its page alone
   --replay-ahead SIZE         with --working-set, a fault on a recorded page resolves SIZE
-                              bytes along the recorded order instead of its chunk (0: off)
+                              bytes along the recorded order instead of its chunk
+                              (default 256K; 0: its chunk)
   --no-prefetch               serve demand faults only
   --stats-json FILE           write the final counters as JSON
   --source mmap|pread         how --mem-file is read: mmap (default) maps it and copies
@@ -129,8 +131,8 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         handshake_timeout: Duration::from_secs(10),
         mapped: true,
         populator_cpus: Vec::new(),
-        chunk_max: None,
-        replay_ahead: 0,
+        chunk_max: Some(512 << 10),
+        replay_ahead: 256 << 10,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -168,13 +170,15 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
             }
             "--chunk-max" => {
                 let v = value("--chunk-max")?;
-                args.chunk_max = Some(
-                    parse_size(&v)
-                        .filter(|&n| n.is_power_of_two() && (4 << 10..=2 << 20).contains(&n))
-                        .ok_or_else(|| {
-                            format!("--chunk-max {v:?}: expected a power of two from 4K to 2M")
-                        })?,
-                );
+                args.chunk_max = match parse_size(&v) {
+                    Some(0) => None,
+                    Some(n) if n.is_power_of_two() && (4 << 10..=2 << 20).contains(&n) => Some(n),
+                    _ => {
+                        return Err(format!(
+                            "--chunk-max {v:?}: expected 0 or a power of two from 4K to 2M"
+                        ));
+                    }
+                };
             }
             "--replay-ahead" => {
                 let v = value("--replay-ahead")?;

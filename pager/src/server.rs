@@ -21,8 +21,10 @@ use crate::workingset::WorkingSet;
 pub struct Config {
     /// Handler threads reading the userfaultfd (at least 1).
     pub threads: usize,
-    /// Bytes resolved around each fault and per background step: the
-    /// aligned chunk holding the page (rounded up to the page size).
+    /// Bytes resolved around each fault: the aligned chunk holding the page
+    /// (rounded up to the page size); with
+    /// [`adaptive_chunk`](Self::adaptive_chunk), the smallest window a
+    /// fault after resolved pages takes.
     pub chunk: usize,
     /// With a [`working_set`](Self::working_set) replayed, bytes a fault on
     /// one of its pages resolves along the recorded order (the rest of its
@@ -96,14 +98,15 @@ impl Default for Populator {
 }
 
 impl Default for Config {
-    /// 2 threads, 64 KiB chunks, prefetch on, no working set, no
-    /// recording, finish when complete, no peer.
+    /// 2 threads, 64 KiB chunks chosen per fault up to 512 KiB, 256 KiB
+    /// ahead along a replayed working set, prefetch on, no working set, no
+    /// recording, finish when complete, no peer, the populator's defaults.
     fn default() -> Config {
         Config {
             threads: 2,
             chunk: 64 << 10,
-            adaptive_chunk: None,
-            replay_ahead: 0,
+            adaptive_chunk: Some(512 << 10),
+            replay_ahead: 256 << 10,
             prefetch: true,
             working_set: None,
             record: false,
@@ -220,7 +223,9 @@ impl Server {
     /// `uffd` must be non-blocking (it is switched to non-blocking if not:
     /// the handler threads poll it). Faults are resolved with
     /// `UFFDIO_COPY` (data) and `UFFDIO_ZEROPAGE` (zero pages, where the
-    /// range offers it), in aligned chunks of `config.chunk` bytes.
+    /// range offers it), in windows around each fault as `config` chooses
+    /// ([`Config::chunk`], [`Config::adaptive_chunk`],
+    /// [`Config::replay_ahead`]).
     ///
     /// # Errors
     ///
