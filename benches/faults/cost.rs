@@ -119,6 +119,8 @@ fn pager_child(faults: usize) {
         Config {
             threads: 1,
             chunk: PAGE,
+            // Per-page mode: no window grows past the faulting page.
+            adaptive_chunk: None,
             prefetch: false,
             finish_when_complete: false,
             ..Config::default()
