@@ -399,9 +399,8 @@ fn run(args: &Args) -> Result<(), Failure> {
         },
     };
     let started = Instant::now();
-    // Serving from here: handler threads resolve faults before `start`
-    // returns, so a stop signal from now on must end the server cleanly
-    // (the loop below sees it) rather than exit at once.
+    // Before the start: its handler threads serve at once, so a stop from
+    // here on is a stop while serving (counters printed, recording saved).
     stop.serving.store(true, Ordering::Release);
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)
         .map_err(|e| Failure(format!("{e}; nothing was served"), 1))?;

@@ -104,6 +104,73 @@ fn new_uffd(test: &str, features: Features) -> Option<Uffd> {
     }
 }
 
+/// A new private anonymous mapping of `len` bytes at an address of the
+/// kernel's choosing, read-write or inaccessible (a reservation), that the
+/// test manages by hand (`Mapping` would unmap an address a remap moved).
+fn raw_mapping(len: usize, accessible: bool) -> usize {
+    let prot = if accessible {
+        rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE
+    } else {
+        rustix::mm::ProtFlags::empty()
+    };
+    // SAFETY: a new mapping at an address of the kernel's choosing; it
+    // replaces nothing.
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .unwrap() as usize
+}
+
+/// `mremap(2)`: moves `len` bytes of the test's mapping at `from` onto a
+/// fresh reservation; returns the new address.
+fn move_mapping(from: usize, len: usize) -> usize {
+    let target = raw_mapping(len, false);
+    // SAFETY: moves part of the test's own mapping onto the test's own
+    // reservation; nothing holds a reference into either.
+    unsafe {
+        rustix::mm::mremap_fixed(
+            from as *mut _,
+            len,
+            len,
+            rustix::mm::MremapFlags::MAYMOVE,
+            target as *mut _,
+        )
+    }
+    .unwrap() as usize
+}
+
+/// Serves `pages` pages of new private anonymous memory, registered with
+/// `uffd` for MISSING faults, from snapshot `file` at offset 0.
+fn serve_anonymous(uffd: Uffd, pages: usize, file: &Path, config: Config) -> (Mapping, Server) {
+    let guest = Mapping::anonymous(pages * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(FileSource::open(file).unwrap()),
+        config,
+    )
+    .unwrap();
+    (guest, server)
+}
+
+/// A userfaultfd with REMOVE and FORK events, or a skip (FORK events need
+/// `CAP_SYS_PTRACE`).
+fn fork_uffd(test: &str) -> Option<Uffd> {
+    let uffd = new_uffd(test, Features::EVENT_REMOVE | Features::EVENT_FORK)?;
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        util::skip(test, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
+        return None;
+    }
+    Some(uffd)
+}
+
 /// `madvise(MADV_DONTNEED)`: a balloon inflating over `[addr, addr + len)`.
 fn balloon(addr: usize, len: usize) {
     // SAFETY: the range is part of a mapping the test owns and reaches only
@@ -144,20 +211,16 @@ fn library_serves_every_byte_from_four_threads_and_zeros_after_remove() {
     let dir = scratch_dir("lib-threads");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, hole.clone());
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 4,
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let started = Instant::now();
     util::with_deadline(TEST, Duration::from_secs(120), || {
         touch_all(guest.addr(), PAGES, 4, &bytes);
@@ -218,21 +281,17 @@ fn library_prefetches_working_set_then_rest_and_unregisters() {
     let dir = scratch_dir("lib-prefetch");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
     let ws = WorkingSet::from_pages(4096, (0..64).map(|k| (PAGES - 1 - k * 97) as u64)).unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             working_set: Some(ws),
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         // A guest touching pages while the populator runs.
         for i in (0..PAGES).step_by(509) {
@@ -322,17 +381,7 @@ fn library_follows_a_remap_and_an_unmap() {
     let dir = scratch_dir("lib-remap");
     let file = dir.join("mem");
     snapshot(&file, PAGES, 0..0);
-    // A raw mapping the test remaps (Mapping would unmap the old address).
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-    let base = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            PAGES * PAGE,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .unwrap() as usize;
+    let base = raw_mapping(PAGES * PAGE, true);
     // SAFETY: the mapping is reached only through raw pointers.
     let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
     let server = Server::start(
@@ -350,29 +399,7 @@ fn library_follows_a_remap_and_an_unmap() {
         assert_eq!(read_page(base, 0), want(0, &(0..0)));
         // Move the second half elsewhere: onto a fresh reservation.
         let half = PAGES / 2 * PAGE;
-        // SAFETY: a new inaccessible mapping at an address of the kernel's
-        // choosing, replaced by the move below.
-        let target = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                half,
-                rustix::mm::ProtFlags::empty(),
-                rustix::mm::MapFlags::PRIVATE,
-            )
-        }
-        .unwrap();
-        // SAFETY: moves part of the test's own mapping onto the
-        // reservation; nothing holds a reference into either.
-        let moved = unsafe {
-            rustix::mm::mremap_fixed(
-                (base + half) as *mut _,
-                half,
-                half,
-                rustix::mm::MremapFlags::MAYMOVE,
-                target,
-            )
-        }
-        .unwrap() as usize;
+        let moved = move_mapping(base + half, half);
         for i in 0..PAGES / 2 {
             assert_eq!(
                 read_page(moved, i),
@@ -428,20 +455,16 @@ fn library_keeps_guest_writes_and_removed_zeros_while_prefetching() {
     let dir = scratch_dir("lib-writes");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             finish_when_complete: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     let written = |i: usize| i.is_multiple_of(3) && !ballooned(i);
     util::with_deadline(TEST, Duration::from_secs(120), || {
@@ -503,28 +526,19 @@ fn library_keeps_guest_writes_and_removed_zeros_while_prefetching() {
 }
 
 #[test]
-fn library_follows_a_remap_while_prefetching_and_completes() {
-    const TEST: &str = "library_follows_a_remap_while_prefetching_and_completes";
+fn library_follows_remaps_while_prefetching_and_completes() {
+    const TEST: &str = "library_follows_remaps_while_prefetching_and_completes";
     let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
         return;
     };
     if !uffd.features().contains(Features::EVENT_REMAP) {
         return util::skip(TEST, "uffd", "REMAP events are not offered");
     }
-    const PAGES: usize = 4096;
+    const PAGES: usize = 32768; // 128 MiB
     let dir = scratch_dir("lib-remap-prefetch");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-    let base = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            PAGES * PAGE,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
-        )
-    }
-    .unwrap() as usize;
+    let base = raw_mapping(PAGES * PAGE, true);
     // SAFETY: the mapping is reached only through raw pointers.
     let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
     let server = Server::start(
@@ -538,49 +552,70 @@ fn library_follows_a_remap_while_prefetching_and_completes() {
     )
     .unwrap();
     let half = PAGES / 2 * PAGE;
-    let report = util::with_deadline(TEST, Duration::from_secs(120), || {
-        assert_eq!(read_page(base, 1), file_page(&bytes, 1));
-        // The second half moves while the populator is working through it.
-        // SAFETY: a new inaccessible mapping at an address of the kernel's
-        // choosing, replaced by the move below.
-        let target = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                half,
-                rustix::mm::ProtFlags::empty(),
-                rustix::mm::MapFlags::PRIVATE,
-            )
+    let (report, at, moves) = util::with_deadline(TEST, Duration::from_secs(120), || {
+        // Once the populator is working through the upper half, move that
+        // half back and forth between two places while it fills it: its
+        // copies race the moves (the kernel answers ENOENT at the old place
+        // before the REMAP event is read).
+        while server.stats().remaining_pages as usize > PAGES / 2 - 256 {
+            std::thread::yield_now();
         }
-        .unwrap();
-        // SAFETY: moves part of the test's own mapping onto the
-        // reservation; nothing holds a reference into either.
-        let moved = unsafe {
-            rustix::mm::mremap_fixed(
-                (base + half) as *mut _,
-                half,
-                half,
-                rustix::mm::MremapFlags::MAYMOVE,
-                target,
-            )
+        let mut at = base + half;
+        let mut other = raw_mapping(half, false);
+        let mut moves = 0;
+        while server.stats().remaining_pages > 0 && moves < 400 {
+            // SAFETY: moves the test's own mapping onto the test's own
+            // reservation; nothing holds a reference into either.
+            let moved = unsafe {
+                rustix::mm::mremap_fixed(
+                    at as *mut _,
+                    half,
+                    half,
+                    rustix::mm::MremapFlags::MAYMOVE,
+                    other as *mut _,
+                )
+            }
+            .unwrap() as usize;
+            // SAFETY: reserves the place just vacated again (nothing is
+            // mapped there any more), for the next move back.
+            unsafe {
+                rustix::mm::mmap_anonymous(
+                    at as *mut _,
+                    half,
+                    rustix::mm::ProtFlags::empty(),
+                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
+                )
+            }
+            .unwrap();
+            other = at;
+            at = moved;
+            moves += 1;
+            std::thread::sleep(Duration::from_micros(200));
         }
-        .unwrap() as usize;
         let report = server.wait();
-        (report, moved)
+        // SAFETY: unmaps the test's own reservation.
+        unsafe { rustix::mm::munmap(other as *mut _, half).unwrap() };
+        (report, at, moves)
     });
-    let (report, moved) = report;
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
     // Unregistered now: a page never filled would read as zeros.
-    for i in 0..PAGES / 2 {
-        assert_eq!(read_page(base, i), file_page(&bytes, i), "page {i}");
-        let j = PAGES / 2 + i;
-        assert_eq!(read_page(moved, i), file_page(&bytes, j), "moved page {j}");
-    }
+    let wrong = (0..PAGES / 2)
+        .filter(|&i| read_page(base, i) != file_page(&bytes, i))
+        .count()
+        + (0..PAGES / 2)
+            .filter(|&i| read_page(at, i) != file_page(&bytes, PAGES / 2 + i))
+            .count();
     let s = &report.stats;
-    assert_eq!(s.remaps, 1, "{s:?}");
+    assert_eq!(wrong, 0, "{wrong} pages wrong after {moves} moves; {s:?}");
+    assert_eq!(s.remaps, moves, "{s:?}");
     assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");
+    util::report(&format!(
+        "{TEST}: {moves} moves while prefetching, {} retries",
+        s.retries
+    ));
     // SAFETY: unmaps the test's own mappings; nothing refers to them.
     unsafe {
-        rustix::mm::munmap(moved as *mut _, half).unwrap();
+        rustix::mm::munmap(at as *mut _, half).unwrap();
         rustix::mm::munmap(base as *mut _, half).unwrap();
     }
 }
@@ -588,29 +623,22 @@ fn library_follows_a_remap_while_prefetching_and_completes() {
 #[test]
 fn library_serves_a_forked_child_until_both_are_complete() {
     const TEST: &str = "library_serves_a_forked_child_until_both_are_complete";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_FORK) else {
+    let Some(uffd) = fork_uffd(TEST) else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_FORK) {
-        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
-    }
     const PAGES: usize = 2048;
     let dir = scratch_dir("lib-fork-complete");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         // The parent writes into a few pages, then forks while the
@@ -668,26 +696,24 @@ fn library_wakes_faults_outside_every_range_and_names_the_address() {
     let dir = scratch_dir("lib-outside");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    // Twice the room, the upper half given back: the registered mapping
-    // then grows in place into it, beyond the range the server was given.
-    // SAFETY: a new anonymous mapping at an address of the kernel's choosing.
-    let base = unsafe {
-        rustix::mm::mmap_anonymous(
-            std::ptr::null_mut(),
-            2 * PAGES * PAGE,
-            rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-            rustix::mm::MapFlags::PRIVATE,
+    let guest = Mapping::anonymous(2 * PAGES * PAGE, Sharing::Private).unwrap();
+    let base = guest.addr();
+    // Both halves are registered; the server is given the lower one only
+    // (as a VMM that registered more than it handed over, or grew a
+    // registered mapping).
+    // SAFETY: `guest` is reached only through raw pointers.
+    let (served, _unserved) = unsafe {
+        (
+            uffd.register(base, PAGES * PAGE, RegisterMode::MISSING)
+                .unwrap(),
+            uffd.register(base + PAGES * PAGE, PAGES * PAGE, RegisterMode::MISSING)
+                .unwrap(),
         )
-    }
-    .unwrap() as usize;
-    // SAFETY: unmaps the upper half of the test's own mapping.
-    unsafe { rustix::mm::munmap((base + PAGES * PAGE) as *mut _, PAGES * PAGE).unwrap() };
-    // SAFETY: the mapping is reached only through raw pointers.
-    let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
+    };
     let uffd = Arc::new(uffd);
     let server = Server::start(
         uffd.clone(),
-        &[Range::new(reg, 0)],
+        &[Range::new(served, 0)],
         Arc::new(FileSource::open(&file).unwrap()),
         Config {
             threads: 1,
@@ -696,26 +722,6 @@ fn library_wakes_faults_outside_every_range_and_names_the_address() {
         },
     )
     .unwrap();
-    // SAFETY: grows the test's own mapping in place (no move): the new
-    // pages belong to the registered mapping.
-    let grown = unsafe {
-        rustix::mm::mremap(
-            base as *mut _,
-            PAGES * PAGE,
-            2 * PAGES * PAGE,
-            rustix::mm::MremapFlags::empty(),
-        )
-    };
-    if grown.is_err() {
-        // Something else took the room meanwhile (other tests map memory
-        // too): nothing to test.
-        let _ = server.shutdown();
-        // SAFETY: unmaps the test's own mapping.
-        unsafe { rustix::mm::munmap(base as *mut _, PAGES * PAGE).unwrap() };
-        return util::report(&format!(
-            "{TEST}: the mapping could not grow in place; not run"
-        ));
-    }
     util::with_deadline(TEST, Duration::from_secs(60), || {
         assert_eq!(read_page(base, 3), file_page(&bytes, 3));
         let toucher = std::thread::spawn(move || read_page(base, PAGES + 5));
@@ -740,8 +746,6 @@ fn library_wakes_faults_outside_every_range_and_names_the_address() {
         "{text}"
     );
     assert!(report.stats.unserved_faults >= 64, "{:?}", report.stats);
-    // SAFETY: unmaps the test's own mapping.
-    unsafe { rustix::mm::munmap(base as *mut _, 2 * PAGES * PAGE).unwrap() };
 }
 
 // ---------------------------------------------------------------------
@@ -1211,30 +1215,23 @@ fn assert_no_fault_served(vmm: &Vmm) {
 #[test]
 fn library_serves_a_forked_child_from_the_parents_state() {
     const TEST: &str = "library_serves_a_forked_child_from_the_parents_state";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_FORK) else {
+    let Some(uffd) = fork_uffd(TEST) else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_FORK) {
-        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE");
-    }
     const PAGES: usize = 256;
     let dir = scratch_dir("lib-fork");
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 2,
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     util::with_deadline(TEST, Duration::from_secs(60), || {
         // The parent has the first half; a balloon took pages 10..20.
@@ -1389,7 +1386,7 @@ fn firecracker_sigterm_stops_cleanly_and_saves_the_recording() {
     assert_eq!(r, 0);
     let (code, text) = pager.wait(Duration::from_secs(30));
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("stopped by signal 15"), "{text}");
+    assert!(text.contains("stopped by signal 15;"), "{text}");
     assert_eq!(WorkingSet::load(&ws).unwrap().pages(), &[9, 3, 200, 77]);
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
