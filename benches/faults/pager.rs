@@ -190,7 +190,11 @@ impl Snapshot {
             std::env::temp_dir().join(format!("userfault-bench-pager-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("bench dir");
         let path = dir.join("mem");
-        std::fs::write(&path, src).expect("write the snapshot");
+        if let Err(e) = std::fs::write(&path, src) {
+            // Leave no partial gigabyte behind.
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("write the snapshot {}: {e}", path.display());
+        }
         Snapshot {
             path,
             len: src.len(),
