@@ -491,12 +491,12 @@ fn handle_batch(
     if b.faults.is_empty() {
         return pass;
     }
-    let read_at = Instant::now();
+    let read_at = shared.counters.now();
     for &addr in &b.faults {
         match resolver.fault(addr, &mut b.scratch) {
             Ok(Outcome::Done) => {
                 Counters::add(&shared.counters.demand_faults, 1);
-                shared.counters.record_latency(read_at.elapsed());
+                shared.counters.record_since(read_at);
             }
             Ok(Outcome::Again) => {
                 Counters::add(&shared.counters.retries, 1);
