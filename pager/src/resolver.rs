@@ -37,7 +37,7 @@
 //! and a handler cannot drop pages in the VMM's address space.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, LockResult, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
 use userfault::{Errno, Error as UffdError};
@@ -107,6 +107,70 @@ impl Span {
 pub(crate) struct Scratch {
     buf: Vec<u8>,
     claimed: Vec<(usize, u8)>,
+    /// The span this thread found last, and the spans' generation then
+    /// ([`Spans`]): the next lookup in the same span takes no lock.
+    span: Option<(u64, Span)>,
+}
+
+/// The spans, behind a lock that only remaps take for writing, and a
+/// generation that every write advances: a thread that cached a span at
+/// the current generation may use it without the lock (a lookup is a
+/// snapshot either way: a remap can follow it at once).
+#[derive(Debug)]
+struct Spans {
+    lock: RwLock<Vec<Span>>,
+    generation: AtomicU64,
+}
+
+impl Spans {
+    fn new(spans: Vec<Span>) -> Spans {
+        Spans {
+            lock: RwLock::new(spans),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self) -> LockResult<RwLockReadGuard<'_, Vec<Span>>> {
+        self.lock.read()
+    }
+
+    /// The spans for writing; the generation advances when the guard is
+    /// dropped, before the lock is released.
+    fn write(&self) -> LockResult<SpansWrite<'_>> {
+        let wrap = |guard| SpansWrite {
+            guard,
+            generation: &self.generation,
+        };
+        self.lock
+            .write()
+            .map(wrap)
+            .map_err(|e| std::sync::PoisonError::new(wrap(e.into_inner())))
+    }
+}
+
+/// Write access to the spans ([`Spans::write`]).
+struct SpansWrite<'a> {
+    guard: RwLockWriteGuard<'a, Vec<Span>>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for SpansWrite<'_> {
+    type Target = Vec<Span>;
+    fn deref(&self) -> &Vec<Span> {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for SpansWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Vec<Span> {
+        &mut self.guard
+    }
+}
+
+impl Drop for SpansWrite<'_> {
+    fn drop(&mut self) {
+        self.generation.fetch_add(1, Ordering::Release);
+    }
 }
 
 /// The order pages were first needed, from the fault stream.
@@ -180,7 +244,7 @@ impl Range {
 pub(crate) struct Resolver {
     uffd: Arc<Uffd>,
     source: Arc<dyn PageSource>,
-    spans: RwLock<Vec<Span>>,
+    spans: Spans,
     states: Box<[AtomicU8]>,
     remaining: AtomicUsize,
     chunk: usize,
@@ -274,7 +338,7 @@ impl Resolver {
         Ok(Resolver {
             uffd,
             source,
-            spans: RwLock::new(spans),
+            spans: Spans::new(spans),
             states: (0..first).map(|_| AtomicU8::new(PENDING)).collect(),
             remaining: AtomicUsize::new(first),
             chunk: chunk.max(1),
@@ -298,6 +362,7 @@ impl Resolver {
         Scratch {
             buf: vec![0; bytes],
             claimed: Vec::with_capacity(bytes / rustix::param::page_size() + 1),
+            span: None,
         }
     }
 
@@ -339,10 +404,30 @@ impl Resolver {
         WorkingSet::from_pages(RECORD_PAGE as u32, order).ok()
     }
 
-    fn span_of_addr(&self, addr: usize) -> Option<Span> {
+    /// The span holding `addr`: the one `cache` holds when it is still
+    /// current and holds `addr`, else looked up under the lock (and
+    /// cached).
+    #[inline]
+    fn span_of_addr(&self, addr: usize, cache: &mut Option<(u64, Span)>) -> Option<Span> {
+        let generation = self.spans.generation.load(Ordering::Acquire);
+        match cache {
+            Some((g, s)) if *g == generation && s.addr <= addr && addr < s.end() => Some(*s),
+            _ => self.span_of_addr_locked(addr, cache),
+        }
+    }
+
+    #[inline(never)]
+    fn span_of_addr_locked(&self, addr: usize, cache: &mut Option<(u64, Span)>) -> Option<Span> {
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock: a remap advances it before releasing its
+        // write lock, so this generation is the one of what is read here.
+        let generation = self.spans.generation.load(Ordering::Acquire);
         let i = spans.partition_point(|s| s.end() <= addr);
-        spans.get(i).filter(|s| s.addr <= addr).copied()
+        let span = spans.get(i).filter(|s| s.addr <= addr).copied();
+        if let Some(s) = span {
+            *cache = Some((generation, s));
+        }
+        span
     }
 
     fn span_of_index(&self, index: usize) -> Option<Span> {
@@ -364,7 +449,7 @@ impl Resolver {
     /// of the aligned chunk around it, and makes sure the faulting thread is
     /// woken.
     pub fn fault(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
-        let Some(span) = self.span_of_addr(addr) else {
+        let Some(span) = self.span_of_addr(addr, &mut scratch.span) else {
             return Ok(Outcome::Gone);
         };
         let p = (addr - span.addr) / span.page;
@@ -431,6 +516,12 @@ impl Resolver {
         fault: Option<usize>,
         scratch: &mut Scratch,
     ) -> Result<Outcome, Error> {
+        if let Some(f) = fault
+            && lo == f
+            && hi == f + 1
+        {
+            return self.resolve_one(span, f, scratch);
+        }
         scratch.claimed.clear();
         for p in lo..hi {
             let state = &self.states[span.first + p];
@@ -484,6 +575,22 @@ impl Resolver {
             (Ok(Outcome::Done), Some(f)) if !ours => self.settle_fault(span, f, scratch),
             (outcome, _) => outcome,
         }
+    }
+
+    /// [`resolve_window`](Self::resolve_window) of the faulting page `p`
+    /// alone (per-page mode, and faults outside a replayed working set):
+    /// the same claim, without building runs.
+    #[inline]
+    fn resolve_one(&self, span: &Span, p: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
+        let state = &self.states[span.first + p];
+        let mut v = state.load(Ordering::Acquire);
+        while v == PENDING || v == ZERO {
+            match state.compare_exchange_weak(v, CLAIMED, Ordering::Acquire, Ordering::Acquire) {
+                Ok(_) => return self.fill_run(span, &[(p, v)], true, &mut scratch.buf),
+                Err(now) => v = now,
+            }
+        }
+        self.settle_fault(span, p, scratch)
     }
 
     /// A fault on a page this thread did not claim: wait for its resolver,
@@ -814,7 +921,7 @@ impl Resolver {
         Ok(Resolver {
             uffd: Arc::new(child),
             source: self.source.clone(),
-            spans: RwLock::new(child_spans),
+            spans: Spans::new(child_spans),
             states,
             remaining: AtomicUsize::new(remaining),
             chunk: self.chunk,
