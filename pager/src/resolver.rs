@@ -652,6 +652,7 @@ impl Resolver {
     /// Resolves a run of consecutive claimed pages: reads the source once,
     /// then one `UFFDIO_ZEROPAGE` per stretch of zero pages and one
     /// `UFFDIO_COPY` per stretch of data pages.
+    #[inline(always)]
     fn fill_run(
         &self,
         span: &Span,
@@ -706,6 +707,7 @@ impl Resolver {
     /// Maps `run` (consecutive claimed pages) with `UFFDIO_COPY` of `src`,
     /// or `UFFDIO_ZEROPAGE` when `src` is `None`, waking its faulting
     /// threads; returns how many pages were settled and the outcome.
+    #[inline(always)]
     fn place(
         &self,
         span: &Span,
