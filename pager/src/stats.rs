@@ -13,8 +13,9 @@
 //! Timestamps come from the time-stamp counter (`rdtsc`) where the kernel
 //! keeps its own time with it (x86-64, clocksource `tsc`: the kernel has
 //! found it constant-rate and synchronized across CPUs), converted to
-//! nanoseconds with a rate calibrated against `CLOCK_MONOTONIC` when the
-//! server starts and refined whenever the counters are read. Elsewhere
+//! nanoseconds with a rate measured against `CLOCK_MONOTONIC` from the
+//! server's start to its first fault and refined whenever the counters are
+//! read. Elsewhere
 //! they come from `CLOCK_MONOTONIC` ([`Instant`]).
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -182,20 +183,14 @@ impl Default for Clock {
         if !tsc_usable() {
             return monotonic;
         }
-        let Some((base_ticks, base)) = paired_reading() else {
-            return monotonic;
-        };
-        // A first rate over a short spin; `refine` improves it over the
-        // server's lifetime.
-        while base.elapsed() < Duration::from_micros(200) {
-            std::hint::spin_loop();
-        }
-        match rate_since(base_ticks, base) {
-            Some(rate) => Clock {
+        match paired_reading() {
+            // The rate is measured at the first fault (from here to then)
+            // and refined whenever the counters are read.
+            Some((base_ticks, base)) => Clock {
                 tsc: true,
                 base,
                 base_ticks,
-                ns_per_tick: AtomicU64::new(rate),
+                ns_per_tick: AtomicU64::new(0),
             },
             None => monotonic,
         }
@@ -215,8 +210,23 @@ impl Clock {
     #[inline]
     fn ns_since(&self, start: Tick) -> u64 {
         let ticks = self.now().0.saturating_sub(start.0);
-        let rate = self.ns_per_tick.load(Relaxed);
+        let mut rate = self.ns_per_tick.load(Relaxed);
+        if rate == 0 {
+            rate = self.calibrate();
+        }
         ((u128::from(ticks) * u128::from(rate)) >> 32).min(u128::from(u64::MAX)) as u64
+    }
+
+    /// The first rate, from the base to now (at least [`MIN_CALIBRATION`]
+    /// after it: the first fault comes later than that in practice).
+    #[cold]
+    #[inline(never)]
+    fn calibrate(&self) -> u64 {
+        while self.base.elapsed() < MIN_CALIBRATION {
+            std::hint::spin_loop();
+        }
+        self.refine();
+        self.ns_per_tick.load(Relaxed)
     }
 
     /// Recomputes the counter's rate from the base to now: the longer the
@@ -229,6 +239,10 @@ impl Clock {
         }
     }
 }
+
+/// The shortest interval a first rate is measured over: the paired
+/// readings' error (tens of nanoseconds) is then well under 1 %.
+const MIN_CALIBRATION: Duration = Duration::from_micros(20);
 
 /// Nanoseconds per counter tick (32.32 fixed point) from the paired
 /// reading `(base_ticks, base)` to now.
