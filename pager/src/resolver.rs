@@ -86,6 +86,8 @@ struct Span {
     offset: u64,
     /// `UFFDIO_ZEROPAGE` is offered (not on hugetlbfs).
     zeropage: bool,
+    /// `page.trailing_zeros()` (the page size is a power of two).
+    shift: u32,
 }
 
 impl Span {
@@ -310,6 +312,7 @@ impl Resolver {
                 first,
                 offset: r.offset,
                 zeropage: reg.ioctls().contains(userfault::uffd::Ioctls::ZEROPAGE),
+                shift: r.page_size.trailing_zeros(),
             });
             first += reg.len() / r.page_size;
             largest = largest.max(r.page_size);
@@ -408,26 +411,32 @@ impl Resolver {
     /// current and holds `addr`, else looked up under the lock (and
     /// cached).
     #[inline]
-    fn span_of_addr(&self, addr: usize, cache: &mut Option<(u64, Span)>) -> Option<Span> {
+    fn span_of_addr<'c>(
+        &self,
+        addr: usize,
+        cache: &'c mut Option<(u64, Span)>,
+    ) -> Option<&'c Span> {
         let generation = self.spans.generation.load(Ordering::Acquire);
-        match cache {
-            Some((g, s)) if *g == generation && s.addr <= addr && addr < s.end() => Some(*s),
-            _ => self.span_of_addr_locked(addr, cache),
+        let hit =
+            matches!(cache, Some((g, s)) if *g == generation && s.addr <= addr && addr < s.end());
+        if !hit {
+            self.span_of_addr_locked(addr, cache);
         }
+        cache.as_ref().map(|(_, s)| s)
     }
 
+    /// Looks `addr` up under the lock and caches its span (or nothing).
     #[inline(never)]
-    fn span_of_addr_locked(&self, addr: usize, cache: &mut Option<(u64, Span)>) -> Option<Span> {
+    fn span_of_addr_locked(&self, addr: usize, cache: &mut Option<(u64, Span)>) {
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
         // Read under the lock: a remap advances it before releasing its
         // write lock, so this generation is the one of what is read here.
         let generation = self.spans.generation.load(Ordering::Acquire);
         let i = spans.partition_point(|s| s.end() <= addr);
-        let span = spans.get(i).filter(|s| s.addr <= addr).copied();
-        if let Some(s) = span {
-            *cache = Some((generation, s));
-        }
-        span
+        *cache = spans
+            .get(i)
+            .filter(|s| s.addr <= addr)
+            .map(|&s| (generation, s));
     }
 
     fn span_of_index(&self, index: usize) -> Option<Span> {
@@ -439,8 +448,12 @@ impl Resolver {
     }
 
     /// The aligned chunk of `span`'s pages around local page `p`.
+    #[inline]
     fn window(&self, span: &Span, p: usize) -> (usize, usize) {
-        let per = (self.chunk / span.page).max(1);
+        let per = (self.chunk >> span.shift).max(1);
+        if per == 1 {
+            return (p, p + 1);
+        }
         let lo = p - p % per;
         (lo, (lo + per).min(span.pages()))
     }
@@ -449,10 +462,10 @@ impl Resolver {
     /// of the aligned chunk around it, and makes sure the faulting thread is
     /// woken.
     pub fn fault(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
-        let Some(span) = self.span_of_addr(addr, &mut scratch.span) else {
+        let Some(&span) = self.span_of_addr(addr, &mut scratch.span) else {
             return Ok(Outcome::Gone);
         };
-        let p = (addr - span.addr) / span.page;
+        let p = (addr - span.addr) >> span.shift;
         if let Some(rec) = &self.recorder {
             rec.note((span.offset + (p * span.page) as u64) / RECORD_PAGE);
         }

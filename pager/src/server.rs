@@ -449,7 +449,9 @@ fn handle_batch(
     b: &mut Batch,
 ) -> Pass {
     b.faults.clear();
-    b.faults.append(&mut b.deferred);
+    if !b.deferred.is_empty() {
+        b.faults.append(&mut b.deferred);
+    }
     let mut read_any = false;
     if readable {
         let _order = shared.read_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -484,8 +486,10 @@ fn handle_batch(
             }
         }
     }
-    for child in b.forks.drain(..) {
-        spawn_child(shared, resolver, child);
+    if !b.forks.is_empty() {
+        for child in b.forks.drain(..) {
+            spawn_child(shared, resolver, child);
+        }
     }
     let pass = if read_any { Pass::Busy } else { Pass::Idle };
     if b.faults.is_empty() {
