@@ -26,8 +26,15 @@
 //!
 //! REMOVE events (a balloon's `MADV_DONTNEED`) make the next fault on
 //! those pages map zeros, never the snapshot, and the populator leaves them
-//! unbacked; UNMAP retires pages; REMAP moves them (their state moves
-//! along); FORK serves the child's copy from the state the parent had.
+//! unbacked; no resolution is in flight while an event is read and
+//! applied, so none lands in a range after its removal. UNMAP retires
+//! pages; REMAP moves them (their state moves along, and a resolution that
+//! looked up the old address starts again). FORK serves the child's copy
+//! from what it had at the fork, on a thread of its own that ends when the
+//! child exits (or, when prefetching, once every page of it is in;
+//! [`Exit::Complete`] waits for that). A fault the server cannot place
+//! (outside every range it was given) is woken rather than left asleep,
+//! and one that keeps coming back stops the server with its address.
 //!
 //! # Example
 //!

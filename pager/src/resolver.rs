@@ -17,27 +17,38 @@
 //! | state | meaning |
 //! |---|---|
 //! | `PENDING` | never resolved: its contents come from the source |
-//! | `CLAIMED` | a thread is resolving it right now |
-//! | `FILLED` | resolved (copied, or a zero page mapped) |
+//! | `FILLED` | resolved from the source (copied, or a zero page mapped) |
 //! | `ZERO` | dropped by a REMOVE event: the next fault maps zeros |
+//! | `ZFILLED` | dropped by a REMOVE event, then mapped as zeros |
 //! | `GONE` | unmapped: never resolved again |
+//! | `CLAIMED` (a flag) | a thread is resolving it; the low bits keep the state it was claimed from (`PENDING`, or `ZERO` for a faulting page) |
 //!
-//! A page moves `PENDING`/`ZERO` → `CLAIMED` by compare-and-swap, so one
-//! thread resolves it; on `EAGAIN` the claim is given back. A REMOVE waits
-//! for claimed pages to settle before it marks them `ZERO`, so no fill from
-//! the source lands after the removal was handled. On anonymous memory the
-//! kernel itself never overwrites a present page (`EEXIST`), so a guest's
-//! writes survive any race; the state keeps removed pages zero and the
-//! populator from working twice.
+//! A page is claimed by compare-and-swap, so one thread resolves it; on
+//! `EAGAIN` the claim is given back. On anonymous memory the kernel itself
+//! never overwrites a present page (`EEXIST`), so a guest's writes survive
+//! any race.
 //!
-//! One race is beyond what a handler can see: a fault read *before* a
-//! REMOVE (by another handler thread) whose `UFFDIO_COPY` lands after the
-//! kernel dropped the pages leaves that one page holding snapshot data
-//! inside the removed range. The kernel reports no order between the two,
-//! and a handler cannot drop pages in the VMM's address space.
+//! # Events and resolutions never interleave
+//!
+//! The kernel fails resolutions with `EAGAIN` while a REMOVE, UNMAP, REMAP
+//! or FORK event is queued, and lets them through again once a handler has
+//! *read* it: the `madvise` that sent a REMOVE then drops the pages,
+//! possibly while the handler is still applying the event. A resolution
+//! that started before the event and lands after the drop would leave
+//! snapshot data in a removed range. So every resolution ioctl runs under
+//! the read side of one lock ([`Resolver::order`]) and handler threads
+//! read events and apply the non-fault ones under its write side: an
+//! ioctl either completes before the event is read (and the drop then
+//! takes its pages) or starts after the event is applied. A REMOVE or
+//! UNMAP that covers a claimed page does not wait for it (the claimer may
+//! be waiting for the lock): it flags the claim (`REMOVED`, `UNMAPPED`),
+//! and the claimer, checking under the lock, leaves that page out and
+//! hands it to its new state. A REMAP bumps a generation, and a
+//! resolution holding an address from before it starts again from the
+//! page's index.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LockResult, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock};
 
 use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
 use userfault::{Errno, Error as UffdError};
@@ -48,10 +59,27 @@ use crate::stats::Counters;
 use crate::workingset::WorkingSet;
 
 const PENDING: u8 = 0;
-const CLAIMED: u8 = 1;
-const FILLED: u8 = 2;
-const ZERO: u8 = 3;
+const FILLED: u8 = 1;
+const ZERO: u8 = 2;
+const ZFILLED: u8 = 3;
 const GONE: u8 = 4;
+/// Flag: a thread is resolving the page; `BASE` keeps the state it was
+/// claimed from.
+const CLAIMED: u8 = 0x10;
+/// Flag on a claim: a REMOVE covered the page since it was claimed.
+const REMOVED: u8 = 0x20;
+/// Flag on a claim: an UNMAP covered the page since it was claimed.
+const UNMAPPED: u8 = 0x40;
+/// The state bits under the flags.
+const BASE: u8 = 0x0f;
+
+/// Attempts of one fault's resolution before it is deferred (each attempt
+/// follows a remap or another thread's resolution of the page).
+const MAX_ATTEMPTS: usize = 64;
+
+/// Fork captures kept ready, so that following a FORK event allocates
+/// nothing in a handler thread.
+const FORK_SPARES: usize = 2;
 
 /// Spans reserved beyond the initial ranges, for remap splits.
 const SPAN_ROOM: usize = 256;
@@ -70,6 +98,13 @@ pub(crate) enum Outcome {
     Gone,
     /// The process whose memory this is has exited (`ESRCH`).
     PeerGone,
+    /// A remap moved the range since its address was looked up: start
+    /// again from the page's index (never returned by the public methods).
+    Moved,
+    /// The faulting page was not resolved by this pass (another thread
+    /// holds it, or a REMOVE covered it): settle it on its own (never
+    /// returned by the public methods).
+    Unserved,
 }
 
 /// A registered range as served: where it is now and which pages of the
@@ -109,70 +144,10 @@ impl Span {
 pub(crate) struct Scratch {
     buf: Vec<u8>,
     claimed: Vec<(usize, u8)>,
-    /// The span this thread found last, and the spans' generation then
-    /// ([`Spans`]): the next lookup in the same span takes no lock.
+    /// The span this thread found last and the remap count then
+    /// (`Resolver::moves`, advanced under the spans' write lock): the next
+    /// fault in the same span looks it up without the lock.
     span: Option<(u64, Span)>,
-}
-
-/// The spans, behind a lock that only remaps take for writing, and a
-/// generation that every write advances: a thread that cached a span at
-/// the current generation may use it without the lock (a lookup is a
-/// snapshot either way: a remap can follow it at once).
-#[derive(Debug)]
-struct Spans {
-    lock: RwLock<Vec<Span>>,
-    generation: AtomicU64,
-}
-
-impl Spans {
-    fn new(spans: Vec<Span>) -> Spans {
-        Spans {
-            lock: RwLock::new(spans),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    fn read(&self) -> LockResult<RwLockReadGuard<'_, Vec<Span>>> {
-        self.lock.read()
-    }
-
-    /// The spans for writing; the generation advances when the guard is
-    /// dropped, before the lock is released.
-    fn write(&self) -> LockResult<SpansWrite<'_>> {
-        let wrap = |guard| SpansWrite {
-            guard,
-            generation: &self.generation,
-        };
-        self.lock
-            .write()
-            .map(wrap)
-            .map_err(|e| std::sync::PoisonError::new(wrap(e.into_inner())))
-    }
-}
-
-/// Write access to the spans ([`Spans::write`]).
-struct SpansWrite<'a> {
-    guard: RwLockWriteGuard<'a, Vec<Span>>,
-    generation: &'a AtomicU64,
-}
-
-impl std::ops::Deref for SpansWrite<'_> {
-    type Target = Vec<Span>;
-    fn deref(&self) -> &Vec<Span> {
-        &self.guard
-    }
-}
-
-impl std::ops::DerefMut for SpansWrite<'_> {
-    fn deref_mut(&mut self) -> &mut Vec<Span> {
-        &mut self.guard
-    }
-}
-
-impl Drop for SpansWrite<'_> {
-    fn drop(&mut self) {
-        self.generation.fetch_add(1, Ordering::Release);
-    }
 }
 
 /// The order pages were first needed, from the fault stream.
@@ -246,16 +221,54 @@ impl Range {
 pub(crate) struct Resolver {
     uffd: Arc<Uffd>,
     source: Arc<dyn PageSource>,
-    spans: Spans,
+    spans: RwLock<Vec<Span>>,
     states: Box<[AtomicU8]>,
     remaining: AtomicUsize,
     chunk: usize,
     counters: Arc<Counters>,
     recorder: Option<Recorder>,
-    zeros: Vec<u8>,
+    zeros: Arc<[u8]>,
     /// One bit per page of the state: in the working set being replayed
     /// ([`predict`](Self::predict)).
-    predicted: Option<Box<[u64]>>,
+    predicted: Option<Arc<[u64]>>,
+    /// Read side: a resolution ioctl in flight; write side: events being
+    /// read and applied (see the module docs).
+    order: RwLock<()>,
+    /// Remaps applied so far: a resolution that looked its address up
+    /// under another value starts again.
+    moves: AtomicU64,
+    /// Fork captures ready for the next FORK events.
+    fork_spares: Arc<Mutex<Vec<ForkCapture>>>,
+}
+
+/// What a child's state is built from, taken while the FORK event is
+/// applied (in event order, before anything later in the batch), into
+/// buffers allocated beforehand.
+#[derive(Debug)]
+pub(crate) struct ForkCapture {
+    spans: Vec<Span>,
+    states: Box<[u8]>,
+    source: Option<Arc<dyn PageSource>>,
+    zeros: Option<Arc<[u8]>>,
+    predicted: Option<Arc<[u64]>>,
+    chunk: usize,
+    counters: Option<Arc<Counters>>,
+    spares: Option<Arc<Mutex<Vec<ForkCapture>>>>,
+}
+
+impl ForkCapture {
+    fn with_room(pages: usize, spans: usize) -> ForkCapture {
+        ForkCapture {
+            spans: Vec::with_capacity(spans),
+            states: vec![0; pages].into_boxed_slice(),
+            source: None,
+            zeros: None,
+            predicted: None,
+            chunk: 0,
+            counters: None,
+            spares: None,
+        }
+    }
 }
 
 impl Resolver {
@@ -338,18 +351,29 @@ impl Resolver {
         // Room for the splits remaps make, so that following one does not
         // allocate.
         spans.reserve(SPAN_ROOM);
+        let spares = fork_spares(&uffd, first, spans.capacity());
         Ok(Resolver {
             uffd,
             source,
-            spans: Spans::new(spans),
+            spans: RwLock::new(spans),
             states: (0..first).map(|_| AtomicU8::new(PENDING)).collect(),
             remaining: AtomicUsize::new(first),
             chunk: chunk.max(1),
             counters,
             recorder,
-            zeros: vec![0; largest],
+            zeros: vec![0; largest].into(),
             predicted: None,
+            order: RwLock::new(()),
+            moves: AtomicU64::new(0),
+            fork_spares: spares,
         })
+    }
+
+    /// The write side of the order lock: held while a handler thread reads
+    /// events and applies the non-fault ones, so that no resolution ioctl
+    /// runs meanwhile (see the module docs).
+    pub fn order(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.order.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Buffers for one thread: a chunk of the largest page size.
@@ -407,18 +431,19 @@ impl Resolver {
         WorkingSet::from_pages(RECORD_PAGE as u32, order).ok()
     }
 
-    /// The span holding `addr`: the one `cache` holds when it is still
-    /// current and holds `addr`, else looked up under the lock (and
-    /// cached).
+    /// The span holding `addr`: the one `cache` holds when no remap came
+    /// since (`moves_seen`) and it holds `addr`, else looked up under the
+    /// lock (and cached). A lookup is a snapshot either way: a remap can
+    /// follow it at once, which `place` finds from `moves`.
     #[inline]
     fn span_of_addr<'c>(
         &self,
         addr: usize,
+        moves_seen: u64,
         cache: &'c mut Option<(u64, Span)>,
     ) -> Option<&'c Span> {
-        let generation = self.spans.generation.load(Ordering::Acquire);
         let hit =
-            matches!(cache, Some((g, s)) if *g == generation && s.addr <= addr && addr < s.end());
+            matches!(cache, Some((m, s)) if *m == moves_seen && s.addr <= addr && addr < s.end());
         if !hit {
             self.span_of_addr_locked(addr, cache);
         }
@@ -430,13 +455,10 @@ impl Resolver {
     fn span_of_addr_locked(&self, addr: usize, cache: &mut Option<(u64, Span)>) {
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
         // Read under the lock: a remap advances it before releasing its
-        // write lock, so this generation is the one of what is read here.
-        let generation = self.spans.generation.load(Ordering::Acquire);
+        // write lock, so this count is the one of what is read here.
+        let moves = self.moves.load(Ordering::Acquire);
         let i = spans.partition_point(|s| s.end() <= addr);
-        *cache = spans
-            .get(i)
-            .filter(|s| s.addr <= addr)
-            .map(|&s| (generation, s));
+        *cache = spans.get(i).filter(|s| s.addr <= addr).map(|&s| (moves, s));
     }
 
     fn span_of_index(&self, index: usize) -> Option<Span> {
@@ -460,29 +482,75 @@ impl Resolver {
 
     /// Resolves a demand fault at `addr` together with the unresolved pages
     /// of the aligned chunk around it, and makes sure the faulting thread is
-    /// woken.
+    /// woken: by the resolution, or with `UFFDIO_WAKE` when the page cannot
+    /// be placed at `addr` (outside every range: [`Outcome::Gone`]; moved
+    /// by a remap since the fault).
     pub fn fault(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
-        let Some(&span) = self.span_of_addr(addr, &mut scratch.span) else {
-            return Ok(Outcome::Gone);
+        let mut moves_seen = self.moves.load(Ordering::Acquire);
+        let Some(&span) = self.span_of_addr(addr, moves_seen, &mut scratch.span) else {
+            return Ok(self.unserved(addr, rustix::param::page_size()));
         };
-        let p = (addr - span.addr) >> span.shift;
+        let mut span = span;
+        let page_addr = addr - ((addr - span.addr) & (span.page - 1));
+        let index = span.first + ((addr - span.addr) >> span.shift);
         if let Some(rec) = &self.recorder {
+            let p = index - span.first;
             rec.note((span.offset + (p * span.page) as u64) / RECORD_PAGE);
         }
-        let index = span.first + p;
         let unpredicted = self
             .predicted
             .as_ref()
             .is_some_and(|bits| bits[index / 64] & (1 << (index % 64)) == 0);
-        // A fault outside the working set being replayed is one the
-        // recording did not foresee: its neighbours are no likelier to be
-        // needed than any other page, so only the page itself is resolved.
-        let (lo, hi) = if unpredicted {
-            (p, p + 1)
-        } else {
-            self.window(&span, p)
-        };
-        self.resolve_window(&span, lo, hi, Some(p), scratch)
+        let mut alone = unpredicted;
+        for _ in 0..MAX_ATTEMPTS {
+            let p = index - span.first;
+            // A fault outside the working set being replayed is one the
+            // recording did not foresee: its neighbours are no likelier to
+            // be needed than any other page, so only the page itself is
+            // resolved.
+            let (lo, hi) = if alone {
+                (p, p + 1)
+            } else {
+                self.window(&span, p)
+            };
+            let outcome = match self.resolve_window(&span, moves_seen, lo, hi, Some(p), scratch) {
+                Ok(Outcome::Unserved) => self.settle_fault(&span, p),
+                other => other,
+            };
+            match outcome {
+                Ok(Outcome::Done) if span.addr + p * span.page == page_addr => {
+                    return Ok(Outcome::Done);
+                }
+                Ok(Outcome::Done) => {
+                    // Resolved where a remap put it: the thread waits at
+                    // the old address.
+                    let _ = self.uffd.wake_range(page_addr, span.page);
+                    return Ok(Outcome::Done);
+                }
+                Ok(Outcome::Unserved) => alone = true,
+                Ok(Outcome::Moved) => {}
+                Ok(Outcome::Gone) => {
+                    Counters::add(&self.counters.unserved_faults, 1);
+                    let _ = self.uffd.wake_range(page_addr, span.page);
+                    return Ok(Outcome::Gone);
+                }
+                other => return other,
+            }
+            moves_seen = self.moves.load(Ordering::Acquire);
+            match self.span_of_index(index) {
+                Some(s) => span = s,
+                None => return Ok(self.unserved(page_addr, span.page)),
+            }
+        }
+        Ok(Outcome::Again)
+    }
+
+    /// A fault the server cannot place: wakes its thread, which retries
+    /// the access.
+    fn unserved(&self, addr: usize, page: usize) -> Outcome {
+        Counters::add(&self.counters.unserved_faults, 1);
+        let _ = self.uffd.wake_range(addr - addr % page, page);
+        Outcome::Gone
     }
 
     /// Marks the pages of `ws` as the working set being replayed: a fault
@@ -497,7 +565,7 @@ impl Resolver {
                 bits[i / 64] |= 1 << (i % 64);
             }
         }
-        self.predicted = Some(bits);
+        self.predicted = Some(bits.into());
     }
 
     /// Resolves the unresolved pages among `pages` consecutive pages from
@@ -512,18 +580,29 @@ impl Resolver {
         pages: usize,
         scratch: &mut Scratch,
     ) -> (Result<Outcome, Error>, usize) {
-        let Some(span) = self.span_of_index(index) else {
-            return (Ok(Outcome::Gone), 1);
-        };
-        let p = index - span.first;
-        let room = (scratch.buf.len() / span.page).max(1);
-        let hi = (p + pages.clamp(1, room)).min(span.pages());
-        (self.resolve_window(&span, p, hi, None, scratch), hi - p)
+        for _ in 0..MAX_ATTEMPTS {
+            let moves_seen = self.moves.load(Ordering::Acquire);
+            let Some(span) = self.span_of_index(index) else {
+                return (Ok(Outcome::Gone), 1);
+            };
+            let p = index - span.first;
+            let room = (scratch.buf.len() / span.page).max(1);
+            let hi = (p + pages.clamp(1, room)).min(span.pages());
+            match self.resolve_window(&span, moves_seen, p, hi, None, scratch) {
+                Ok(Outcome::Moved) => continue,
+                outcome => return (outcome, hi - p),
+            }
+        }
+        (Ok(Outcome::Again), 1)
     }
 
+    /// Claims the unresolved pages of `[lo, hi)` of `span` and resolves
+    /// them; with `fault`, that page goes first. Returns
+    /// [`Outcome::Unserved`] when the faulting page was not resolved here.
     fn resolve_window(
         &self,
         span: &Span,
+        moves_seen: u64,
         lo: usize,
         hi: usize,
         fault: Option<usize>,
@@ -533,7 +612,7 @@ impl Resolver {
             && lo == f
             && hi == f + 1
         {
-            return self.resolve_one(span, f, scratch);
+            return self.resolve_one(span, moves_seen, f, scratch);
         }
         scratch.claimed.clear();
         for p in lo..hi {
@@ -542,8 +621,12 @@ impl Resolver {
             // Neighbours are claimed only while pending; a removed page is
             // mapped (as zeros) only when it is the one faulting.
             while v == PENDING || (v == ZERO && fault == Some(p)) {
-                match state.compare_exchange_weak(v, CLAIMED, Ordering::Acquire, Ordering::Acquire)
-                {
+                match state.compare_exchange_weak(
+                    v,
+                    v | CLAIMED,
+                    Ordering::Acquire,
+                    Ordering::Acquire,
+                ) {
                     Ok(_) => {
                         scratch.claimed.push((p, v));
                         break;
@@ -561,6 +644,7 @@ impl Resolver {
             claimed.rotate_left(k);
         }
         let mut outcome = Ok(Outcome::Done);
+        let mut served = false;
         let mut i = 0;
         while i < claimed.len() {
             let start = i;
@@ -571,7 +655,17 @@ impl Resolver {
             {
                 i += 1;
             }
-            match self.fill_run(span, &claimed[start..i], fault.is_some(), &mut scratch.buf) {
+            let (done, r) = self.fill_run(
+                span,
+                moves_seen,
+                &claimed[start..i],
+                fault.is_some(),
+                scratch,
+            );
+            if start == 0 && first.is_some() {
+                served = done > 0;
+            }
+            match r {
                 Ok(Outcome::Done) => {}
                 other => {
                     // The run gave back its own claims; give back the rest.
@@ -581,52 +675,65 @@ impl Resolver {
                 }
             }
         }
-        let ours = first.is_some();
         claimed.clear();
         scratch.claimed = claimed;
-        match (outcome, fault) {
-            (Ok(Outcome::Done), Some(f)) if !ours => self.settle_fault(span, f, scratch),
-            (outcome, _) => outcome,
+        match outcome {
+            Ok(Outcome::Done) if fault.is_some() && !served => Ok(Outcome::Unserved),
+            outcome => outcome,
         }
     }
 
     /// [`resolve_window`](Self::resolve_window) of the faulting page `p`
     /// alone (per-page mode, and faults outside a replayed working set):
-    /// the same claim, without building runs.
+    /// the same claim and outcome, without building runs.
     #[inline]
-    fn resolve_one(&self, span: &Span, p: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
+    fn resolve_one(
+        &self,
+        span: &Span,
+        moves_seen: u64,
+        p: usize,
+        scratch: &mut Scratch,
+    ) -> Result<Outcome, Error> {
         let state = &self.states[span.first + p];
         let mut v = state.load(Ordering::Acquire);
         while v == PENDING || v == ZERO {
-            match state.compare_exchange_weak(v, CLAIMED, Ordering::Acquire, Ordering::Acquire) {
-                Ok(_) => return self.fill_run(span, &[(p, v)], true, &mut scratch.buf),
+            match state.compare_exchange_weak(v, v | CLAIMED, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return match self.fill_run(span, moves_seen, &[(p, v)], true, scratch) {
+                        (0, Ok(Outcome::Done)) => Ok(Outcome::Unserved),
+                        (_, outcome) => outcome,
+                    };
+                }
                 Err(now) => v = now,
             }
         }
-        self.settle_fault(span, p, scratch)
+        Ok(Outcome::Unserved)
     }
 
-    /// A fault on a page this thread did not claim: wait for its resolver,
-    /// then wake the faulting thread (or map zeros if the page is absent).
-    fn settle_fault(&self, span: &Span, p: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
+    /// A fault on a page this thread did not resolve: waits for another
+    /// thread's claim to settle, then wakes the faulting thread (or maps
+    /// zeros if the page is absent). [`Outcome::Unserved`] when the page is
+    /// unresolved again (its claim was given back, or a REMOVE dropped it):
+    /// resolve it on its own.
+    fn settle_fault(&self, span: &Span, p: usize) -> Result<Outcome, Error> {
         let state = &self.states[span.first + p];
         let addr = span.addr + p * span.page;
         let mut spins = 0u32;
         loop {
-            match state.load(Ordering::Acquire) {
-                CLAIMED => {
-                    spins += 1;
-                    if spins < 64 {
-                        std::hint::spin_loop();
-                    } else {
-                        std::thread::yield_now();
-                    }
+            let v = state.load(Ordering::Acquire);
+            if v & CLAIMED != 0 {
+                spins += 1;
+                if spins < 64 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
                 }
-                PENDING | ZERO => return self.resolve_window(span, p, p + 1, Some(p), scratch),
-                GONE => {
-                    let _ = self.uffd.wake(&span.reg, addr, span.page);
-                    return Ok(Outcome::Done);
-                }
+                continue;
+            }
+            match v {
+                PENDING | ZERO => return Ok(Outcome::Unserved),
+                GONE => return Ok(Outcome::Gone),
                 _ => {
                     // Normally present (another thread's resolution raced
                     // this fault): EEXIST, and the thread is woken. Absent
@@ -664,21 +771,25 @@ impl Resolver {
 
     /// Resolves a run of consecutive claimed pages: reads the source once,
     /// then one `UFFDIO_ZEROPAGE` per stretch of zero pages and one
-    /// `UFFDIO_COPY` per stretch of data pages.
+    /// `UFFDIO_COPY` per stretch of data pages. Returns how many of its
+    /// pages were resolved (from the first) and the outcome; every claim
+    /// not resolved is given back.
     #[inline(always)]
     fn fill_run(
         &self,
         span: &Span,
+        moves_seen: u64,
         run: &[(usize, u8)],
         demand: bool,
-        buf: &mut Vec<u8>,
-    ) -> Result<Outcome, Error> {
+        scratch: &mut Scratch,
+    ) -> (usize, Result<Outcome, Error>) {
         let ps = span.page;
         let n = run.len();
         let bytes = n * ps;
         let offset = span.offset + (run[0].0 * ps) as u64;
         let removed = run.iter().all(|c| c.1 == ZERO);
         let known_zero = removed || self.source.is_zero(offset, bytes as u64);
+        let buf = &mut scratch.buf;
         if buf.len() < bytes {
             buf.resize(bytes, 0);
         }
@@ -690,7 +801,7 @@ impl Resolver {
         } else {
             if let Err(e) = self.source.read_at(offset, data) {
                 self.release(span, run);
-                return Err(Error::Source(e));
+                return (0, Err(Error::Source(e)));
             }
             for (k, c) in run.iter().enumerate() {
                 if c.1 == ZERO {
@@ -699,6 +810,7 @@ impl Resolver {
             }
         }
         let is_zero = |k: usize| known_zero || all_zero(&data[k * ps..(k + 1) * ps]);
+        let mut resolved = 0;
         let mut k = 0;
         while k < n {
             let zero = is_zero(k);
@@ -707,75 +819,112 @@ impl Resolver {
                 e += 1;
             }
             let src = (!(zero && span.zeropage)).then(|| &data[k * ps..e * ps]);
-            let (done, outcome) = self.place(span, &run[k..e], src, demand);
+            let (done, outcome) = self.place(span, moves_seen, &run[k..e], src, demand);
+            if k == 0 {
+                resolved = done;
+            }
             if !matches!(outcome, Ok(Outcome::Done)) {
-                self.release(span, &run[k + done..]);
-                return outcome;
+                self.release(span, &run[e..]);
+                return (resolved, outcome);
             }
             k = e;
         }
-        Ok(Outcome::Done)
+        (resolved, Ok(Outcome::Done))
+    }
+
+    /// True when a REMOVE or UNMAP covered claimed page `p` of `span`.
+    fn flagged(&self, span: &Span, p: usize) -> bool {
+        self.states[span.first + p].load(Ordering::Acquire) & (REMOVED | UNMAPPED) != 0
     }
 
     /// Maps `run` (consecutive claimed pages) with `UFFDIO_COPY` of `src`,
     /// or `UFFDIO_ZEROPAGE` when `src` is `None`, waking its faulting
-    /// threads; returns how many pages were settled and the outcome.
+    /// threads, under the read side of the order lock. Pages a REMOVE or
+    /// UNMAP covered since they were claimed are left out. Returns how many
+    /// pages from the first were resolved (a page left out ends that
+    /// count) and the outcome; every claim it does not resolve is given
+    /// back.
     #[inline(always)]
     fn place(
         &self,
         span: &Span,
+        moves_seen: u64,
         run: &[(usize, u8)],
         src: Option<&[u8]>,
         demand: bool,
     ) -> (usize, Result<Outcome, Error>) {
         let ps = span.page;
+        let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+        if self.moves.load(Ordering::Acquire) != moves_seen {
+            self.release(span, run);
+            return (0, Ok(Outcome::Moved));
+        }
+        let mut resolved = 0;
+        let mut contiguous = true;
         let mut at = 0;
         while at < run.len() {
+            if self.flagged(span, run[at].0) {
+                // Not from the source any more: it becomes ZERO (or GONE).
+                self.release(span, &run[at..at + 1]);
+                contiguous = false;
+                at += 1;
+                continue;
+            }
+            let mut end = at + 1;
+            while end < run.len() && !self.flagged(span, run[end].0) {
+                end += 1;
+            }
             let addr = span.addr + run[at].0 * ps;
-            let len = (run.len() - at) * ps;
             let r = match src {
-                Some(src) => self
-                    .uffd
-                    .copy(&span.reg, addr, &src[at * ps..], CopyMode::empty()),
+                Some(src) => {
+                    self.uffd
+                        .copy(&span.reg, addr, &src[at * ps..end * ps], CopyMode::empty())
+                }
                 None => self
                     .uffd
-                    .zeropage(&span.reg, addr, len, ZeropageMode::empty()),
+                    .zeropage(&span.reg, addr, (end - at) * ps, ZeropageMode::empty()),
             };
-            match r {
+            let settled = match r {
                 Ok(_) => {
-                    self.settle(span, &run[at..], src.is_none(), demand);
-                    at = run.len();
+                    self.settle(span, &run[at..end], src.is_none(), demand);
+                    end - at
                 }
                 Err(UffdError::Partial { done, .. }) => {
                     // The kernel stopped part-way (and woke what it did);
                     // the next call says why.
-                    let d = ((done as usize) / ps).max(1).min(run.len() - at);
+                    let d = ((done as usize) / ps).max(1).min(end - at);
                     self.settle(span, &run[at..at + d], src.is_none(), demand);
-                    at += d;
+                    d
                 }
                 Err(e) if e.is_exists() => {
                     // Present already: never overwritten. Wake its waiters.
                     let _ = self.uffd.wake(&span.reg, addr, ps);
                     Counters::add(&self.counters.already_present, 1);
-                    self.mark(span, &run[at..at + 1], FILLED);
-                    at += 1;
+                    self.mark_resolved(span, &run[at..at + 1]);
+                    1
                 }
                 Err(e) => {
                     let outcome = classify(e);
                     if matches!(outcome, Ok(Outcome::Gone)) {
-                        // No longer registered (unmapped, or unregistered):
-                        // never to be resolved again.
-                        self.mark(span, &run[at..], GONE);
-                        return (run.len(), outcome);
+                        // Not registered any more, with the ranges as they
+                        // are now (no remap can be applied meanwhile):
+                        // unmapped or unregistered, never to be resolved.
+                        self.retire(span, &run[at..]);
+                    } else {
+                        self.release(span, &run[at..]);
                     }
-                    return (at, outcome);
+                    return (resolved, outcome);
                 }
+            };
+            if contiguous {
+                resolved += settled;
             }
+            at += settled;
         }
-        (run.len(), Ok(Outcome::Done))
+        (resolved, Ok(Outcome::Done))
     }
 
-    /// Marks resolved pages `FILLED` and counts them.
+    /// Marks resolved pages and counts them.
     fn settle(&self, span: &Span, run: &[(usize, u8)], zero: bool, demand: bool) {
         let n = run.len() as u64;
         let c = &self.counters;
@@ -792,11 +941,13 @@ impl Resolver {
         } else {
             Counters::add(&c.copied_bytes, n * span.page as u64);
         }
-        self.mark(span, run, FILLED);
+        self.mark_resolved(span, run);
     }
 
-    fn mark(&self, span: &Span, run: &[(usize, u8)], to: u8) {
+    /// Claims resolved: `FILLED`, or `ZFILLED` for a removed page.
+    fn mark_resolved(&self, span: &Span, run: &[(usize, u8)]) {
         for &(p, was) in run {
+            let to = if was == ZERO { ZFILLED } else { FILLED };
             self.states[span.first + p].store(to, Ordering::Release);
             if was == PENDING {
                 self.remaining.fetch_sub(1, Ordering::AcqRel);
@@ -804,16 +955,43 @@ impl Resolver {
         }
     }
 
-    /// Gives claims back to the state they were taken from.
-    fn release(&self, span: &Span, run: &[(usize, u8)]) {
+    /// Claims on pages no longer registered: `GONE`.
+    fn retire(&self, span: &Span, run: &[(usize, u8)]) {
         for &(p, was) in run {
-            self.states[span.first + p].store(was, Ordering::Release);
+            self.states[span.first + p].store(GONE, Ordering::Release);
+            if was == PENDING {
+                self.remaining.fetch_sub(1, Ordering::AcqRel);
+            }
         }
     }
 
-    /// Sets every page of `[start, end)` with `to`, waiting out claims;
-    /// returns how many pages changed.
+    /// Gives claims back: to the state they were taken from, or to what a
+    /// REMOVE (`ZERO`) or UNMAP (`GONE`) that covered them meanwhile made
+    /// of them.
+    fn release(&self, span: &Span, run: &[(usize, u8)]) {
+        for &(p, was) in run {
+            let state = &self.states[span.first + p];
+            // Flags are only added while claimed, so one swap settles it.
+            let v = state.load(Ordering::Acquire);
+            let to = if v & UNMAPPED != 0 {
+                GONE
+            } else if v & REMOVED != 0 {
+                ZERO
+            } else {
+                was
+            };
+            state.store(to, Ordering::Release);
+            if was == PENDING && to != PENDING {
+                self.remaining.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Sets every page of `[start, end)` to `to` (`ZERO` or `GONE`), or
+    /// flags it when claimed; returns how many pages changed. Called with
+    /// the order lock's write side held, so no resolution is in flight.
     fn set_range(&self, start: usize, end: usize, to: u8) -> u64 {
+        let flag = if to == GONE { UNMAPPED } else { REMOVED };
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
         let mut changed = 0;
         for s in spans.iter().filter(|s| s.addr < end && start < s.end()) {
@@ -821,24 +999,29 @@ impl Resolver {
             let hi = (end.min(s.end()) - s.addr).div_ceil(s.page);
             for p in lo..hi {
                 let state = &self.states[s.first + p];
+                let mut v = state.load(Ordering::Acquire);
                 loop {
-                    let v = state.load(Ordering::Acquire);
-                    if v == CLAIMED {
-                        std::thread::yield_now();
-                        continue;
-                    }
-                    if v == to || v == GONE {
-                        break;
-                    }
-                    if state
-                        .compare_exchange(v, to, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    {
-                        if v == PENDING {
-                            self.remaining.fetch_sub(1, Ordering::AcqRel);
+                    let (next, counts) = if v & CLAIMED != 0 {
+                        if v & flag != 0 {
+                            break;
                         }
-                        changed += 1;
+                        (v | flag, true)
+                    } else if v == to || v == GONE || (to == ZERO && v == ZERO) {
                         break;
+                    } else {
+                        (to, true)
+                    };
+                    match state.compare_exchange(v, next, Ordering::AcqRel, Ordering::Acquire) {
+                        Ok(_) => {
+                            if v == PENDING {
+                                self.remaining.fetch_sub(1, Ordering::AcqRel);
+                            }
+                            if counts {
+                                changed += 1;
+                            }
+                            break;
+                        }
+                        Err(now) => v = now,
                     }
                 }
             }
@@ -847,20 +1030,23 @@ impl Resolver {
     }
 
     /// `UFFD_EVENT_REMOVE`: the pages of `[start, end)` were dropped; the
-    /// next fault on each maps zeros, and the populator leaves them unbacked.
+    /// next fault on each maps zeros, and the populator leaves them
+    /// unbacked. Called under [`order`](Self::order).
     pub fn remove(&self, start: usize, end: usize) {
         let n = self.set_range(start, end, ZERO);
         Counters::add(&self.counters.removed_pages, n);
     }
 
-    /// `UFFD_EVENT_UNMAP`: the pages of `[start, end)` are gone.
+    /// `UFFD_EVENT_UNMAP`: the pages of `[start, end)` are gone. Called
+    /// under [`order`](Self::order).
     pub fn unmap(&self, start: usize, end: usize) {
         let n = self.set_range(start, end, GONE);
         Counters::add(&self.counters.unmapped_pages, n);
     }
 
     /// `UFFD_EVENT_REMAP`: `[from, from + len)` now lives at `to`; its pages
-    /// keep their state.
+    /// keep their state. Called under [`order`](Self::order); resolutions
+    /// that looked an address up before it start again.
     pub fn remap(&self, from: usize, to: usize, len: usize) -> Result<(), Error> {
         let mut spans = self.spans.write().unwrap_or_else(|e| e.into_inner());
         let end = from + len;
@@ -904,46 +1090,98 @@ impl Resolver {
         }
         // Unstable sort: in place, no buffer.
         spans.sort_unstable_by_key(|s| s.addr);
+        self.moves.fetch_add(1, Ordering::AcqRel);
         Counters::add(&self.counters.remaps, 1);
         Ok(())
     }
 
-    /// `UFFD_EVENT_FORK`: state for the child's copy of the ranges,
-    /// registered with `child`; the child sees what the parent had, so its
-    /// pages start in the parent's states (claims in flight: pending).
-    pub fn fork(&self, child: Uffd) -> Result<Resolver, Error> {
-        let spans = self.spans.read().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut child_spans = Vec::with_capacity(spans.len());
-        for s in &spans {
-            child_spans.push(Span {
+    /// `UFFD_EVENT_FORK`, while it is applied (under [`order`](Self::order),
+    /// in event order): what the child's state is built from, into a
+    /// capture allocated beforehand (a new one only when more forks than
+    /// [`FORK_SPARES`] wait to be set up).
+    ///
+    /// The child has what the parent had at the fork, which the state
+    /// cannot tell apart from what the parent got since: a page resolved
+    /// in the parent may be present in the child or not. So the child's
+    /// resolved pages start pending (a copy onto a present page fails
+    /// with `EEXIST` and only wakes), removed ones stay removed, and claims
+    /// in flight go back to what they were claimed from.
+    pub fn capture_fork(&self) -> ForkCapture {
+        let spare = self
+            .fork_spares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop();
+        let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
+        let mut cap =
+            spare.unwrap_or_else(|| ForkCapture::with_room(self.states.len(), spans.capacity()));
+        cap.spans.clear();
+        cap.spans.extend_from_slice(&spans);
+        for (to, from) in cap.states.iter_mut().zip(self.states.iter()) {
+            let v = from.load(Ordering::Acquire);
+            *to = if v & UNMAPPED != 0 {
+                GONE
+            } else if v & REMOVED != 0 {
+                ZERO
+            } else {
+                match v & BASE {
+                    FILLED => PENDING,
+                    ZFILLED => ZERO,
+                    base => base,
+                }
+            };
+        }
+        cap.source = Some(self.source.clone());
+        cap.zeros = Some(self.zeros.clone());
+        cap.predicted = self.predicted.clone();
+        cap.chunk = self.chunk;
+        cap.counters = Some(self.counters.clone());
+        cap.spares = Some(self.fork_spares.clone());
+        Counters::add(&self.counters.forks, 1);
+        cap
+    }
+
+    /// The child's resolver, serving the ranges registered with `child`
+    /// from `cap` (taken by [`capture_fork`](Self::capture_fork) when its
+    /// FORK event was applied). Allocates: not for a handler thread. Puts
+    /// a fresh capture back among the parent's spares.
+    pub fn for_child(child: Uffd, mut cap: ForkCapture) -> Result<Resolver, Error> {
+        let mut spans = Vec::with_capacity(cap.spans.capacity());
+        for s in &cap.spans {
+            spans.push(Span {
                 reg: child.inherit(&s.reg)?,
                 ..*s
             });
         }
-        let states: Box<[AtomicU8]> = self
-            .states
-            .iter()
-            .map(|s| match s.load(Ordering::Acquire) {
-                CLAIMED => AtomicU8::new(PENDING),
-                v => AtomicU8::new(v),
-            })
-            .collect();
-        let remaining = states
-            .iter()
-            .filter(|s| s.load(Ordering::Relaxed) == PENDING)
-            .count();
-        Counters::add(&self.counters.forks, 1);
+        let states: Box<[AtomicU8]> = cap.states.iter().map(|&v| AtomicU8::new(v)).collect();
+        let remaining = cap.states.iter().filter(|&&v| v == PENDING).count();
+        let (Some(source), Some(zeros), Some(counters)) =
+            (cap.source.take(), cap.zeros.take(), cap.counters.take())
+        else {
+            return Err(Error::Config("a fork capture that was never taken".into()));
+        };
+        if let Some(parent_spares) = cap.spares.take() {
+            let fresh = ForkCapture::with_room(cap.states.len(), cap.spans.capacity());
+            let mut pool = parent_spares.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < FORK_SPARES {
+                pool.push(fresh);
+            }
+        }
+        let fork_spares = fork_spares(&child, states.len(), spans.capacity());
         Ok(Resolver {
             uffd: Arc::new(child),
-            source: self.source.clone(),
-            spans: Spans::new(child_spans),
+            source,
+            spans: RwLock::new(spans),
             states,
             remaining: AtomicUsize::new(remaining),
-            chunk: self.chunk,
-            counters: self.counters.clone(),
+            chunk: cap.chunk,
+            counters,
             recorder: None,
-            zeros: self.zeros.clone(),
-            predicted: self.predicted.clone(),
+            zeros,
+            predicted: cap.predicted.take(),
+            order: RwLock::new(()),
+            moves: AtomicU64::new(0),
+            fork_spares,
         })
     }
 
@@ -970,6 +1208,22 @@ impl Resolver {
         }
         Ok(())
     }
+}
+
+/// The fork captures a resolver keeps ready: [`FORK_SPARES`] when its
+/// userfaultfd reports forks, none otherwise.
+fn fork_spares(uffd: &Uffd, pages: usize, spans: usize) -> Arc<Mutex<Vec<ForkCapture>>> {
+    let n = if uffd
+        .features()
+        .contains(userfault::uffd::Features::EVENT_FORK)
+    {
+        FORK_SPARES
+    } else {
+        0
+    };
+    let mut pool = Vec::with_capacity(FORK_SPARES);
+    pool.extend((0..n).map(|_| ForkCapture::with_room(pages, spans)));
+    Arc::new(Mutex::new(pool))
 }
 
 /// What a resolution error means for the server.

@@ -2,7 +2,7 @@
 //! populator.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use rustix::event::{PollFd, PollFlags, Timespec};
 use userfault::uffd::{Event, EventBuffer, Uffd};
 
 use crate::error::Error;
-use crate::resolver::{Outcome, Range, Resolver, Scratch};
+use crate::resolver::{ForkCapture, Outcome, Range, Resolver, Scratch};
 use crate::source::PageSource;
 use crate::stats::{Counters, Stats};
 use crate::workingset::WorkingSet;
@@ -97,12 +97,20 @@ struct Shared {
     stopping: AtomicBool,
     exit: Mutex<Option<Exit>>,
     finished: Condvar,
-    /// Held while reading events and applying the non-fault ones, so that
-    /// a fault read after a REMOVE sees the removal applied.
-    read_lock: Mutex<()>,
     peer: Option<OwnedFd>,
+    prefetch: bool,
     prefetch_done: AtomicBool,
     children: Mutex<Vec<JoinHandle<()>>>,
+    /// Forked children captured and not yet done (their FORK event was
+    /// applied; their thread has not ended).
+    live_children: AtomicUsize,
+    /// FORK events applied, waiting for the fork thread to set their
+    /// child up (handler threads never allocate; it does).
+    fork_queue: Mutex<Vec<(Uffd, ForkCapture)>>,
+    fork_ready: Condvar,
+    /// Threads that have allocated everything and entered their loop.
+    started: Mutex<usize>,
+    started_cv: Condvar,
 }
 
 impl Shared {
@@ -116,10 +124,20 @@ impl Shared {
         self.stopping.store(true, Ordering::Release);
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
         self.finished.notify_all();
+        // Under the queue's lock, so the fork thread cannot miss it between
+        // testing the flag and waiting.
+        drop(self.fork_queue.lock().unwrap_or_else(|e| e.into_inner()));
+        self.fork_ready.notify_all();
     }
 
     fn stopped(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// A thread has allocated what it needs and enters its loop.
+    fn announce_started(&self) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.started_cv.notify_all();
     }
 
     fn stats(&self) -> Stats {
@@ -193,15 +211,26 @@ impl Server {
             stopping: AtomicBool::new(false),
             exit: Mutex::new(None),
             finished: Condvar::new(),
-            read_lock: Mutex::new(()),
             peer: config.peer,
+            prefetch: config.prefetch,
             prefetch_done: AtomicBool::new(false),
             children: Mutex::new(Vec::new()),
+            live_children: AtomicUsize::new(0),
+            fork_queue: Mutex::new(Vec::with_capacity(BATCH)),
+            fork_ready: Condvar::new(),
+            started: Mutex::new(0),
+            started_cv: Condvar::new(),
         });
         let mut server = Server {
             shared: shared.clone(),
             threads: Vec::new(),
         };
+        let forks = shared
+            .resolver
+            .uffd()
+            .features()
+            .contains(userfault::uffd::Features::EVENT_FORK);
+        let mut announced = 0;
         for i in 0..config.threads {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
@@ -209,6 +238,27 @@ impl Server {
                 .spawn(move || handler_thread(&shared))
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
+            announced += 1;
+        }
+        if forks {
+            let shared = shared.clone();
+            let t = std::thread::Builder::new()
+                .name("pager-forks".into())
+                .spawn(move || fork_thread(&shared))
+                .map_err(|e| Error::io("spawn", e))?;
+            server.threads.push(t);
+            announced += 1;
+        }
+        // Returns once every handler thread has allocated its buffers and
+        // entered its loop: a fork of a process that serves its own memory
+        // holds the allocator's locks until its FORK event is read, so a
+        // handler thread still setting up then would never read it.
+        {
+            let n = shared.started.lock().unwrap_or_else(|e| e.into_inner());
+            let _n = shared
+                .started_cv
+                .wait_while(n, |n| *n < announced)
+                .unwrap_or_else(|e| e.into_inner());
         }
         if config.prefetch {
             let shared = shared.clone();
@@ -335,6 +385,10 @@ fn peer_closed(fd: BorrowedFd<'_>, revents: PollFlags) -> Option<String> {
 /// Events read at once.
 const BATCH: usize = 64;
 
+/// Faults in a row on one page outside every range before the server
+/// gives up on it.
+const MAX_UNSERVED: u32 = 64;
+
 /// Faults kept for a retry after `EAGAIN` without allocating.
 const MAX_DEFERRED: usize = 1024;
 
@@ -349,13 +403,28 @@ fn handler_thread(shared: &Arc<Shared>) {
     serve(
         shared,
         &shared.resolver,
-        shared.peer.as_ref().map(|p| p.as_fd()),
+        Role::Parent(shared.peer.as_ref().map(|p| p.as_fd())),
     );
 }
 
+/// Whose userfaultfd a handler thread serves.
+#[derive(Clone, Copy)]
+enum Role<'a> {
+    /// The server's own, with the VMM's descriptor to watch.
+    Parent(Option<BorrowedFd<'a>>),
+    /// A forked child's: served until the child exits, or (with prefetch)
+    /// until every page of it is in; it ends only this thread.
+    Child,
+}
+
 /// One handler thread's loop over `resolver`'s userfaultfd.
-fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>) {
+fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>) {
     let uffd = resolver.uffd().clone();
+    let peer = match role {
+        Role::Parent(peer) => peer,
+        Role::Child => None,
+    };
+    let child = matches!(role, Role::Child);
     // Everything is allocated here, before the first read: from the poll to
     // the end of applying a batch's events nothing allocates (see
     // `Scratch`). Deferred faults are bounded by the faulting threads
@@ -366,9 +435,39 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
         deferred: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
         forks: Vec::with_capacity(BATCH),
         scratch: resolver.scratch(),
+        unserved: (0, 0),
     };
+    if !child {
+        shared.announce_started();
+    }
+    // A child's pages not faulted yet, filled between its events.
+    let mut child_cursor = 0;
     loop {
-        let timeout = (!b.deferred.is_empty()).then(|| timespec(Duration::from_micros(200)));
+        if child && shared.prefetch {
+            match populate_child_step(resolver, &mut child_cursor, &mut b.scratch) {
+                ChildStep::More => {}
+                ChildStep::Done => {
+                    // Every page of the child is in: it needs the server no
+                    // more.
+                    if let Err(e) = resolver.finish() {
+                        shared.finish(Exit::Failed(e));
+                    }
+                    return;
+                }
+                ChildStep::Exited => return,
+                ChildStep::Failed(e) => {
+                    shared.finish(Exit::Failed(e));
+                    return;
+                }
+            }
+        }
+        // Until the child is complete (checked above), never blocks.
+        let populating = child && shared.prefetch;
+        let timeout = if populating {
+            Some(timespec(Duration::ZERO))
+        } else {
+            (!b.deferred.is_empty()).then(|| timespec(Duration::from_micros(200)))
+        };
         let mut fds = [
             PollFd::new(&uffd, PollFlags::IN),
             PollFd::new(&shared.stop, PollFlags::IN),
@@ -406,13 +505,54 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, peer: Option<BorrowedFd<'_>>
         // resolution often faults again before the next poll, and reading
         // straight away saves that poll.
         loop {
-            match handle_batch(shared, resolver, &uffd, readable, &mut b) {
+            match handle_batch(shared, resolver, &uffd, readable, child, &mut b) {
                 Pass::Stop => return,
                 Pass::Idle => break,
                 Pass::Busy if shared.stopped() => return,
                 Pass::Busy => readable = true,
             }
         }
+    }
+}
+
+/// What one background step on a child's pages found.
+enum ChildStep {
+    More,
+    Done,
+    Exited,
+    Failed(Error),
+}
+
+/// Resolves the next chunk of a forked child's pending pages (sequential
+/// from `cursor`), between its events.
+fn populate_child_step(
+    resolver: &Resolver,
+    cursor: &mut usize,
+    scratch: &mut Scratch,
+) -> ChildStep {
+    let total = resolver.total();
+    if resolver.remaining() == 0 {
+        return ChildStep::Done;
+    }
+    let mut seen = 0;
+    while seen < total && !resolver.is_pending(*cursor % total) {
+        *cursor += 1;
+        seen += 1;
+    }
+    if seen == total {
+        // Claimed by a handler right now, or given back after EAGAIN.
+        std::thread::yield_now();
+        return ChildStep::More;
+    }
+    let at = *cursor % total;
+    let (outcome, covered) = resolver.prefetch_run(at, total - at, scratch);
+    match outcome {
+        Ok(Outcome::PeerGone) => ChildStep::Exited,
+        Ok(_) => {
+            *cursor = at + covered;
+            ChildStep::More
+        }
+        Err(e) => ChildStep::Failed(e),
     }
 }
 
@@ -431,8 +571,11 @@ struct Batch {
     buf: EventBuffer,
     faults: Vec<usize>,
     deferred: Vec<usize>,
-    forks: Vec<Uffd>,
+    forks: Vec<(Uffd, ForkCapture)>,
     scratch: Scratch,
+    /// The last page faulted outside every range, and how many times in a
+    /// row.
+    unserved: (usize, u32),
 }
 
 /// One pass of a handler thread once `poll` returned: reads the events
@@ -446,6 +589,7 @@ fn handle_batch(
     resolver: &Resolver,
     uffd: &Uffd,
     readable: bool,
+    child: bool,
     b: &mut Batch,
 ) -> Pass {
     b.faults.clear();
@@ -454,7 +598,7 @@ fn handle_batch(
     }
     let mut read_any = false;
     if readable {
-        let _order = shared.read_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _order = resolver.order();
         let events = match uffd.read_events(&mut b.buf) {
             Ok(events) => events,
             Err(e) => {
@@ -479,17 +623,21 @@ fn handle_batch(
                         return Pass::Stop;
                     }
                 }
-                // Served once the order lock is released: setting up a
-                // child allocates.
-                Event::Fork { uffd: child } => b.forks.push(child),
+                // Captured now, in event order (a REMOVE later in the batch
+                // is not the child's); set up by the fork thread, since
+                // that allocates.
+                Event::Fork { uffd: child } => {
+                    shared.live_children.fetch_add(1, Ordering::AcqRel);
+                    b.forks.push((child, resolver.capture_fork()));
+                }
                 _ => Counters::add(&shared.counters.other_events, 1),
             }
         }
     }
     if !b.forks.is_empty() {
-        for child in b.forks.drain(..) {
-            spawn_child(shared, resolver, child);
-        }
+        let mut queue = shared.fork_queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.append(&mut b.forks);
+        shared.fork_ready.notify_all();
     }
     let pass = if read_any { Pass::Busy } else { Pass::Idle };
     if b.faults.is_empty() {
@@ -502,11 +650,30 @@ fn handle_batch(
                 Counters::add(&shared.counters.demand_faults, 1);
                 shared.counters.record_since(read_at);
             }
-            Ok(Outcome::Again) => {
+            Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved) => {
                 Counters::add(&shared.counters.retries, 1);
                 b.deferred.push(addr);
             }
-            Ok(Outcome::Gone) => Counters::add(&shared.counters.other_events, 1),
+            // Woken (and counted) by the resolver. The same page coming
+            // back again and again is a mapping the server was never given
+            // (a registered range the VMM grew, say): stop with its address
+            // rather than wake it forever.
+            Ok(Outcome::Gone) => {
+                let page = addr & !(rustix::param::page_size() - 1);
+                b.unserved = match b.unserved {
+                    (p, n) if p == page => (p, n + 1),
+                    _ => (page, 1),
+                };
+                if b.unserved.1 >= MAX_UNSERVED {
+                    shared.finish(Exit::Failed(Error::Config(format!(
+                        "page faults at {page:#x} keep arriving outside every served range \
+                         (a registered mapping grew or was replaced without the server being told)"
+                    ))));
+                    return Pass::Stop;
+                }
+            }
+            // A forked child exited: only its thread ends.
+            Ok(Outcome::PeerGone) if child => return Pass::Stop,
             Ok(Outcome::PeerGone) => {
                 shared.finish(Exit::PeerClosed {
                     reason: "the process whose memory is served has exited".into(),
@@ -522,28 +689,55 @@ fn handle_batch(
     pass
 }
 
-/// Serves a forked child's copy of the ranges on its own thread, from the
-/// state the parent had at the fork, until the server stops (the server
-/// joins it).
-fn spawn_child(shared: &Arc<Shared>, parent: &Resolver, child: Uffd) {
-    let resolver = match parent.fork(child) {
-        Ok(r) => r,
-        Err(e) => {
-            shared.finish(Exit::Failed(e));
-            return;
+/// Sets forked children up as their FORK events are applied: builds each
+/// child's state from its capture and serves it on a thread of its own
+/// (the server joins it).
+fn fork_thread(shared: &Arc<Shared>) {
+    shared.announce_started();
+    loop {
+        let (child, capture) = {
+            let queue = shared.fork_queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut queue = shared
+                .fork_ready
+                .wait_while(queue, |q| q.is_empty() && !shared.stopped())
+                .unwrap_or_else(|e| e.into_inner());
+            if shared.stopped() {
+                return;
+            }
+            match queue.pop() {
+                Some(item) => item,
+                None => continue,
+            }
+        };
+        let resolver = match Resolver::for_child(child, capture) {
+            Ok(r) => r,
+            Err(e) => {
+                shared.live_children.fetch_sub(1, Ordering::AcqRel);
+                shared.finish(Exit::Failed(e));
+                return;
+            }
+        };
+        let shared_for_child = shared.clone();
+        let t = std::thread::Builder::new()
+            .name("pager-fork".into())
+            .spawn(move || {
+                serve(&shared_for_child, &resolver, Role::Child);
+                shared_for_child
+                    .live_children
+                    .fetch_sub(1, Ordering::AcqRel);
+            });
+        match t {
+            Ok(t) => shared
+                .children
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t),
+            Err(e) => {
+                shared.live_children.fetch_sub(1, Ordering::AcqRel);
+                shared.finish(Exit::Failed(Error::io("spawn", e)));
+                return;
+            }
         }
-    };
-    let shared_for_child = shared.clone();
-    let t = std::thread::Builder::new()
-        .name("pager-fork".into())
-        .spawn(move || serve(&shared_for_child, &resolver, None));
-    match t {
-        Ok(t) => shared
-            .children
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(t),
-        Err(e) => shared.finish(Exit::Failed(Error::io("spawn", e))),
     }
 }
 
@@ -625,7 +819,7 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             let (outcome, covered) = resolver.prefetch_run(at, end - at, scratch);
             match outcome {
                 Ok(Outcome::Done | Outcome::Gone) => at += covered,
-                Ok(Outcome::Again) => {
+                Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved) => {
                     Counters::add(&shared.counters.retries, 1);
                     std::thread::sleep(Duration::from_micros(100));
                 }
@@ -671,9 +865,28 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
     }
     shared.prefetch_done.store(true, Ordering::Release);
     if finish {
-        match resolver.finish() {
-            Ok(()) => shared.finish(Exit::Complete),
-            Err(e) => shared.finish(Exit::Failed(e)),
+        if let Err(e) = resolver.finish() {
+            shared.finish(Exit::Failed(e));
+            return;
         }
+        // Forked children are served until every page of theirs is in too
+        // (or they exit): the server stops once none is left. A fork from
+        // before the unregistration may still have its event unread; one
+        // after it reports nothing (no range is registered any more).
+        loop {
+            if shared.stopped() {
+                return;
+            }
+            let unread = {
+                let _order = resolver.order();
+                let mut fds = [PollFd::new(resolver.uffd(), PollFlags::IN)];
+                matches!(rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))), Ok(n) if n > 0)
+            };
+            if !unread && shared.live_children.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared.finish(Exit::Complete);
     }
 }

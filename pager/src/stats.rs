@@ -42,6 +42,7 @@ pub(crate) struct Counters {
     pub remaps: AtomicU64,
     pub forks: AtomicU64,
     pub other_events: AtomicU64,
+    pub unserved_faults: AtomicU64,
     latency: Histogram,
     clock: Clock,
 }
@@ -88,6 +89,7 @@ impl Counters {
             remaps: get(&self.remaps),
             forks: get(&self.forks),
             other_events: get(&self.other_events),
+            unserved_faults: get(&self.unserved_faults),
             latency,
         }
     }
@@ -347,6 +349,11 @@ pub struct Stats {
     pub forks: u64,
     /// Events of kinds the server does not act on.
     pub other_events: u64,
+    /// Page faults the server could not place: outside every served range
+    /// (a registered mapping the VMM grew, say), or in a range unmapped
+    /// meanwhile. Each was woken with `UFFDIO_WAKE` (its thread retries the
+    /// access) rather than left asleep.
+    pub unserved_faults: u64,
     /// Demand-fault latency, from the `read` that returned the event to its
     /// resolution: the handler's service time ([`Latency`] says how it is
     /// timed).

@@ -633,6 +633,45 @@ fn ranges_are_checked_against_the_registration() {
     assert_refused_before_syscall(err, "ioctl mask");
 }
 
+/// `wake_range` wakes a faulting thread without a registration and
+/// without resolving: the thread retries, faults again, and is served by
+/// the next resolution; bad ranges are refused before the system call.
+#[test]
+fn wake_range_makes_a_fault_retry_without_a_registration() {
+    const TEST: &str = "wake_range_makes_a_fault_retry_without_a_registration";
+    let uffd = require!(TEST, "uffd", fixtures::open(Features::empty()));
+    let mem = Mem::new(Kind::AnonPrivate, 2).expect("memory");
+    let ps = mem.page_size();
+    // SAFETY: the mapping is only accessed through raw pointers.
+    let reg =
+        unsafe { uffd.register(mem.addr(), mem.len(), RegisterMode::MISSING) }.expect("register");
+    let page = mem.page_addr(1);
+    let touch = Touch::read(page, 8);
+    expect_fault(&uffd, page, FaultKind::Missing, false);
+    assert_eq!(ok(uffd.wake_range(page, ps)), Ok(ps));
+    // Still missing: the woken thread faults again, a second event.
+    expect_fault(&uffd, page, FaultKind::Missing, false);
+    assert!(touch.still_blocked());
+    let data = pattern(4, ps);
+    assert_eq!(ok(uffd.copy(&reg, page, &data, CopyMode::empty())), Ok(ps));
+    assert_eq!(touch.wait().data, data[..8].to_vec());
+    for (err, words) in [
+        (
+            uffd.wake_range(page + 1, ps).expect_err("unaligned"),
+            "multiples of the page size",
+        ),
+        (uffd.wake_range(page, 0).expect_err("empty"), "zero"),
+        (
+            uffd.wake_range(usize::MAX - ps + 1, ps).expect_err("wrap"),
+            "wraps around",
+        ),
+    ] {
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        assert_refused_before_syscall(err, words);
+    }
+    uffd.unregister(&reg).expect("unregister");
+}
+
 /// CONTINUE with WP maps the cached page write-protected: reads proceed,
 /// the first write waits for the handler.
 #[test]

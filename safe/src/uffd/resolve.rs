@@ -630,6 +630,31 @@ impl Uffd {
         self.wake_prechecked(start, len)
     }
 
+    /// `ioctl(uffd, UFFDIO_WAKE, {start, len})` for a range no
+    /// [`Registration`] is at hand for—wakes the threads of this
+    /// userfaultfd's address space waiting on faults in
+    /// `[start, start + len)`; they retry their access. Returns `len`.
+    ///
+    /// For a handler that read a fault it cannot place: an address outside
+    /// every range it knows (its registrations went stale, or the process
+    /// grew a registered mapping), or one whose range was unmapped or moved
+    /// meanwhile. Waking resolves nothing and touches no memory, so it needs
+    /// no registration; a thread whose page is still missing faults again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for an empty, unaligned or wrapping range
+    /// (before the system call); from the kernel `EINVAL`.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_WAKE(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_WAKE.2const.html)
+    #[doc(alias = "UFFDIO_WAKE")]
+    pub fn wake_range(&self, start: usize, len: usize) -> Result<usize> {
+        super::register::check_range("UFFDIO_WAKE", start, len)?;
+        self.wake_prechecked(start, len)
+    }
+
     /// The `UFFDIO_WAKE` of [`wake`](Self::wake) without its checks, for the
     /// typed regions of [`crate::resolve`]: the range is whole pages of the
     /// caller's registration with this userfaultfd (every registration
