@@ -304,7 +304,7 @@ impl Uffd {
     ///   [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
     /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
     #[doc(alias = "UFFDIO_COPY")]
-    #[inline]
+    #[inline(always)]
     pub fn copy(
         &self,
         reg: &Registration,
