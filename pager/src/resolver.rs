@@ -518,9 +518,9 @@ impl Resolver {
                 other => other,
             };
             match outcome {
-                Ok(Outcome::Done) if span.addr + p * span.page == page_addr => {
-                    return Ok(Outcome::Done);
-                }
+                // Returned as it is: a new value would drop this one (an
+                // out-of-line call, for a `Result` that holds an `Error`).
+                Ok(Outcome::Done) if span.addr + p * span.page == page_addr => return outcome,
                 Ok(Outcome::Done) => {
                     // Resolved where a remap put it: the thread waits at
                     // the old address.
