@@ -308,9 +308,11 @@ fn run(args: &Args) -> Result<(), Failure> {
         peer: Some(peer),
     };
     let started = Instant::now();
+    // Before the start: its handler threads serve at once, so a stop from
+    // here on is a stop while serving (counters printed, recording saved).
+    stop.serving.store(true, Ordering::Release);
     let server = Server::start(Arc::new(hs.uffd), &ranges, source, config)
         .map_err(|e| Failure(format!("{e}; nothing was served"), 1))?;
-    stop.serving.store(true, Ordering::Release);
     let progress = args.prefetch && std::io::stderr().is_terminal();
     let mut printed = false;
     let mut signal = 0;

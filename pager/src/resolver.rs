@@ -78,8 +78,15 @@ const BASE: u8 = 0x0f;
 const MAX_ATTEMPTS: usize = 64;
 
 /// Fork captures kept ready, so that following a FORK event allocates
-/// nothing in a handler thread.
-const FORK_SPARES: usize = 2;
+/// nothing in a handler thread: this many forks may be in flight before
+/// the fork thread has set the earlier ones up. One more allocates while
+/// the events are applied, which in a process that serves its own memory
+/// can wait on a fork's allocator locks.
+const FORK_SPARES: usize = 4;
+
+/// Bytes one resolution ioctl maps at most: a handler thread waiting to
+/// read events waits for one of them at the most.
+const PLACE_MAX: usize = 128 << 10;
 
 /// Spans reserved beyond the initial ranges, for remap splits.
 const SPAN_ROOM: usize = 256;
@@ -105,6 +112,11 @@ pub(crate) enum Outcome {
     /// holds it, or a REMOVE covered it): settle it on its own (never
     /// returned by the public methods).
     Unserved,
+    /// The kernel says the range is not mapped (`ENOENT`) on a userfaultfd
+    /// whose ranges can move: the claims were given back, and the REMAP or
+    /// UNMAP event that explains it is still to be read. Retry later, and
+    /// [`Resolver::retire_unmapped`] the pages if it lasts.
+    NotMapped,
 }
 
 /// A registered range as served: where it is now and which pages of the
@@ -239,6 +251,9 @@ pub(crate) struct Resolver {
     moves: AtomicU64,
     /// Fork captures ready for the next FORK events.
     fork_spares: Arc<Mutex<Vec<ForkCapture>>>,
+    /// The userfaultfd reports REMAP events, so a range can move: `ENOENT`
+    /// may mean "moved, event not read yet".
+    movable: bool,
 }
 
 /// What a child's state is built from, taken while the FORK event is
@@ -352,6 +367,9 @@ impl Resolver {
         // allocate.
         spans.reserve(SPAN_ROOM);
         let spares = fork_spares(&uffd, first, spans.capacity());
+        let movable = uffd
+            .features()
+            .contains(userfault::uffd::Features::EVENT_REMAP);
         Ok(Resolver {
             uffd,
             source,
@@ -366,6 +384,7 @@ impl Resolver {
             order: RwLock::new(()),
             moves: AtomicU64::new(0),
             fork_spares: spares,
+            movable,
         })
     }
 
@@ -529,7 +548,9 @@ impl Resolver {
                 }
                 Ok(Outcome::Unserved) => alone = true,
                 Ok(Outcome::Moved) => {}
-                Ok(Outcome::Gone) => {
+                // Not mapped at `addr` (any more): the thread retries its
+                // access; a move's event, once read, places the page.
+                Ok(Outcome::Gone | Outcome::NotMapped) => {
                     Counters::add(&self.counters.unserved_faults, 1);
                     let _ = self.uffd.wake_range(page_addr, span.page);
                     return Ok(Outcome::Gone);
@@ -839,11 +860,13 @@ impl Resolver {
 
     /// Maps `run` (consecutive claimed pages) with `UFFDIO_COPY` of `src`,
     /// or `UFFDIO_ZEROPAGE` when `src` is `None`, waking its faulting
-    /// threads, under the read side of the order lock. Pages a REMOVE or
-    /// UNMAP covered since they were claimed are left out. Returns how many
-    /// pages from the first were resolved (a page left out ends that
-    /// count) and the outcome; every claim it does not resolve is given
-    /// back.
+    /// threads. Each ioctl (of at most [`PLACE_MAX`] bytes, so that a
+    /// handler waiting to read events never waits long) runs under the read
+    /// side of the order lock, after checking that no remap moved the range
+    /// and leaving out pages a REMOVE or UNMAP covered since they were
+    /// claimed. Returns how many pages from the first were resolved (a page
+    /// left out ends that count) and the outcome; every claim it does not
+    /// resolve is given back.
     #[inline(always)]
     fn place(
         &self,
@@ -854,15 +877,16 @@ impl Resolver {
         demand: bool,
     ) -> (usize, Result<Outcome, Error>) {
         let ps = span.page;
-        let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
-        if self.moves.load(Ordering::Acquire) != moves_seen {
-            self.release(span, run);
-            return (0, Ok(Outcome::Moved));
-        }
+        let most = (PLACE_MAX / ps).max(1);
         let mut resolved = 0;
         let mut contiguous = true;
         let mut at = 0;
         while at < run.len() {
+            let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+            if self.moves.load(Ordering::Acquire) != moves_seen {
+                self.release(span, &run[at..]);
+                return (resolved, Ok(Outcome::Moved));
+            }
             if self.flagged(span, run[at].0) {
                 // Not from the source any more: it becomes ZERO (or GONE).
                 self.release(span, &run[at..at + 1]);
@@ -871,7 +895,7 @@ impl Resolver {
                 continue;
             }
             let mut end = at + 1;
-            while end < run.len() && !self.flagged(span, run[end].0) {
+            while end < run.len() && end - at < most && !self.flagged(span, run[end].0) {
                 end += 1;
             }
             let addr = span.addr + run[at].0 * ps;
@@ -905,13 +929,20 @@ impl Resolver {
                 }
                 Err(e) => {
                     let outcome = classify(e);
-                    if matches!(outcome, Ok(Outcome::Gone)) {
-                        // Not registered any more, with the ranges as they
-                        // are now (no remap can be applied meanwhile):
-                        // unmapped or unregistered, never to be resolved.
+                    if matches!(outcome, Ok(Outcome::Gone)) && !self.movable {
+                        // Not registered any more, and ranges never move
+                        // on this userfaultfd (no REMAP events: a moved
+                        // range loses its registration): unmapped or
+                        // unregistered, never to be resolved again.
                         self.retire(span, &run[at..]);
-                    } else {
-                        self.release(span, &run[at..]);
+                        return (resolved, outcome);
+                    }
+                    self.release(span, &run[at..]);
+                    if matches!(outcome, Ok(Outcome::Gone)) {
+                        // The kernel may have moved or unmapped the range
+                        // without its event read yet: it says ENOENT
+                        // before it says EAGAIN. The event decides.
+                        return (resolved, Ok(Outcome::NotMapped));
                     }
                     return (resolved, outcome);
                 }
@@ -922,6 +953,26 @@ impl Resolver {
             at += settled;
         }
         (resolved, Ok(Outcome::Done))
+    }
+
+    /// Gives up on the pending pages of `[index, index + pages)`: after the
+    /// kernel has said for long enough that they are not mapped (and no
+    /// event explained it), they are `GONE`. Returns how many were.
+    pub fn retire_unmapped(&self, index: usize, pages: usize) -> usize {
+        let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+        let end = (index + pages).min(self.states.len());
+        let mut n = 0;
+        for state in &self.states[index.min(end)..end] {
+            if state
+                .compare_exchange(PENDING, GONE, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.remaining.fetch_sub(1, Ordering::AcqRel);
+                n += 1;
+            }
+        }
+        Counters::add(&self.counters.unmapped_pages, n as u64);
+        n
     }
 
     /// Marks resolved pages and counts them.
@@ -1077,6 +1128,17 @@ impl Resolver {
             // pages are the same ones the caller registered, under the
             // same contract (no Rust references into them).
             moved.reg = unsafe { self.uffd.register(moved.addr, moved.len, s.reg.mode()) }?;
+            // The kernel moves one whole registered mapping, so every page
+            // of it is live: one given up on as unmapped (the kernel said
+            // ENOENT for long with this event unread) is pending again.
+            for state in &self.states[moved.first..moved.first + moved.pages()] {
+                if state
+                    .compare_exchange(GONE, PENDING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    self.remaining.fetch_add(1, Ordering::AcqRel);
+                }
+            }
             spans[i] = moved;
             i += 1;
             if s.addr < lo {
@@ -1100,12 +1162,15 @@ impl Resolver {
     /// capture allocated beforehand (a new one only when more forks than
     /// [`FORK_SPARES`] wait to be set up).
     ///
-    /// The child has what the parent had at the fork, which the state
-    /// cannot tell apart from what the parent got since: a page resolved
-    /// in the parent may be present in the child or not. So the child's
-    /// resolved pages start pending (a copy onto a present page fails
-    /// with `EEXIST` and only wakes), removed ones stay removed, and claims
-    /// in flight go back to what they were claimed from.
+    /// The child has what the parent had at the fork, and that is what the
+    /// state says now: from the fork until its event is read the kernel
+    /// fails every resolution with `EAGAIN`, a resolution in flight when the
+    /// fork began finished before the address space was copied (the fork
+    /// waits for it), and events before the FORK were applied before it. So
+    /// the child's states are the parent's, with claims in flight given back
+    /// to what they were claimed from (their ioctl will fail). A resolved
+    /// page the child lacks (a `MADV_WIPEONFORK` range) reads as zeros, as
+    /// the kernel would give it.
     pub fn capture_fork(&self) -> ForkCapture {
         let spare = self
             .fork_spares
@@ -1124,11 +1189,7 @@ impl Resolver {
             } else if v & REMOVED != 0 {
                 ZERO
             } else {
-                match v & BASE {
-                    FILLED => PENDING,
-                    ZFILLED => ZERO,
-                    base => base,
-                }
+                v & BASE
             };
         }
         cap.source = Some(self.source.clone());
@@ -1168,6 +1229,9 @@ impl Resolver {
             }
         }
         let fork_spares = fork_spares(&child, states.len(), spans.capacity());
+        let movable = child
+            .features()
+            .contains(userfault::uffd::Features::EVENT_REMAP);
         Ok(Resolver {
             uffd: Arc::new(child),
             source,
@@ -1182,6 +1246,7 @@ impl Resolver {
             order: RwLock::new(()),
             moves: AtomicU64::new(0),
             fork_spares,
+            movable,
         })
     }
 

@@ -400,11 +400,48 @@ fn timespec(d: Duration) -> Timespec {
 }
 
 fn handler_thread(shared: &Arc<Shared>) {
+    let mut started = Started::new(shared);
     serve(
         shared,
         &shared.resolver,
         Role::Parent(shared.peer.as_ref().map(|p| p.as_fd())),
+        &mut started,
     );
+}
+
+/// Announces a thread's start to [`Server::start`] once, at the latest
+/// when the thread ends (even by a panic), so that `start` never waits for
+/// a thread that will not come.
+struct Started<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl<'a> Started<'a> {
+    fn new(shared: &'a Shared) -> Started<'a> {
+        Started {
+            shared,
+            done: false,
+        }
+    }
+
+    /// For a thread nobody waits for.
+    fn announced(shared: &'a Shared) -> Started<'a> {
+        Started { shared, done: true }
+    }
+
+    fn announce(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.shared.announce_started();
+        }
+    }
+}
+
+impl Drop for Started<'_> {
+    fn drop(&mut self) {
+        self.announce();
+    }
 }
 
 /// Whose userfaultfd a handler thread serves.
@@ -418,7 +455,7 @@ enum Role<'a> {
 }
 
 /// One handler thread's loop over `resolver`'s userfaultfd.
-fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>) {
+fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mut Started<'_>) {
     let uffd = resolver.uffd().clone();
     let peer = match role {
         Role::Parent(peer) => peer,
@@ -437,14 +474,14 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>) {
         scratch: resolver.scratch(),
         unserved: (0, 0),
     };
-    if !child {
-        shared.announce_started();
-    }
+    started.announce();
     // A child's pages not faulted yet, filled between its events.
     let mut child_cursor = 0;
+    let mut not_mapped = None;
     loop {
         if child && shared.prefetch {
-            match populate_child_step(resolver, &mut child_cursor, &mut b.scratch) {
+            match populate_child_step(resolver, &mut child_cursor, &mut not_mapped, &mut b.scratch)
+            {
                 ChildStep::More => {}
                 ChildStep::Done => {
                     // Every page of the child is in: it needs the server no
@@ -528,6 +565,7 @@ enum ChildStep {
 fn populate_child_step(
     resolver: &Resolver,
     cursor: &mut usize,
+    not_mapped: &mut Option<(usize, Instant)>,
     scratch: &mut Scratch,
 ) -> ChildStep {
     let total = resolver.total();
@@ -548,6 +586,13 @@ fn populate_child_step(
     let (outcome, covered) = resolver.prefetch_run(at, total - at, scratch);
     match outcome {
         Ok(Outcome::PeerGone) => ChildStep::Exited,
+        Ok(Outcome::NotMapped) => {
+            if unmapped_for_good(not_mapped, at) {
+                resolver.retire_unmapped(at, covered);
+                *cursor = at + covered;
+            }
+            ChildStep::More
+        }
         Ok(_) => {
             *cursor = at + covered;
             ChildStep::More
@@ -647,10 +692,12 @@ fn handle_batch(
     for &addr in &b.faults {
         match resolver.fault(addr, &mut b.scratch) {
             Ok(Outcome::Done) => {
+                b.unserved = (0, 0);
                 Counters::add(&shared.counters.demand_faults, 1);
                 shared.counters.record_since(read_at);
             }
-            Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved) => {
+            Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved | Outcome::NotMapped) => {
+                b.unserved = (0, 0);
                 Counters::add(&shared.counters.retries, 1);
                 b.deferred.push(addr);
             }
@@ -664,6 +711,11 @@ fn handle_batch(
                     (p, n) if p == page => (p, n + 1),
                     _ => (page, 1),
                 };
+                if b.unserved.1 >= MAX_UNSERVED && child {
+                    // A child's mapping the server was never given: stop
+                    // serving that child only.
+                    return Pass::Stop;
+                }
                 if b.unserved.1 >= MAX_UNSERVED {
                     shared.finish(Exit::Failed(Error::Config(format!(
                         "page faults at {page:#x} keep arriving outside every served range \
@@ -693,7 +745,7 @@ fn handle_batch(
 /// child's state from its capture and serves it on a thread of its own
 /// (the server joins it).
 fn fork_thread(shared: &Arc<Shared>) {
-    shared.announce_started();
+    Started::new(shared).announce();
     loop {
         let (child, capture) = {
             let queue = shared.fork_queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -721,7 +773,9 @@ fn fork_thread(shared: &Arc<Shared>) {
         let t = std::thread::Builder::new()
             .name("pager-fork".into())
             .spawn(move || {
-                serve(&shared_for_child, &resolver, Role::Child);
+                // Not a thread `Server::start` waits for.
+                let mut started = Started::announced(&shared_for_child);
+                serve(&shared_for_child, &resolver, Role::Child, &mut started);
                 shared_for_child
                     .live_children
                     .fetch_sub(1, Ordering::AcqRel);
@@ -737,6 +791,23 @@ fn fork_thread(shared: &Arc<Shared>) {
                 shared.finish(Exit::Failed(Error::io("spawn", e)));
                 return;
             }
+        }
+    }
+}
+
+/// How long the kernel may say a range is not mapped, with no event read
+/// to explain it, before its pending pages are given up on. A move's or an
+/// unmap's event follows within microseconds of the kernel's change.
+const NOT_MAPPED_GRACE: Duration = Duration::from_millis(50);
+
+/// True once the extent at `at` has been reported not mapped for
+/// [`NOT_MAPPED_GRACE`] (`since` keeps when that started, for one extent).
+fn unmapped_for_good(since: &mut Option<(usize, Instant)>, at: usize) -> bool {
+    match *since {
+        Some((i, t0)) if i == at => t0.elapsed() >= NOT_MAPPED_GRACE,
+        _ => {
+            *since = Some((at, Instant::now()));
+            false
         }
     }
 }
@@ -773,6 +844,11 @@ fn yield_to_demand(shared: &Shared) {
 /// the per-call costs vanish; small enough that a demand fault on a page
 /// the populator holds waits well under a millisecond.
 const EXTENT: usize = 512 << 10;
+
+/// How long a completed server keeps reading events, with nothing unread
+/// and no forked child live, before it stops: a fork that began before the
+/// ranges were unregistered sends its event late.
+const QUIET_BEFORE_COMPLETE: Duration = Duration::from_millis(20);
 
 /// The populator's nice value once the working set is in.
 const BACKGROUND_NICE: i32 = 10;
@@ -811,6 +887,7 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
     let prefetch = |start: usize, len: usize, scratch: &mut Scratch| -> bool {
         let end = start + len;
         let mut at = start;
+        let mut not_mapped: Option<(usize, Instant)> = None;
         while at < end {
             if shared.stopped() {
                 return false;
@@ -819,6 +896,14 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             let (outcome, covered) = resolver.prefetch_run(at, end - at, scratch);
             match outcome {
                 Ok(Outcome::Done | Outcome::Gone) => at += covered,
+                Ok(Outcome::NotMapped) => {
+                    if unmapped_for_good(&mut not_mapped, at) {
+                        resolver.retire_unmapped(at, covered);
+                        at += covered;
+                    } else {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
                 Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved) => {
                     Counters::add(&shared.counters.retries, 1);
                     std::thread::sleep(Duration::from_micros(100));
@@ -870,9 +955,12 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             return;
         }
         // Forked children are served until every page of theirs is in too
-        // (or they exit): the server stops once none is left. A fork from
-        // before the unregistration may still have its event unread; one
-        // after it reports nothing (no range is registered any more).
+        // (or they exit): the server stops once none is left. A fork after
+        // the unregistration reports nothing (no range is registered any
+        // more), but one from before it queues its event only once it has
+        // copied the address space: the handler threads keep reading until
+        // nothing has been unread, and no child live, for a while.
+        let mut quiet_since: Option<Instant> = None;
         loop {
             if shared.stopped() {
                 return;
@@ -882,7 +970,11 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
                 let mut fds = [PollFd::new(resolver.uffd(), PollFlags::IN)];
                 matches!(rustix::event::poll(&mut fds, Some(&timespec(Duration::ZERO))), Ok(n) if n > 0)
             };
-            if !unread && shared.live_children.load(Ordering::Acquire) == 0 {
+            if unread || shared.live_children.load(Ordering::Acquire) > 0 {
+                quiet_since = None;
+            } else if quiet_since.get_or_insert_with(Instant::now).elapsed()
+                >= QUIET_BEFORE_COMPLETE
+            {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));

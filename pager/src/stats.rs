@@ -314,7 +314,9 @@ fn paired_reading() -> Option<(u64, Instant)> {
 /// A snapshot of the server's counters ([`Server::stats`](crate::Server::stats)).
 ///
 /// Page counts are in pages of the range they belong to (4 KiB, or the
-/// huge page size of a hugetlbfs range).
+/// huge page size of a hugetlbfs range). The fault, page and byte counters
+/// include the work done for forked children; `total_pages` and
+/// `remaining_pages` are the server's own ranges.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Stats {
     /// Pages the server serves, over every range.
