@@ -196,7 +196,7 @@ pub fn userfault_bench_cost_safe_uffd(
     let mut served = 0;
     for event in uffd.read_events(buf).expect("read events") {
         let Event::PageFault { address, .. } = event else {
-            panic!("unexpected event {event:?}");
+            safe::unexpected(event);
         };
         event.take();
         let page = address & !(PAGE - 1);

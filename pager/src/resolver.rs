@@ -144,6 +144,8 @@ struct Span {
     offset: u64,
     /// `UFFDIO_ZEROPAGE` is offered (not on hugetlbfs).
     zeropage: bool,
+    /// `page.trailing_zeros()` (the page size is a power of two).
+    shift: u32,
 }
 
 impl Span {
@@ -165,6 +167,10 @@ impl Span {
 pub(crate) struct Scratch {
     buf: Vec<u8>,
     claimed: Vec<(usize, u8)>,
+    /// The span this thread found last and the remap count then
+    /// (`Resolver::moves`, advanced under the spans' write lock): the next
+    /// fault in the same span looks it up without the lock.
+    span: Option<(u64, Span)>,
 }
 
 /// The order pages were first needed, from the fault stream.
@@ -367,6 +373,7 @@ impl Resolver {
                 first,
                 offset: r.offset,
                 zeropage: reg.ioctls().contains(userfault::uffd::Ioctls::ZEROPAGE),
+                shift: r.page_size.trailing_zeros(),
             });
             first += reg.len() / r.page_size;
             largest = largest.max(r.page_size);
@@ -436,6 +443,7 @@ impl Resolver {
         Scratch {
             buf: vec![0; bytes],
             claimed: Vec::with_capacity(bytes / rustix::param::page_size() + 1),
+            span: None,
         }
     }
 
@@ -477,10 +485,34 @@ impl Resolver {
         WorkingSet::from_pages(RECORD_PAGE as u32, order).ok()
     }
 
-    fn span_of_addr(&self, addr: usize) -> Option<Span> {
+    /// The span holding `addr`: the one `cache` holds when no remap came
+    /// since (`moves_seen`) and it holds `addr`, else looked up under the
+    /// lock (and cached). A lookup is a snapshot either way: a remap can
+    /// follow it at once, which `place` finds from `moves`.
+    #[inline]
+    fn span_of_addr<'c>(
+        &self,
+        addr: usize,
+        moves_seen: u64,
+        cache: &'c mut Option<(u64, Span)>,
+    ) -> Option<&'c Span> {
+        let hit =
+            matches!(cache, Some((m, s)) if *m == moves_seen && s.addr <= addr && addr < s.end());
+        if !hit {
+            self.span_of_addr_locked(addr, cache);
+        }
+        cache.as_ref().map(|(_, s)| s)
+    }
+
+    /// Looks `addr` up under the lock and caches its span (or nothing).
+    #[inline(never)]
+    fn span_of_addr_locked(&self, addr: usize, cache: &mut Option<(u64, Span)>) {
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock: a remap advances it before releasing its
+        // write lock, so this count is the one of what is read here.
+        let moves = self.moves.load(Ordering::Acquire);
         let i = spans.partition_point(|s| s.end() <= addr);
-        spans.get(i).filter(|s| s.addr <= addr).copied()
+        *cache = spans.get(i).filter(|s| s.addr <= addr).map(|&s| (moves, s));
     }
 
     fn span_of_index(&self, index: usize) -> Option<Span> {
@@ -492,8 +524,12 @@ impl Resolver {
     }
 
     /// The aligned chunk of `span`'s pages around local page `p`.
+    #[inline]
     fn window(&self, span: &Span, p: usize) -> (usize, usize) {
-        let per = (self.chunk / span.page).max(1);
+        let per = (self.chunk >> span.shift).max(1);
+        if per == 1 {
+            return (p, p + 1);
+        }
         let lo = p - p % per;
         (lo, (lo + per).min(span.pages()))
     }
@@ -505,11 +541,12 @@ impl Resolver {
     /// by a remap since the fault).
     pub fn fault(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
         let mut moves_seen = self.moves.load(Ordering::Acquire);
-        let Some(mut span) = self.span_of_addr(addr) else {
+        let Some(&span) = self.span_of_addr(addr, moves_seen, &mut scratch.span) else {
             return Ok(self.unserved(addr, rustix::param::page_size()));
         };
-        let page_addr = addr - (addr - span.addr) % span.page;
-        let index = span.first + (addr - span.addr) / span.page;
+        let mut span = span;
+        let page_addr = addr - ((addr - span.addr) & (span.page - 1));
+        let index = span.first + ((addr - span.addr) >> span.shift);
         if let Some(rec) = &self.recorder {
             let p = index - span.first;
             rec.note((span.offset + (p * span.page) as u64) / RECORD_PAGE);
@@ -539,11 +576,13 @@ impl Resolver {
                 other => other,
             };
             match outcome {
+                // Returned as it is: a new value would drop this one (an
+                // out-of-line call, for a `Result` that holds an `Error`).
                 Ok(Outcome::Done) if span.addr + p * span.page == page_addr => {
                     if !alone && let Some(r) = &self.replay {
                         self.resolve_ahead(r, index, span.first + hi, hi - p, scratch)?;
                     }
-                    return Ok(Outcome::Done);
+                    return outcome;
                 }
                 Ok(Outcome::Done) => {
                     // Resolved where a remap put it: the thread waits at
@@ -753,6 +792,12 @@ impl Resolver {
         fault: Option<usize>,
         scratch: &mut Scratch,
     ) -> Result<Outcome, Error> {
+        if let Some(f) = fault
+            && lo == f
+            && hi == f + 1
+        {
+            return self.resolve_one(span, moves_seen, f, scratch);
+        }
         scratch.claimed.clear();
         for p in lo..hi {
             let state = &self.states[span.first + p];
@@ -822,6 +867,34 @@ impl Resolver {
         }
     }
 
+    /// [`resolve_window`](Self::resolve_window) of the faulting page `p`
+    /// alone (per-page mode, and faults outside a replayed working set):
+    /// the same claim and outcome, without building runs.
+    #[inline]
+    fn resolve_one(
+        &self,
+        span: &Span,
+        moves_seen: u64,
+        p: usize,
+        scratch: &mut Scratch,
+    ) -> Result<Outcome, Error> {
+        let state = &self.states[span.first + p];
+        let mut v = state.load(Ordering::Acquire);
+        while v == PENDING || v == ZERO {
+            match state.compare_exchange_weak(v, v | CLAIMED, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return match self.fill_run(span, moves_seen, &[(p, v)], true, scratch) {
+                        (0, Ok(Outcome::Done)) => Ok(Outcome::Unserved),
+                        (_, outcome) => outcome,
+                    };
+                }
+                Err(now) => v = now,
+            }
+        }
+        Ok(Outcome::Unserved)
+    }
+
     /// A fault on a page this thread did not resolve: waits for another
     /// thread's claim to settle, then wakes the faulting thread (or maps
     /// zeros if the page is absent). [`Outcome::Unserved`] when the page is
@@ -885,6 +958,7 @@ impl Resolver {
     /// `UFFDIO_COPY` per stretch of data pages. Returns how many of its
     /// pages were resolved (from the first) and the outcome; every claim
     /// not resolved is given back.
+    #[inline(always)]
     fn fill_run(
         &self,
         span: &Span,
@@ -991,6 +1065,7 @@ impl Resolver {
     /// claimed. Returns how many pages from the first were resolved (a page
     /// left out ends that count) and the outcome; every claim it does not
     /// resolve is given back.
+    #[inline(always)]
     fn place(
         &self,
         span: &Span,

@@ -733,7 +733,9 @@ fn handle_batch(
     b: &mut Batch,
 ) -> Pass {
     b.faults.clear();
-    b.faults.append(&mut b.deferred);
+    if !b.deferred.is_empty() {
+        b.faults.append(&mut b.deferred);
+    }
     let mut read_any = false;
     if readable {
         let _order = resolver.order();
@@ -781,13 +783,13 @@ fn handle_batch(
     if b.faults.is_empty() {
         return pass;
     }
-    let read_at = Instant::now();
+    let read_at = shared.counters.now();
     for &addr in &b.faults {
         match resolver.fault(addr, &mut b.scratch) {
             Ok(Outcome::Done) => {
                 b.unserved = (0, 0);
                 Counters::add(&shared.counters.demand_faults, 1);
-                shared.counters.record_latency(read_at.elapsed());
+                shared.counters.record_since(read_at);
             }
             Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved | Outcome::NotMapped) => {
                 b.unserved = (0, 0);

@@ -239,10 +239,10 @@ impl Uffd {
         // One branch on the resolution path; which check failed is worked
         // out again, in the order below, only when one did.
         let mask = super::register::page_size() - 1;
+        // `contains` also rules out a range that wraps.
         let ok = reg.uffd_id == self.id()
             && len != 0
             && (start | len) & mask == 0
-            && start.checked_add(len).is_some()
             && reg.contains(start, len)
             && reg.ioctls.contains(bit);
         if ok {
@@ -304,7 +304,7 @@ impl Uffd {
     ///   [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
     /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
     #[doc(alias = "UFFDIO_COPY")]
-    #[inline]
+    #[inline(always)]
     pub fn copy(
         &self,
         reg: &Registration,
