@@ -86,7 +86,7 @@ const FORK_SPARES: usize = 4;
 
 /// Bytes one resolution ioctl maps at most: a handler thread waiting to
 /// read events waits for one of them at the most.
-const PLACE_MAX: usize = 128 << 10;
+const PLACE_MAX: usize = 64 << 10;
 
 /// Spans reserved beyond the initial ranges, for remap splits.
 const SPAN_ROOM: usize = 256;
@@ -262,7 +262,7 @@ pub(crate) struct Resolver {
     replay: Option<Replay>,
     /// Read side: a resolution ioctl in flight; write side: events being
     /// read and applied (see the module docs).
-    order: RwLock<()>,
+    order: OrderLock,
     /// Remaps applied so far: a resolution that looked its address up
     /// under another value starts again.
     moves: AtomicU64,
@@ -283,6 +283,69 @@ struct Replay {
     by_index: Arc<[(usize, usize)]>,
     /// Pages a fault resolves along the order, its own included.
     ahead: usize,
+}
+
+/// The order lock: resolution ioctls share it, reading and applying
+/// events takes it alone (see the module docs).
+///
+/// A handler thread that wants to read events while another thread's
+/// ioctl is in flight spins for it (an ioctl is at most [`PLACE_MAX`]
+/// bytes: tens of microseconds) rather than sleeping on the lock, and
+/// resolutions about to start let it go first: a sleeping handler is woken
+/// only by the next unlock, through the scheduler, which on another CPU
+/// of a virtual machine costs far more than the ioctl it waited for.
+#[derive(Debug, Default)]
+struct OrderLock {
+    lock: RwLock<()>,
+    /// Handler threads spinning for the write side.
+    writers_waiting: AtomicUsize,
+}
+
+/// How long a handler thread spins for the order lock before it sleeps on
+/// it.
+const ORDER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+impl OrderLock {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        if let Ok(g) = self.lock.try_write() {
+            return g;
+        }
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+        let start = std::time::Instant::now();
+        let g = loop {
+            for _ in 0..64 {
+                match self.lock.try_write() {
+                    Ok(g) => {
+                        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+                        return g;
+                    }
+                    Err(std::sync::TryLockError::Poisoned(e)) => {
+                        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+                        return e.into_inner();
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+                }
+            }
+            if start.elapsed() >= ORDER_SPIN {
+                break self.lock.write().unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        g
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        if self.writers_waiting.load(Ordering::Acquire) != 0 {
+            // A handler wants to read events: let it (it spins for at most
+            // `ORDER_SPIN`, and holds the lock for a read and its events).
+            let start = std::time::Instant::now();
+            while self.writers_waiting.load(Ordering::Acquire) != 0 && start.elapsed() < ORDER_SPIN
+            {
+                std::hint::spin_loop();
+            }
+        }
+        self.lock.read().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What a child's state is built from, taken while the FORK event is
@@ -416,7 +479,7 @@ impl Resolver {
             predicted: None,
             adaptive: None,
             replay: None,
-            order: RwLock::new(()),
+            order: OrderLock::default(),
             moves: AtomicU64::new(0),
             fork_spares: spares,
             movable,
@@ -427,7 +490,7 @@ impl Resolver {
     /// events and applies the non-fault ones, so that no resolution ioctl
     /// runs meanwhile (see the module docs).
     pub fn order(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.order.write().unwrap_or_else(|e| e.into_inner())
+        self.order.write()
     }
 
     /// Buffers for one thread: the largest window a fault resolves.
@@ -1081,7 +1144,7 @@ impl Resolver {
         let mut contiguous = true;
         let mut at = 0;
         while at < run.len() {
-            let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+            let _order = self.order.read();
             if self.moves.load(Ordering::Acquire) != moves_seen {
                 self.release(span, &run[at..]);
                 return (resolved, Ok(Outcome::Moved));
@@ -1194,7 +1257,7 @@ impl Resolver {
     /// kernel has said for long enough that they are not mapped (and no
     /// event explained it), they are `GONE`. Returns how many were.
     pub fn retire_unmapped(&self, index: usize, pages: usize) -> usize {
-        let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+        let _order = self.order.read();
         let end = (index + pages).min(self.states.len());
         let mut n = 0;
         for state in &self.states[index.min(end)..end] {
@@ -1483,7 +1546,7 @@ impl Resolver {
             predicted: cap.predicted.take(),
             adaptive: cap.adaptive,
             replay: cap.replay.take(),
-            order: RwLock::new(()),
+            order: OrderLock::default(),
             moves: AtomicU64::new(0),
             fork_spares,
             movable,
