@@ -119,6 +119,8 @@ fn pager_child(faults: usize) {
         Config {
             threads: 1,
             chunk: PAGE,
+            // Per-page mode: no window grows past the faulting page.
+            adaptive_chunk: None,
             prefetch: false,
             finish_when_complete: false,
             ..Config::default()
@@ -194,7 +196,7 @@ pub fn userfault_bench_cost_safe_uffd(
     let mut served = 0;
     for event in uffd.read_events(buf).expect("read events") {
         let Event::PageFault { address, .. } = event else {
-            panic!("unexpected event {event:?}");
+            safe::unexpected(event);
         };
         event.take();
         let page = address & !(PAGE - 1);

@@ -189,6 +189,20 @@ pub fn pin_cpu() -> Option<usize> {
         .find(|&c| unsafe { libc::CPU_ISSET(c, &set) })
 }
 
+/// Another CPU this thread may run on than `cpu` (the lowest), if any.
+pub fn other_cpu(cpu: Option<usize>) -> Option<usize> {
+    let cpu = cpu?;
+    // SAFETY: as in `pin_cpu`.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `pin_cpu`.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    if r != 0 {
+        return None;
+    }
+    // SAFETY: CPU_ISSET reads inside the set.
+    (0..libc::CPU_SETSIZE as usize).find(|&c| c != cpu && unsafe { libc::CPU_ISSET(c, &set) })
+}
+
 /// Restricts the calling thread to `cpu` (ignored if the kernel refuses).
 pub fn pin_to(cpu: Option<usize>) {
     let Some(cpu) = cpu else { return };

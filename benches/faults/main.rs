@@ -106,6 +106,16 @@ fn main() {
             ("prefetch", "fc-raw"),
             ("replay", "fc-raw"),
             ("replay-0", "fc-raw"),
+            ("demand-map", "fc-raw"),
+            ("prefetch-map", "fc-raw"),
+            ("replay-map", "fc-raw"),
+            ("prefetch-map-cpu", "fc-raw"),
+            ("replay-map-cpu", "fc-raw"),
+            ("replay-map-ahead", "fc-raw"),
+            ("replay-map-cpu-ahead", "fc-raw"),
+            ("demand-map-grow", "fc-raw"),
+            ("prefetch-map-grow", "fc-raw"),
+            ("prefetch-map-cpu-grow", "fc-raw"),
         ]);
     }
     if o.wants("cost") {

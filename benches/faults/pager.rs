@@ -40,8 +40,8 @@ use std::time::{Duration, Instant};
 
 use userfault::mem::{Mapping, Sharing};
 use userfault::uffd::{Features, RegisterMode, Uffd};
-use userfault_pager::source::FileSource;
-use userfault_pager::{Config, Range, Server, WorkingSet};
+use userfault_pager::source::{FileSource, MappedSource, Prefault};
+use userfault_pager::{Config, PageSource, Populator, Range, Server, WorkingSet};
 
 use crate::harness::{self, Interleaved, Options, PAGE, Sample, with_deadline};
 use crate::raw;
@@ -50,6 +50,24 @@ use crate::sys;
 /// From the handshake to the guest's first access, unless
 /// `USERFAULT_BENCH_RESUME_GAP_MS` says otherwise.
 pub const RESUME_GAP: Duration = Duration::from_millis(5);
+
+/// The share of the guest's touches outside the recorded working set, in
+/// percent, unless `USERFAULT_BENCH_PAGER_TAIL_PAGES` gives the tail in
+/// pages: REAP (Ustiugov et al., ASPLOS '21) cut page faults by 97 % by
+/// replaying the working set recorded on a function's first invocation, so
+/// at most 3 % of a later invocation's faults fell outside its recording.
+/// The earlier scenario's tail was 1 % of the file's pages (2 621 of 1 GiB,
+/// 11 % of the touches): `USERFAULT_BENCH_PAGER_TAIL_PAGES=2621`.
+pub const TAIL_PERCENT: usize = 3;
+
+/// The tail's length in pages for a working set of `ws` pages.
+fn tail_pages(ws: usize) -> usize {
+    std::env::var("USERFAULT_BENCH_PAGER_TAIL_PAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(ws * TAIL_PERCENT / (100 - TAIL_PERCENT))
+        .max(1)
+}
 
 fn resume_gap() -> Duration {
     std::env::var("USERFAULT_BENCH_RESUME_GAP_MS")
@@ -68,6 +86,13 @@ type Split = (String, (f64, f64), u64);
 /// The server's chunk in every variant but `page`.
 const CHUNK: usize = 64 << 10;
 
+/// What a fault in the working set resolves along the recorded order in
+/// the `-ahead` variants (`Config::replay_ahead`).
+const AHEAD: usize = 256 << 10;
+
+/// The largest chunk of the `-grow` variants (`Config::adaptive_chunk`).
+const GROW: usize = 512 << 10;
+
 /// The guest's accesses: the working set (in order), then the random tail.
 struct Guest {
     working_set: Vec<usize>,
@@ -75,9 +100,10 @@ struct Guest {
 }
 
 impl Guest {
-    /// About 8 % of the pages in clusters of 8 to 64, then 1 % at random
-    /// (a fixed seed: every variant and round sees the same accesses).
-    fn new(pages: usize) -> Guest {
+    /// About 8 % of the pages in clusters of 8 to 64, then `tail` pages at
+    /// random (a fixed seed: every variant and round sees the same
+    /// accesses; a shorter tail is a prefix of a longer one).
+    fn new(pages: usize, tail: usize) -> Guest {
         let mut rng = 0x2545_f491_4f6c_dd1d_u64;
         let mut next = move || {
             rng ^= rng << 13;
@@ -98,8 +124,9 @@ impl Guest {
                 }
             }
         }
+        let tail_len = tail.min(pages - working_set.len());
         let mut tail = Vec::new();
-        while tail.len() < (pages / 100).max(1) {
+        while tail.len() < tail_len {
             let p = (next() as usize) % pages;
             if !seen[p] {
                 seen[p] = true;
@@ -163,7 +190,11 @@ impl Snapshot {
             std::env::temp_dir().join(format!("userfault-bench-pager-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("bench dir");
         let path = dir.join("mem");
-        std::fs::write(&path, src).expect("write the snapshot");
+        if let Err(e) = std::fs::write(&path, src) {
+            // Leave no partial gigabyte behind.
+            let _ = std::fs::remove_dir_all(&dir);
+            panic!("write the snapshot {}: {e}", path.display());
+        }
         Snapshot {
             path,
             len: src.len(),
@@ -181,7 +212,10 @@ impl Drop for Snapshot {
 
 pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
     let snapshot = Snapshot::new(&src[..len]);
-    let guest = Guest::new(len / PAGE);
+    let guest = {
+        let ws_only = Guest::new(len / PAGE, 0);
+        Guest::new(len / PAGE, tail_pages(ws_only.working_set.len()))
+    };
     let ws = WorkingSet::from_pages(PAGE as u32, guest.working_set.iter().map(|&p| p as u64))
         .expect("working set");
     let src = &src[..len];
@@ -199,52 +233,85 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
             .expect("variant thread")
         })
     };
-    let report = Interleaved::new(format!(
+    // The populator's own CPU in the `-cpu` variants: another one this
+    // process may run on (a VMM host's idle core during a restore).
+    let spare = harness::other_cpu(cpu);
+    let base = Run {
+        prefetch: false,
+        working_set: None,
+        gap,
+        chunk: CHUNK,
+        mapped: false,
+        populator_cpu: None,
+        grow: None,
+        ahead: 0,
+    };
+    let variants: Vec<(&str, Run)> = {
+        let ws = Some(ws);
+        let v = |prefetch: bool, replay: bool, mapped: bool, spare: Option<usize>| Run {
+            prefetch,
+            working_set: if replay { ws.clone() } else { None },
+            mapped,
+            populator_cpu: spare,
+            ..base.clone()
+        };
+        let mut list = vec![
+            (
+                "page",
+                Run {
+                    chunk: PAGE,
+                    ..base.clone()
+                },
+            ),
+            ("demand", v(false, false, false, None)),
+            ("prefetch", v(true, false, false, None)),
+            ("replay", v(true, true, false, None)),
+            (
+                "replay-0",
+                Run {
+                    gap: Duration::ZERO,
+                    ..v(true, true, false, None)
+                },
+            ),
+            ("demand-map", v(false, false, true, None)),
+            ("prefetch-map", v(true, false, true, None)),
+            ("replay-map", v(true, true, true, None)),
+        ];
+        if spare.is_some() {
+            list.push(("prefetch-map-cpu", v(true, false, true, spare)));
+            list.push(("replay-map-cpu", v(true, true, true, spare)));
+        }
+        let grow = |r: Run| Run {
+            grow: Some(GROW),
+            ..r
+        };
+        let ahead = |r: Run| Run { ahead: AHEAD, ..r };
+        list.push(("replay-map-ahead", ahead(v(true, true, true, None))));
+        if spare.is_some() {
+            list.push(("replay-map-cpu-ahead", ahead(v(true, true, true, spare))));
+        }
+        list.push(("demand-map-grow", grow(v(false, false, true, None))));
+        list.push(("prefetch-map-grow", grow(v(true, false, true, None))));
+        if spare.is_some() {
+            list.push(("prefetch-map-cpu-grow", grow(v(true, false, true, spare))));
+        }
+        list
+    };
+    let mut report = Interleaved::new(format!(
         "snapshot restore, {} MiB, guest touches {} pages ({} working set + {} random), 1 vCPU",
         len >> 20,
         guest.touched(),
         guest.working_set.len(),
         guest.tail.len()
     ))
-    .variant("fc-raw", || pinned(&|| fc_raw(&snapshot, &guest, src, gap)))
-    .variant("page", || {
-        pinned(&|| server("page", &snapshot, &guest, src, false, None, gap, PAGE))
-    })
-    .variant("demand", || {
-        pinned(&|| server("demand", &snapshot, &guest, src, false, None, gap, CHUNK))
-    })
-    .variant("prefetch", || {
-        pinned(&|| server("prefetch", &snapshot, &guest, src, true, None, gap, CHUNK))
-    })
-    .variant("replay", || {
-        pinned(&|| {
-            server(
-                "replay",
-                &snapshot,
-                &guest,
-                src,
-                true,
-                Some(ws.clone()),
-                gap,
-                CHUNK,
-            )
-        })
-    })
-    .variant("replay-0", || {
-        pinned(&|| {
-            server(
-                "replay-0",
-                &snapshot,
-                &guest,
-                src,
-                true,
-                Some(ws.clone()),
-                Duration::ZERO,
-                CHUNK,
-            )
-        })
-    })
-    .run(o.rounds);
+    .variant("fc-raw", || pinned(&|| fc_raw(&snapshot, &guest, src, gap)));
+    for (name, run) in &variants {
+        let (snapshot, guest) = (&snapshot, &guest);
+        report = report.variant(*name, move || {
+            pinned(&|| server(name, snapshot, guest, src, run))
+        });
+    }
+    let report = report.run(o.rounds);
     let splits = std::mem::take(&mut *SPLITS.lock().unwrap());
     for s in &report.series {
         let mut faults: Vec<f64> = s.samples.iter().map(|x| x.faults as f64).collect();
@@ -327,19 +394,31 @@ fn fc_raw(snapshot: &Snapshot, guest: &Guest, src: &[u8], gap: Duration) -> Samp
     Sample::new(touched, touched, time.as_secs_f64(), lat)
 }
 
-/// The page server over the same memory.
-#[allow(clippy::too_many_arguments)]
-fn server(
-    name: &str,
-    snapshot: &Snapshot,
-    guest: &Guest,
-    src: &[u8],
+/// One server variant's settings.
+#[derive(Clone)]
+struct Run {
     prefetch: bool,
     working_set: Option<WorkingSet>,
     gap: Duration,
     chunk: usize,
-) -> Sample {
-    let source = Arc::new(FileSource::open(&snapshot.path).expect("open the snapshot"));
+    /// Serve from a `MappedSource` (populated before the handshake, as the
+    /// baseline's mapping is) instead of a `FileSource`.
+    mapped: bool,
+    /// The populator's own CPU.
+    populator_cpu: Option<usize>,
+    /// `Config::adaptive_chunk`.
+    grow: Option<usize>,
+    /// `Config::replay_ahead`.
+    ahead: usize,
+}
+
+/// The page server over the same memory.
+fn server(name: &str, snapshot: &Snapshot, guest: &Guest, src: &[u8], run: &Run) -> Sample {
+    let source: Arc<dyn PageSource> = if run.mapped {
+        Arc::new(MappedSource::open(&snapshot.path, Prefault::Populate).expect("map the snapshot"))
+    } else {
+        Arc::new(FileSource::open(&snapshot.path).expect("open the snapshot"))
+    };
     let mem = Mapping::anonymous(snapshot.len, Sharing::Private).expect("guest memory");
     let uffd = Uffd::builder()
         .non_blocking(true)
@@ -356,16 +435,22 @@ fn server(
         source,
         Config {
             threads: 1,
-            chunk,
-            prefetch,
-            working_set,
+            chunk: run.chunk,
+            adaptive_chunk: run.grow,
+            replay_ahead: run.ahead,
+            prefetch: run.prefetch,
+            working_set: run.working_set.clone(),
             finish_when_complete: false,
+            populator: Populator {
+                cpus: run.populator_cpu.into_iter().collect(),
+                ..Populator::default()
+            },
             ..Config::default()
         },
     )
     .expect("start the server");
     let (time, lat) = with_deadline("pager", Duration::from_secs(300), || {
-        guest.run(mem.addr(), t0, gap)
+        guest.run(mem.addr(), t0, run.gap)
     });
     let report = server.shutdown();
     let split = guest.split(&lat);

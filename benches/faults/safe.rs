@@ -23,7 +23,7 @@ pub fn serve_region<C: Class, B>(
     let mut served = 0;
     for event in region.uffd().read_events(buf).expect("read events") {
         let Event::PageFault { address, .. } = event else {
-            panic!("unexpected event {event:?}");
+            unexpected(event);
         };
         let resolved = match region.fault(&event) {
             Some(Fault::Missing(f)) => {
@@ -40,6 +40,17 @@ pub fn serve_region<C: Class, B>(
         served += 1;
     }
     served
+}
+
+/// Stops the run on an event the scenario never raises. Cold, and given
+/// the event by value: formatting `&event` inside the handler loop would
+/// make the event's address escape, which keeps every event in memory on
+/// the resolution path too (33 instructions per fault in the typed
+/// handler's count).
+#[cold]
+#[inline(never)]
+pub fn unexpected(event: Event<'_>) -> ! {
+    panic!("unexpected event {event:?}")
 }
 
 fn new_uffd() -> Arc<Uffd> {
@@ -82,7 +93,7 @@ pub fn chunk(src: &[u8], len: usize, unit: usize) -> Sample {
         let mut served = 0;
         for event in uffd.read_events(&mut buf).expect("read events") {
             let Event::PageFault { address, .. } = event else {
-                panic!("unexpected event {event:?}");
+                unexpected(event);
             };
             event.take();
             let off = (address - base) & !(unit - 1);

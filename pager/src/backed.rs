@@ -27,7 +27,6 @@ use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use userfault::Errno;
 use userfault::backing::Backing;
@@ -41,7 +40,7 @@ use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, Uffd};
 use crate::error::Error;
 use crate::server::Exit;
 use crate::source::PageSource;
-use crate::stats::Counters;
+use crate::stats::{Counters, Tick};
 use crate::workingset::WorkingSet;
 
 /// Bytes the populator writes per step at most.
@@ -520,6 +519,9 @@ pub(crate) struct FileFault {
 pub(crate) struct Backed {
     files: Vec<Box<dyn Served>>,
     ctx: Ctx,
+    /// The replayed working set's pages in the file ranges, as extents
+    /// (file range, relative offset, length), in its order.
+    first: Vec<(usize, u64, u64)>,
 }
 
 thread_local! {
@@ -528,13 +530,15 @@ thread_local! {
 }
 
 impl Backed {
-    /// The file ranges of a server on `uffd`, served from `source`.
+    /// The file ranges of a server on `uffd`, served from `source`; the
+    /// populator fills the pages of `working_set` first.
     pub fn new(
         uffd: &Uffd,
         files: Vec<FileRange>,
         source: Arc<dyn PageSource>,
         counters: Arc<Counters>,
         chunk: usize,
+        working_set: Option<&WorkingSet>,
     ) -> Result<Backed, Error> {
         let mut out: Vec<Box<dyn Served>> = Vec::with_capacity(files.len());
         for f in files {
@@ -569,14 +573,19 @@ impl Backed {
             .next_power_of_two()
             .min(MAX_WINDOW);
         let largest = out.iter().map(|f| f.page_size()).max().unwrap_or(1);
-        Ok(Backed {
+        let mut backed = Backed {
             files: out,
             ctx: Ctx {
                 source,
                 counters,
                 window: window.max(largest),
             },
-        })
+            first: Vec::new(),
+        };
+        if let Some(ws) = working_set {
+            backed.first = backed.extents(ws);
+        }
+        Ok(backed)
     }
 
     /// Takes a page fault of a file range into `faults` (resolved after
@@ -631,7 +640,7 @@ impl Backed {
     /// Resolves the faults [`take`](Self::take) collected; `Err` with why
     /// the server stops.
     pub fn serve(&self, faults: &mut Vec<FileFault>) -> Result<(), Exit> {
-        let read_at = Instant::now();
+        let read_at = self.ctx.counters.now();
         BUF.with_borrow_mut(|buf| {
             for f in faults.drain(..) {
                 let r = self.files[f.file].fault(f.addr, f.kind, &self.ctx, buf);
@@ -643,12 +652,12 @@ impl Backed {
 
     /// Counts a demand resolution; `Err` with the server's exit when it
     /// must stop.
-    fn outcome(&self, r: Answer, since: Instant) -> Result<(), Exit> {
+    fn outcome(&self, r: Answer, since: Tick) -> Result<(), Exit> {
         let c = &self.ctx.counters;
         match classify(r) {
             Ok(Outcome::Done) => {
                 Counters::add(&c.demand_faults, 1);
-                c.record_latency(since.elapsed());
+                c.record_since(since);
                 Ok(())
             }
             // The faulting thread was woken: it faults again.
@@ -667,13 +676,13 @@ impl Backed {
         }
     }
 
-    /// The populator's work on the file ranges: the pages of `working_set`
-    /// first (in its order) when given, otherwise everything left, in
-    /// extents of up to 512 KiB, calling `pause` before each and stopping
+    /// The populator's work on the file ranges: the working set's pages
+    /// (in its order) when `first`, otherwise everything left, in extents
+    /// of up to 512 KiB, calling `pause` before each and stopping
     /// (`Ok(false)`) once `stopped` says so.
     pub fn populate(
         &self,
-        working_set: Option<&WorkingSet>,
+        first: bool,
         stopped: &dyn Fn() -> bool,
         pause: &dyn Fn(),
     ) -> Result<bool, Exit> {
@@ -692,8 +701,8 @@ impl Backed {
             }
         };
         BUF.with_borrow_mut(|buf| {
-            if let Some(ws) = working_set {
-                for (file, at, len) in self.extents(ws) {
+            if first {
+                for &(file, at, len) in &self.first {
                     if !step(file, at, len, buf)? {
                         return Ok(false);
                     }

@@ -92,7 +92,7 @@ mod workingset;
 pub use backed::{FileRange, Stage2};
 pub use error::Error;
 pub use resolver::Range;
-pub use server::{Config, Exit, Report, Server};
+pub use server::{Config, Exit, Populator, Report, Server};
 pub use source::PageSource;
 pub use stats::{Latency, Stats};
 pub use workingset::WorkingSet;

@@ -5,6 +5,8 @@
 //! userfault-pager firecracker --socket PATH --mem-file FILE [--diff-file FILE]
 //!     [--working-set FILE] [--record-working-set FILE] [--threads N]
 //!     [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
+//!     [--chunk-max SIZE] [--replay-ahead SIZE] [--source mmap|pread]
+//!     [--populator-cpus LIST]
 //! ```
 //!
 //! Exit status: 0 when the VMM closed its connection, every page was
@@ -21,12 +23,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use userfault_pager::source::{FileSource, LayeredSource};
-use userfault_pager::{Config, Exit, PageSource, Server, Stats, WorkingSet, firecracker};
+use userfault_pager::source::{FileSource, LayeredSource, MappedSource, Prefault};
+use userfault_pager::{
+    Config, Exit, PageSource, Populator, Server, Stats, WorkingSet, firecracker,
+};
 
 const USAGE: &str = "usage: userfault-pager firecracker --socket PATH --mem-file FILE
            [--diff-file FILE] [--working-set FILE] [--record-working-set FILE]
            [--threads N] [--chunk SIZE] [--no-prefetch] [--stats-json FILE]
+           [--chunk-max SIZE] [--replay-ahead SIZE] [--source mmap|pread]
+           [--populator-cpus LIST]
 
 Serves a Firecracker microVM's guest memory from a snapshot file as its
 userfaultfd page-fault handler: listens on the Unix socket PATH (given to
@@ -41,8 +47,20 @@ chunk around it while a background populator fills the rest.
   --record-working-set FILE   record the order pages are first faulted, saved at exit
   --threads N                 handler threads (default 2)
   --chunk SIZE                bytes resolved around each fault: 4K..2M (default 64K)
+  --chunk-max SIZE            choose each fault's chunk from its neighbours, up to SIZE
+                              (default 512K; 0: the aligned --chunk around every fault):
+                              a fault after resolved pages takes the next --chunk..SIZE
+                              bytes forward, an isolated fault its page alone
+  --replay-ahead SIZE         with --working-set, a fault on a recorded page resolves SIZE
+                              bytes along the recorded order instead of its chunk
+                              (default 256K; 0: its chunk)
   --no-prefetch               serve demand faults only
   --stats-json FILE           write the final counters as JSON
+  --source mmap|pread         how --mem-file is read: mmap (default) maps it and copies
+                              straight from the page cache, prefaulted before Firecracker
+                              connects; pread reads each chunk into a buffer first
+  --populator-cpus LIST       run the background populator on these CPUs only
+                              (e.g. 3 or 2,3 or 2-3): a core the vCPUs do not use
   --handshake-timeout SECS    wait this long for the handshake after connect (default 10)";
 
 #[derive(Debug)]
@@ -57,6 +75,29 @@ struct Args {
     prefetch: bool,
     stats_json: Option<PathBuf>,
     handshake_timeout: Duration,
+    mapped: bool,
+    populator_cpus: Vec<usize>,
+    chunk_max: Option<usize>,
+    replay_ahead: usize,
+}
+
+/// A CPU list as `taskset -c` takes it: `3`, `0,2`, `2-3`, `0,2-3`.
+fn parse_cpus(s: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let (lo, hi): (usize, usize) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.parse().ok()?, hi.parse().ok()?),
+            None => {
+                let c = part.parse().ok()?;
+                (c, c)
+            }
+        };
+        if lo > hi || hi >= 1024 {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    Some(cpus)
 }
 
 fn parse_size(s: &str) -> Option<usize> {
@@ -88,6 +129,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
         prefetch: true,
         stats_json: None,
         handshake_timeout: Duration::from_secs(10),
+        mapped: true,
+        populator_cpus: Vec::new(),
+        chunk_max: Some(512 << 10),
+        replay_ahead: 256 << 10,
     };
     while let Some(flag) = it.next() {
         let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
@@ -122,6 +167,37 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Result<Args, String> {
                     .filter(|&s| s > 0)
                     .ok_or_else(|| format!("--handshake-timeout {v:?}: expected seconds"))?;
                 args.handshake_timeout = Duration::from_secs(secs);
+            }
+            "--chunk-max" => {
+                let v = value("--chunk-max")?;
+                args.chunk_max = match parse_size(&v) {
+                    Some(0) => None,
+                    Some(n) if n.is_power_of_two() && (4 << 10..=2 << 20).contains(&n) => Some(n),
+                    _ => {
+                        return Err(format!(
+                            "--chunk-max {v:?}: expected 0 or a power of two from 4K to 2M"
+                        ));
+                    }
+                };
+            }
+            "--replay-ahead" => {
+                let v = value("--replay-ahead")?;
+                args.replay_ahead = parse_size(&v)
+                    .filter(|&n| n <= 64 << 20)
+                    .ok_or_else(|| format!("--replay-ahead {v:?}: expected a size up to 64M"))?;
+            }
+            "--source" => {
+                args.mapped = match value("--source")?.as_str() {
+                    "mmap" => true,
+                    "pread" => false,
+                    v => return Err(format!("--source {v:?}: expected mmap or pread")),
+                }
+            }
+            "--populator-cpus" => {
+                let v = value("--populator-cpus")?;
+                args.populator_cpus = parse_cpus(&v).ok_or_else(|| {
+                    format!("--populator-cpus {v:?}: expected a CPU list such as 3, 2,3 or 2-3")
+                })?;
             }
             "--no-prefetch" => args.prefetch = false,
             "-h" | "--help" => return Err(String::new()),
@@ -244,12 +320,21 @@ impl Drop for SocketFile<'_> {
 }
 
 fn run(args: &Args) -> Result<(), Failure> {
-    let base = FileSource::open(&args.mem_file).map_err(|e| Failure(e.to_string(), 2))?;
+    // Opened (and, mapped, prefaulted) before Firecracker connects: a
+    // restore does not wait for it.
+    let base: Arc<dyn PageSource> = if args.mapped {
+        Arc::new(
+            MappedSource::open(&args.mem_file, Prefault::Populate)
+                .map_err(|e| Failure(e.to_string(), 2))?,
+        )
+    } else {
+        Arc::new(FileSource::open(&args.mem_file).map_err(|e| Failure(e.to_string(), 2))?)
+    };
     let source: Arc<dyn PageSource> = match &args.diff_file {
-        None => Arc::new(base),
+        None => base,
         Some(diff) => {
             let diff = FileSource::open(diff).map_err(|e| Failure(e.to_string(), 2))?;
-            Arc::new(LayeredSource::new(diff, Arc::new(base)))
+            Arc::new(LayeredSource::new(diff, base))
         }
     };
     let working_set = match &args.working_set {
@@ -301,11 +386,17 @@ fn run(args: &Args) -> Result<(), Failure> {
     let config = Config {
         threads: args.threads,
         chunk: args.chunk,
+        adaptive_chunk: args.chunk_max,
+        replay_ahead: args.replay_ahead,
         prefetch: args.prefetch,
         working_set,
         record: args.record.is_some(),
         finish_when_complete: true,
         peer: Some(peer),
+        populator: Populator {
+            cpus: args.populator_cpus.clone(),
+            ..Populator::default()
+        },
         files: Vec::new(),
     };
     let started = Instant::now();

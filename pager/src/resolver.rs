@@ -54,7 +54,7 @@ use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
 use userfault::{Errno, Error as UffdError};
 
 use crate::error::Error;
-use crate::source::{PageSource, all_zero};
+use crate::source::{Mapped, PageSource, all_zero};
 use crate::stats::Counters;
 use crate::workingset::WorkingSet;
 
@@ -86,13 +86,24 @@ const FORK_SPARES: usize = 4;
 
 /// Bytes one resolution ioctl maps at most: a handler thread waiting to
 /// read events waits for one of them at the most.
-const PLACE_MAX: usize = 128 << 10;
+const PLACE_MAX: usize = 64 << 10;
 
 /// Spans reserved beyond the initial ranges, for remap splits.
 const SPAN_ROOM: usize = 256;
 
 /// The unit of working-set entries.
 pub(crate) const RECORD_PAGE: u64 = 4096;
+
+/// Where a resolution's bytes come from.
+#[derive(Debug, Clone, Copy)]
+enum Src<'a> {
+    /// Zero pages (`UFFDIO_ZEROPAGE`).
+    Zero,
+    /// A buffer the source was read into.
+    Bytes(&'a [u8]),
+    /// The source's own mapping, and the source offset of its first byte.
+    Mapped(Mapped<'a>, u64),
+}
 
 /// What became of a resolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +144,8 @@ struct Span {
     offset: u64,
     /// `UFFDIO_ZEROPAGE` is offered (not on hugetlbfs).
     zeropage: bool,
+    /// `page.trailing_zeros()` (the page size is a power of two).
+    shift: u32,
 }
 
 impl Span {
@@ -154,6 +167,10 @@ impl Span {
 pub(crate) struct Scratch {
     buf: Vec<u8>,
     claimed: Vec<(usize, u8)>,
+    /// The span this thread found last and the remap count then
+    /// (`Resolver::moves`, advanced under the spans' write lock): the next
+    /// fault in the same span looks it up without the lock.
+    span: Option<(u64, Span)>,
 }
 
 /// The order pages were first needed, from the fault stream.
@@ -237,9 +254,15 @@ pub(crate) struct Resolver {
     /// One bit per page of the state: in the working set being replayed
     /// ([`predict`](Self::predict)).
     predicted: Option<Arc<[u64]>>,
+    /// The largest window in bytes a fault resolves when its chunk is
+    /// chosen from its neighbours ([`adapt`](Self::adapt)).
+    adaptive: Option<usize>,
+    /// The working set's order, for faults in it to resolve ahead along it
+    /// ([`replay_along`](Self::replay_along)).
+    replay: Option<Replay>,
     /// Read side: a resolution ioctl in flight; write side: events being
     /// read and applied (see the module docs).
-    order: RwLock<()>,
+    order: OrderLock,
     /// Remaps applied so far: a resolution that looked its address up
     /// under another value starts again.
     moves: AtomicU64,
@@ -248,6 +271,81 @@ pub(crate) struct Resolver {
     /// The userfaultfd reports REMAP events, so a range can move: `ENOENT`
     /// may mean "moved, event not read yet".
     movable: bool,
+}
+
+/// A replayed working set as extents in its recorded order, for a fault in
+/// it to resolve the pages the recording says come next.
+#[derive(Debug, Clone)]
+struct Replay {
+    /// Extents `(first state index, pages)`, in the recorded order.
+    order: Arc<[(usize, usize)]>,
+    /// `(first state index, position in order)`, sorted by index.
+    by_index: Arc<[(usize, usize)]>,
+    /// Pages a fault resolves along the order, its own included.
+    ahead: usize,
+}
+
+/// The order lock: resolution ioctls share it, reading and applying
+/// events takes it alone (see the module docs).
+///
+/// A handler thread that wants to read events while another thread's
+/// ioctl is in flight spins for it (an ioctl is at most [`PLACE_MAX`]
+/// bytes: tens of microseconds) rather than sleeping on the lock, and
+/// resolutions about to start let it go first: a sleeping handler is woken
+/// only by the next unlock, through the scheduler, which on another CPU
+/// of a virtual machine costs far more than the ioctl it waited for.
+#[derive(Debug, Default)]
+struct OrderLock {
+    lock: RwLock<()>,
+    /// Handler threads spinning for the write side.
+    writers_waiting: AtomicUsize,
+}
+
+/// How long a handler thread spins for the order lock before it sleeps on
+/// it.
+const ORDER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+
+impl OrderLock {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        if let Ok(g) = self.lock.try_write() {
+            return g;
+        }
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+        let start = std::time::Instant::now();
+        let g = loop {
+            for _ in 0..64 {
+                match self.lock.try_write() {
+                    Ok(g) => {
+                        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+                        return g;
+                    }
+                    Err(std::sync::TryLockError::Poisoned(e)) => {
+                        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+                        return e.into_inner();
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
+                }
+            }
+            if start.elapsed() >= ORDER_SPIN {
+                break self.lock.write().unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+        g
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        if self.writers_waiting.load(Ordering::Acquire) != 0 {
+            // A handler wants to read events: let it (it spins for at most
+            // `ORDER_SPIN`, and holds the lock for a read and its events).
+            let start = std::time::Instant::now();
+            while self.writers_waiting.load(Ordering::Acquire) != 0 && start.elapsed() < ORDER_SPIN
+            {
+                std::hint::spin_loop();
+            }
+        }
+        self.lock.read().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// What a child's state is built from, taken while the FORK event is
@@ -260,6 +358,8 @@ pub(crate) struct ForkCapture {
     source: Option<Arc<dyn PageSource>>,
     zeros: Option<Arc<[u8]>>,
     predicted: Option<Arc<[u64]>>,
+    adaptive: Option<usize>,
+    replay: Option<Replay>,
     chunk: usize,
     counters: Option<Arc<Counters>>,
     spares: Option<Arc<Mutex<Vec<ForkCapture>>>>,
@@ -273,6 +373,8 @@ impl ForkCapture {
             source: None,
             zeros: None,
             predicted: None,
+            adaptive: None,
+            replay: None,
             chunk: 0,
             counters: None,
             spares: None,
@@ -334,6 +436,7 @@ impl Resolver {
                 first,
                 offset: r.offset,
                 zeropage: reg.ioctls().contains(userfault::uffd::Ioctls::ZEROPAGE),
+                shift: r.page_size.trailing_zeros(),
             });
             first += reg.len() / r.page_size;
             largest = largest.max(r.page_size);
@@ -374,7 +477,9 @@ impl Resolver {
             recorder,
             zeros: vec![0; largest].into(),
             predicted: None,
-            order: RwLock::new(()),
+            adaptive: None,
+            replay: None,
+            order: OrderLock::default(),
             moves: AtomicU64::new(0),
             fork_spares: spares,
             movable,
@@ -385,12 +490,12 @@ impl Resolver {
     /// events and applies the non-fault ones, so that no resolution ioctl
     /// runs meanwhile (see the module docs).
     pub fn order(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        self.order.write().unwrap_or_else(|e| e.into_inner())
+        self.order.write()
     }
 
-    /// Buffers for one thread: a chunk of the largest page size.
+    /// Buffers for one thread: the largest window a fault resolves.
     pub fn scratch(&self) -> Scratch {
-        self.scratch_for(self.chunk)
+        self.scratch_for(self.chunk.max(self.adaptive.unwrap_or(0)))
     }
 
     /// Buffers for one thread resolving up to `bytes` at once (at least a
@@ -401,6 +506,7 @@ impl Resolver {
         Scratch {
             buf: vec![0; bytes],
             claimed: Vec::with_capacity(bytes / rustix::param::page_size() + 1),
+            span: None,
         }
     }
 
@@ -442,10 +548,34 @@ impl Resolver {
         WorkingSet::from_pages(RECORD_PAGE as u32, order).ok()
     }
 
-    fn span_of_addr(&self, addr: usize) -> Option<Span> {
+    /// The span holding `addr`: the one `cache` holds when no remap came
+    /// since (`moves_seen`) and it holds `addr`, else looked up under the
+    /// lock (and cached). A lookup is a snapshot either way: a remap can
+    /// follow it at once, which `place` finds from `moves`.
+    #[inline]
+    fn span_of_addr<'c>(
+        &self,
+        addr: usize,
+        moves_seen: u64,
+        cache: &'c mut Option<(u64, Span)>,
+    ) -> Option<&'c Span> {
+        let hit =
+            matches!(cache, Some((m, s)) if *m == moves_seen && s.addr <= addr && addr < s.end());
+        if !hit {
+            self.span_of_addr_locked(addr, cache);
+        }
+        cache.as_ref().map(|(_, s)| s)
+    }
+
+    /// Looks `addr` up under the lock and caches its span (or nothing).
+    #[inline(never)]
+    fn span_of_addr_locked(&self, addr: usize, cache: &mut Option<(u64, Span)>) {
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock: a remap advances it before releasing its
+        // write lock, so this count is the one of what is read here.
+        let moves = self.moves.load(Ordering::Acquire);
         let i = spans.partition_point(|s| s.end() <= addr);
-        spans.get(i).filter(|s| s.addr <= addr).copied()
+        *cache = spans.get(i).filter(|s| s.addr <= addr).map(|&s| (moves, s));
     }
 
     fn span_of_index(&self, index: usize) -> Option<Span> {
@@ -457,8 +587,12 @@ impl Resolver {
     }
 
     /// The aligned chunk of `span`'s pages around local page `p`.
+    #[inline]
     fn window(&self, span: &Span, p: usize) -> (usize, usize) {
-        let per = (self.chunk / span.page).max(1);
+        let per = (self.chunk >> span.shift).max(1);
+        if per == 1 {
+            return (p, p + 1);
+        }
         let lo = p - p % per;
         (lo, (lo + per).min(span.pages()))
     }
@@ -470,11 +604,12 @@ impl Resolver {
     /// by a remap since the fault).
     pub fn fault(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
         let mut moves_seen = self.moves.load(Ordering::Acquire);
-        let Some(mut span) = self.span_of_addr(addr) else {
+        let Some(&span) = self.span_of_addr(addr, moves_seen, &mut scratch.span) else {
             return Ok(self.unserved(addr, rustix::param::page_size()));
         };
-        let page_addr = addr - (addr - span.addr) % span.page;
-        let index = span.first + (addr - span.addr) / span.page;
+        let mut span = span;
+        let page_addr = addr - ((addr - span.addr) & (span.page - 1));
+        let index = span.first + ((addr - span.addr) >> span.shift);
         if let Some(rec) = &self.recorder {
             let p = index - span.first;
             rec.note((span.offset + (p * span.page) as u64) / RECORD_PAGE);
@@ -492,6 +627,10 @@ impl Resolver {
             // resolved.
             let (lo, hi) = if alone {
                 (p, p + 1)
+            } else if let Some(r) = &self.replay {
+                self.along_window(&span, p, r, scratch)
+            } else if let Some(max) = self.adaptive {
+                self.adaptive_window(&span, p, max)
             } else {
                 self.window(&span, p)
             };
@@ -500,8 +639,13 @@ impl Resolver {
                 other => other,
             };
             match outcome {
+                // Returned as it is: a new value would drop this one (an
+                // out-of-line call, for a `Result` that holds an `Error`).
                 Ok(Outcome::Done) if span.addr + p * span.page == page_addr => {
-                    return Ok(Outcome::Done);
+                    if !alone && let Some(r) = &self.replay {
+                        self.resolve_ahead(r, index, span.first + hi, hi - p, scratch)?;
+                    }
+                    return outcome;
                 }
                 Ok(Outcome::Done) => {
                     // Resolved where a remap put it: the thread waits at
@@ -535,6 +679,125 @@ impl Resolver {
         Counters::add(&self.counters.unserved_faults, 1);
         let _ = self.uffd.wake_range(addr - addr % page, page);
         Outcome::Gone
+    }
+
+    /// With the working set being replayed as `order` (extents of
+    /// consecutive state indices, in the recorded order), a fault on one of
+    /// its pages resolves `ahead` bytes along that order from it: the rest
+    /// of its extent, then the extents recorded after it. The recording,
+    /// not the address, says which pages come next. Zero leaves faults to
+    /// their chunks.
+    pub fn replay_along(&mut self, order: &[(usize, usize)], ahead: usize) {
+        let pages = ahead / rustix::param::page_size();
+        if pages == 0 || order.is_empty() {
+            self.replay = None;
+            return;
+        }
+        let mut by_index: Vec<(usize, usize)> =
+            order.iter().enumerate().map(|(k, e)| (e.0, k)).collect();
+        by_index.sort_unstable();
+        self.replay = Some(Replay {
+            order: order.into(),
+            by_index: by_index.into(),
+            ahead: pages,
+        });
+    }
+
+    /// The position in the recorded order of the extent holding state
+    /// index `index`.
+    fn along_position(r: &Replay, index: usize) -> Option<usize> {
+        let i = r.by_index.partition_point(|e| e.0 <= index);
+        i.checked_sub(1)
+            .map(|i| r.by_index[i].1)
+            .filter(|&k| index < r.order[k].0 + r.order[k].1)
+    }
+
+    /// The window of a fault on page `p` of `span` in the replayed working
+    /// set: from the page to the end of its recorded extent (at most the
+    /// lookahead and what `scratch` holds); the aligned chunk for a page in
+    /// no extent.
+    fn along_window(&self, span: &Span, p: usize, r: &Replay, scratch: &Scratch) -> (usize, usize) {
+        let Some(k) = Self::along_position(r, span.first + p) else {
+            return self.window(span, p);
+        };
+        let room = (scratch.buf.len() / span.page).max(1);
+        let (start, len) = r.order[k];
+        let end = (start + len).saturating_sub(span.first).min(span.pages());
+        (p, end.min(p + room).min(p + r.ahead).max(p + 1))
+    }
+
+    /// After a fault on state index `fault` in the replayed working set was
+    /// served with `used` pages up to index `next`: what the recording says
+    /// the guest needs next, up to the lookahead, as background work (in
+    /// the populator's extents, counted as prefetched). Stops quietly when
+    /// the kernel asks for events to be read first; the next fault or the
+    /// populator finds the rest.
+    fn resolve_ahead(
+        &self,
+        r: &Replay,
+        fault: usize,
+        next: usize,
+        used: usize,
+        scratch: &mut Scratch,
+    ) -> Result<(), Error> {
+        let Some(k) = Self::along_position(r, fault) else {
+            return Ok(());
+        };
+        let mut budget = r.ahead.saturating_sub(used);
+        let (start, len) = r.order[k];
+        let (mut at, mut end, mut following) = (next, start + len, k + 1);
+        while budget > 0 {
+            if at >= end {
+                let Some(&(s, l)) = r.order.get(following) else {
+                    break;
+                };
+                (at, end, following) = (s, s + l, following + 1);
+                continue;
+            }
+            let (res, covered) = self.prefetch_run(at, (end - at).min(budget), scratch);
+            match res {
+                Ok(Outcome::Done | Outcome::Gone) => {}
+                Ok(_) => break,
+                Err(e) => return Err(e),
+            }
+            at += covered;
+            budget = budget.saturating_sub(covered);
+        }
+        Ok(())
+    }
+
+    /// Chooses each fault's window from what its neighbours turned out to
+    /// be worth instead of the fixed aligned chunk: see
+    /// [`adaptive_window`](Self::adaptive_window). `max` is the largest
+    /// window in bytes (at least a chunk). Call before the first
+    /// [`scratch`](Self::scratch), which is sized for it.
+    pub fn adapt(&mut self, max: usize) {
+        self.adaptive = Some(max.max(self.chunk));
+    }
+
+    /// The window a fault on local page `p` resolves when chunks adapt:
+    /// after a run of resolved pages just before `p` (the guest walking on
+    /// past what was resolved for it), the pages from `p` forward, as many
+    /// as the run is long rounded up to a power of two, at least a chunk
+    /// and at most `max` bytes; with nothing resolved just before it (a
+    /// fault isolated so far), the page alone, since its neighbours have
+    /// not shown they are needed.
+    fn adaptive_window(&self, span: &Span, p: usize, max: usize) -> (usize, usize) {
+        let per = (self.chunk / span.page).max(1);
+        let most = (max / span.page).max(per);
+        let resolved = |i: usize| {
+            let v = self.states[span.first + i].load(Ordering::Relaxed);
+            v & CLAIMED != 0 || matches!(v & BASE, FILLED | ZFILLED)
+        };
+        let mut run = 0;
+        while run < most && run < p && resolved(p - run - 1) {
+            run += 1;
+        }
+        if run == 0 {
+            return (p, p + 1);
+        }
+        let w = run.next_power_of_two().clamp(per, most);
+        (p, (p + w).min(span.pages()))
     }
 
     /// Marks the pages of `ws` as the working set being replayed: a fault
@@ -592,6 +855,12 @@ impl Resolver {
         fault: Option<usize>,
         scratch: &mut Scratch,
     ) -> Result<Outcome, Error> {
+        if let Some(f) = fault
+            && lo == f
+            && hi == f + 1
+        {
+            return self.resolve_one(span, moves_seen, f, scratch);
+        }
         scratch.claimed.clear();
         for p in lo..hi {
             let state = &self.states[span.first + p];
@@ -661,6 +930,34 @@ impl Resolver {
         }
     }
 
+    /// [`resolve_window`](Self::resolve_window) of the faulting page `p`
+    /// alone (per-page mode, and faults outside a replayed working set):
+    /// the same claim and outcome, without building runs.
+    #[inline]
+    fn resolve_one(
+        &self,
+        span: &Span,
+        moves_seen: u64,
+        p: usize,
+        scratch: &mut Scratch,
+    ) -> Result<Outcome, Error> {
+        let state = &self.states[span.first + p];
+        let mut v = state.load(Ordering::Acquire);
+        while v == PENDING || v == ZERO {
+            match state.compare_exchange_weak(v, v | CLAIMED, Ordering::Acquire, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    return match self.fill_run(span, moves_seen, &[(p, v)], true, scratch) {
+                        (0, Ok(Outcome::Done)) => Ok(Outcome::Unserved),
+                        (_, outcome) => outcome,
+                    };
+                }
+                Err(now) => v = now,
+            }
+        }
+        Ok(Outcome::Unserved)
+    }
+
     /// A fault on a page this thread did not resolve: waits for another
     /// thread's claim to settle, then wakes the faulting thread (or maps
     /// zeros if the page is absent). [`Outcome::Unserved`] when the page is
@@ -724,6 +1021,7 @@ impl Resolver {
     /// `UFFDIO_COPY` per stretch of data pages. Returns how many of its
     /// pages were resolved (from the first) and the outcome; every claim
     /// not resolved is given back.
+    #[inline(always)]
     fn fill_run(
         &self,
         span: &Span,
@@ -738,6 +1036,20 @@ impl Resolver {
         let offset = span.offset + (run[0].0 * ps) as u64;
         let removed = run.iter().all(|c| c.1 == ZERO);
         let known_zero = removed || self.source.is_zero(offset, bytes as u64);
+        if !known_zero
+            && run.iter().all(|c| c.1 != ZERO)
+            && let Some(m) = self.source.mapped(offset, bytes)
+        {
+            // Straight from the source's mapping; holes inside the run
+            // still become zero pages: one `UFFDIO_COPY` per stretch of
+            // data, one `UFFDIO_ZEROPAGE` per stretch of hole.
+            let hole = |k: usize| {
+                span.zeropage && self.source.is_zero(offset + (k * ps) as u64, ps as u64)
+            };
+            return self.place_stretches(span, moves_seen, run, demand, hole, |k, e| {
+                Src::Mapped(m.slice(k * ps, (e - k) * ps), offset + (k * ps) as u64)
+            });
+        }
         let buf = &mut scratch.buf;
         if buf.len() < bytes {
             buf.resize(bytes, 0);
@@ -758,16 +1070,37 @@ impl Resolver {
                 }
             }
         }
-        let is_zero = |k: usize| known_zero || all_zero(&data[k * ps..(k + 1) * ps]);
+        let data = &*data;
+        let is_zero =
+            |k: usize| span.zeropage && (known_zero || all_zero(&data[k * ps..(k + 1) * ps]));
+        self.place_stretches(span, moves_seen, run, demand, is_zero, |k, e| {
+            Src::Bytes(&data[k * ps..e * ps])
+        })
+    }
+
+    /// Places `run` in stretches: pages for which `zero(k)` holds as zero
+    /// pages, the others from `bytes(k, e)` (the source of pages
+    /// `[k, e)`). Returns how many of its pages were resolved (from the
+    /// first) and the outcome; every claim not resolved is given back.
+    fn place_stretches<'a>(
+        &self,
+        span: &Span,
+        moves_seen: u64,
+        run: &[(usize, u8)],
+        demand: bool,
+        zero: impl Fn(usize) -> bool,
+        bytes: impl Fn(usize, usize) -> Src<'a>,
+    ) -> (usize, Result<Outcome, Error>) {
+        let n = run.len();
         let mut resolved = 0;
         let mut k = 0;
         while k < n {
-            let zero = is_zero(k);
+            let z = zero(k);
             let mut e = k + 1;
-            while e < n && is_zero(e) == zero {
+            while e < n && zero(e) == z {
                 e += 1;
             }
-            let src = (!(zero && span.zeropage)).then(|| &data[k * ps..e * ps]);
+            let src = if z { Src::Zero } else { bytes(k, e) };
             let (done, outcome) = self.place(span, moves_seen, &run[k..e], src, demand);
             if k == 0 {
                 resolved = done;
@@ -786,8 +1119,8 @@ impl Resolver {
         self.states[span.first + p].load(Ordering::Acquire) & (REMOVED | UNMAPPED) != 0
     }
 
-    /// Maps `run` (consecutive claimed pages) with `UFFDIO_COPY` of `src`,
-    /// or `UFFDIO_ZEROPAGE` when `src` is `None`, waking its faulting
+    /// Maps `run` (consecutive claimed pages) with `UFFDIO_COPY` from `src`,
+    /// or `UFFDIO_ZEROPAGE` for [`Src::Zero`], waking its faulting
     /// threads. Each ioctl (of at most [`PLACE_MAX`] bytes, so that a
     /// handler waiting to read events never waits long) runs under the read
     /// side of the order lock, after checking that no remap moved the range
@@ -795,21 +1128,23 @@ impl Resolver {
     /// claimed. Returns how many pages from the first were resolved (a page
     /// left out ends that count) and the outcome; every claim it does not
     /// resolve is given back.
+    #[inline(always)]
     fn place(
         &self,
         span: &Span,
         moves_seen: u64,
         run: &[(usize, u8)],
-        src: Option<&[u8]>,
+        src: Src<'_>,
         demand: bool,
     ) -> (usize, Result<Outcome, Error>) {
         let ps = span.page;
+        let zero = matches!(src, Src::Zero);
         let most = (PLACE_MAX / ps).max(1);
         let mut resolved = 0;
         let mut contiguous = true;
         let mut at = 0;
         while at < run.len() {
-            let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+            let _order = self.order.read();
             if self.moves.load(Ordering::Acquire) != moves_seen {
                 self.release(span, &run[at..]);
                 return (resolved, Ok(Outcome::Moved));
@@ -827,24 +1162,42 @@ impl Resolver {
             }
             let addr = span.addr + run[at].0 * ps;
             let r = match src {
-                Some(src) => {
+                Src::Bytes(src) => {
                     self.uffd
                         .copy(&span.reg, addr, &src[at * ps..end * ps], CopyMode::empty())
                 }
-                None => self
-                    .uffd
-                    .zeropage(&span.reg, addr, (end - at) * ps, ZeropageMode::empty()),
+                Src::Mapped(m, _) => {
+                    let m = m.slice(at * ps, (end - at) * ps);
+                    // SAFETY: `m` is a range of a `MappedSource`'s own
+                    // private file mapping, which that source made and
+                    // never registers with a userfaultfd or hands out, so
+                    // the kernel's read of it never waits on this thread;
+                    // the borrow of the source keeps it mapped.
+                    unsafe {
+                        self.uffd.copy_from_ptr(
+                            &span.reg,
+                            addr,
+                            m.addr(),
+                            m.len(),
+                            CopyMode::empty(),
+                        )
+                    }
+                }
+                Src::Zero => {
+                    self.uffd
+                        .zeropage(&span.reg, addr, (end - at) * ps, ZeropageMode::empty())
+                }
             };
             let settled = match r {
                 Ok(_) => {
-                    self.settle(span, &run[at..end], src.is_none(), demand);
+                    self.settle(span, &run[at..end], zero, demand);
                     end - at
                 }
                 Err(UffdError::Partial { done, .. }) => {
                     // The kernel stopped part-way (and woke what it did);
                     // the next call says why.
                     let d = ((done as usize) / ps).max(1).min(end - at);
-                    self.settle(span, &run[at..at + d], src.is_none(), demand);
+                    self.settle(span, &run[at..at + d], zero, demand);
                     d
                 }
                 Err(e) if e.is_exists() => {
@@ -853,6 +1206,24 @@ impl Resolver {
                     Counters::add(&self.counters.already_present, 1);
                     self.mark_resolved(span, &run[at..at + 1]);
                     1
+                }
+                Err(e) if e.errno() == Some(Errno::EFAULT) && matches!(src, Src::Mapped(..)) => {
+                    let Src::Mapped(_, offset) = src else {
+                        unreachable!()
+                    };
+                    self.release(span, &run[at..]);
+                    let from = offset + (at * ps) as u64;
+                    return (
+                        resolved,
+                        Err(Error::Source(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "UFFDIO_COPY of {} bytes from the source's mapping at \
+                                 {from:#x}: EFAULT (the file shrank while served)",
+                                (end - at) * ps
+                            ),
+                        ))),
+                    );
                 }
                 Err(e) => {
                     let outcome = classify(e);
@@ -886,7 +1257,7 @@ impl Resolver {
     /// kernel has said for long enough that they are not mapped (and no
     /// event explained it), they are `GONE`. Returns how many were.
     pub fn retire_unmapped(&self, index: usize, pages: usize) -> usize {
-        let _order = self.order.read().unwrap_or_else(|e| e.into_inner());
+        let _order = self.order.read();
         let end = (index + pages).min(self.states.len());
         let mut n = 0;
         for state in &self.states[index.min(end)..end] {
@@ -1122,6 +1493,9 @@ impl Resolver {
         cap.source = Some(self.source.clone());
         cap.zeros = Some(self.zeros.clone());
         cap.predicted = self.predicted.clone();
+        cap.adaptive = self.adaptive;
+        // Arc clones: nothing is allocated here.
+        cap.replay = self.replay.clone();
         cap.chunk = self.chunk;
         cap.counters = Some(self.counters.clone());
         cap.spares = Some(self.fork_spares.clone());
@@ -1170,7 +1544,9 @@ impl Resolver {
             recorder: None,
             zeros,
             predicted: cap.predicted.take(),
-            order: RwLock::new(()),
+            adaptive: cap.adaptive,
+            replay: cap.replay.take(),
+            order: OrderLock::default(),
             moves: AtomicU64::new(0),
             fork_spares,
             movable,

@@ -22,9 +22,25 @@ use crate::workingset::WorkingSet;
 pub struct Config {
     /// Handler threads reading the userfaultfd (at least 1).
     pub threads: usize,
-    /// Bytes resolved around each fault and per background step: the
-    /// aligned chunk holding the page (rounded up to the page size).
+    /// Bytes resolved around each fault: the aligned chunk holding the page
+    /// (rounded up to the page size); with
+    /// [`adaptive_chunk`](Self::adaptive_chunk), the smallest window a
+    /// fault after resolved pages takes.
     pub chunk: usize,
+    /// With a [`working_set`](Self::working_set) replayed, bytes a fault on
+    /// one of its pages resolves along the recorded order (the rest of its
+    /// run, then the runs recorded after it) instead of its aligned chunk:
+    /// the recording says which pages the guest needs next. Zero: the
+    /// chunk.
+    pub replay_ahead: usize,
+    /// Choose each fault's window from its neighbours instead of the
+    /// aligned chunk around it, growing up to this many bytes: a fault
+    /// just after resolved pages (a guest walking on past what was resolved
+    /// for it) takes the pages from it forward, as many as that run of
+    /// resolved pages is long (at least [`chunk`](Self::chunk), at most
+    /// this); a fault with no resolved page just before it takes its page
+    /// alone. `None`: the aligned chunk around every fault.
+    pub adaptive_chunk: Option<usize>,
     /// Fill every page in the background (working set first, then in
     /// order, the rest at a lower scheduling priority); demand faults
     /// always go first.
@@ -43,24 +59,66 @@ pub struct Config {
     /// (the VMM's socket): the server then stops with
     /// [`Exit::PeerClosed`].
     pub peer: Option<OwnedFd>,
+    /// How the background populator runs ([`prefetch`](Self::prefetch)).
+    pub populator: Populator,
     /// File-backed ranges (a memfd or guest_memfd the VMM maps, and
     /// guest_memfd slots only vCPUs reach), served through their files'
     /// shared page state; see [`FileRange`] and [`Server::stage2`].
     pub files: Vec<FileRange>,
 }
 
+/// How the background populator runs: where, at what priority, in which
+/// steps, and how it gives way to demand faults.
+#[derive(Debug, Clone)]
+pub struct Populator {
+    /// The CPUs it may run on (`sched_setaffinity(2)`); empty: wherever
+    /// the server's threads may. On a VMM host with cores idle during a
+    /// restore, one of those keeps it off the vCPUs' and handlers' CPUs.
+    pub cpus: Vec<usize>,
+    /// Bytes it resolves per step at most: one source read (or none, from
+    /// a mapped source) and one `UFFDIO_COPY` per extent of consecutive
+    /// pending pages. Larger steps cost fewer calls; a demand fault on a
+    /// page the populator holds waits for its whole step.
+    pub extent: usize,
+    /// Its nice value once the working set is in (`setpriority(2)`);
+    /// `None` leaves its priority alone.
+    pub background_nice: Option<i32>,
+    /// How long, at most, it gives the CPU to the handler threads before
+    /// each step while demand faults wait unread (`sched_yield(2)` in a
+    /// loop); zero never waits. Useful when it shares a CPU with them.
+    pub yield_to_demand: Duration,
+}
+
+impl Default for Populator {
+    /// Any CPU, 512 KiB steps, nice 10 after the working set, up to 200 µs
+    /// of yielding per step.
+    fn default() -> Populator {
+        Populator {
+            cpus: Vec::new(),
+            extent: 512 << 10,
+            background_nice: Some(10),
+            yield_to_demand: Duration::from_micros(200),
+        }
+    }
+}
+
 impl Default for Config {
-    /// 2 threads, 64 KiB chunks, prefetch on, no working set, no
-    /// recording, finish when complete, no peer, no file ranges.
+    /// 2 threads, 64 KiB chunks chosen per fault up to 512 KiB, 256 KiB
+    /// ahead along a replayed working set, prefetch on, no working set, no
+    /// recording, finish when complete, no peer, the populator's defaults,
+    /// no file ranges.
     fn default() -> Config {
         Config {
             threads: 2,
             chunk: 64 << 10,
+            adaptive_chunk: Some(512 << 10),
+            replay_ahead: 256 << 10,
             prefetch: true,
             working_set: None,
             record: false,
             finish_when_complete: true,
             peer: None,
+            populator: Populator::default(),
             files: Vec::new(),
         }
     }
@@ -173,16 +231,20 @@ impl Server {
     /// `uffd` must be non-blocking (it is switched to non-blocking if not:
     /// the handler threads poll it). Faults are resolved with
     /// `UFFDIO_COPY` (data) and `UFFDIO_ZEROPAGE` (zero pages, where the
-    /// range offers it), in aligned chunks of `config.chunk` bytes.
+    /// range offers it), in windows around each fault as `config` chooses
+    /// ([`Config::chunk`], [`Config::adaptive_chunk`],
+    /// [`Config::replay_ahead`]).
     ///
     /// # Errors
     ///
     /// [`Error::Config`] when a range is not this userfaultfd's, is not
     /// aligned to its page size, overlaps another or extends past the
-    /// source, when a file range ([`Config::files`]) is registered with
-    /// another userfaultfd, extends past the source or has pages larger
-    /// than 2 MiB, or `threads` is 0; [`Error::Uffd`] from `fcntl` or
-    /// `eventfd`; [`Error::Io`] when a thread cannot be spawned.
+    /// source, `threads` is 0, or a populator CPU is out of range, when a
+    /// file range ([`Config::files`]) is registered with another
+    /// userfaultfd, extends past the source or has pages larger than
+    /// 2 MiB; [`Error::Uffd`] from `fcntl` or `eventfd`; [`Error::Io`] when
+    /// a thread cannot be spawned, or from `sched_setaffinity` (none of the
+    /// populator's CPUs is available).
     pub fn start(
         uffd: Arc<Uffd>,
         ranges: &[Range],
@@ -194,6 +256,17 @@ impl Server {
                 "at least one handler thread is needed".into(),
             ));
         }
+        if let Some(&cpu) = config
+            .populator
+            .cpus
+            .iter()
+            .find(|&&c| c >= rustix::thread::CpuSet::MAX_CPU)
+        {
+            return Err(Error::Config(format!(
+                "populator CPU {cpu} is out of range (at most {})",
+                rustix::thread::CpuSet::MAX_CPU - 1
+            )));
+        }
         if !uffd.is_nonblocking()? {
             uffd.set_nonblocking(true)?;
         }
@@ -204,6 +277,7 @@ impl Server {
             source.clone(),
             counters.clone(),
             config.chunk,
+            config.working_set.as_ref().filter(|_| config.prefetch),
         )?);
         let mut resolver = Resolver::new(
             uffd,
@@ -218,6 +292,17 @@ impl Server {
         {
             resolver.predict(ws);
         }
+        if let Some(max) = config.adaptive_chunk {
+            resolver.adapt(max);
+        }
+        // The working set as the populator's extents, in its order; faults
+        // resolve ahead along the same list.
+        let page = rustix::param::page_size();
+        let first = match (&config.working_set, config.prefetch) {
+            (Some(ws), true) => extents(&resolver, ws, (config.populator.extent / page).max(1)),
+            _ => Vec::new(),
+        };
+        resolver.replay_along(&first, config.replay_ahead);
         let stop = rustix::event::eventfd(0, rustix::event::EventfdFlags::CLOEXEC)
             .map_err(|e| Error::io("eventfd", e))?;
         let shared = Arc::new(Shared {
@@ -279,13 +364,25 @@ impl Server {
         }
         if config.prefetch {
             let shared = shared.clone();
-            let ws = config.working_set;
             let finish = config.finish_when_complete;
+            let how = config.populator;
+            let (placed, pinned) = std::sync::mpsc::sync_channel(1);
             let t = std::thread::Builder::new()
                 .name("pager-prefetch".into())
-                .spawn(move || populator_thread(&shared, ws.as_ref(), finish))
+                .spawn(move || {
+                    let r = pin(&how.cpus);
+                    let ok = r.is_ok();
+                    let _ = placed.send(r);
+                    if ok {
+                        populator_thread(&shared, &first, finish, &how);
+                    }
+                })
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
+            pinned
+                .recv()
+                .unwrap_or(Ok(()))
+                .map_err(|e| Error::io("sched_setaffinity", e))?;
         }
         Ok(server)
     }
@@ -667,7 +764,9 @@ fn handle_batch(
     b: &mut Batch,
 ) -> Pass {
     b.faults.clear();
-    b.faults.append(&mut b.deferred);
+    if !b.deferred.is_empty() {
+        b.faults.append(&mut b.deferred);
+    }
     let mut read_any = false;
     if readable {
         let _order = resolver.order();
@@ -724,13 +823,13 @@ fn handle_batch(
     if b.faults.is_empty() {
         return pass;
     }
-    let read_at = Instant::now();
+    let read_at = shared.counters.now();
     for &addr in &b.faults {
         match resolver.fault(addr, &mut b.scratch) {
             Ok(Outcome::Done) => {
                 b.unserved = (0, 0);
                 Counters::add(&shared.counters.demand_faults, 1);
-                shared.counters.record_latency(read_at.elapsed());
+                shared.counters.record_since(read_at);
             }
             Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved | Outcome::NotMapped) => {
                 b.unserved = (0, 0);
@@ -831,6 +930,19 @@ fn fork_thread(shared: &Arc<Shared>) {
     }
 }
 
+/// Restricts the calling thread to `cpus` (`sched_setaffinity(2)`); an
+/// empty set changes nothing.
+fn pin(cpus: &[usize]) -> rustix::io::Result<()> {
+    if cpus.is_empty() {
+        return Ok(());
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu);
+    }
+    rustix::thread::sched_setaffinity(None, &set)
+}
+
 /// How long the kernel may say a range is not mapped, with no event read
 /// to explain it, before its pending pages are given up on. A move's or an
 /// unmap's event follows within microseconds of the kernel's change.
@@ -849,13 +961,15 @@ fn unmapped_for_good(since: &mut Option<(usize, Instant)>, at: usize) -> bool {
 }
 
 /// Gives the CPU to the handler threads while demand faults wait unread,
-/// for at most `MAX_YIELD` per background step: a fault is read before the
+/// for at most `max` per background step: a fault is read before the
 /// populator takes its next extent. A handler thread already resolving one
 /// is not waited for: it has its CPU, and the populator's next extent is
 /// what the guest will need next (a guest that faults without pause must
 /// not stop the populator).
-fn yield_to_demand(shared: &Shared) {
-    const MAX_YIELD: Duration = Duration::from_micros(200);
+fn yield_to_demand(shared: &Shared, max: Duration) {
+    if max.is_zero() {
+        return;
+    }
     let uffd = shared.resolver.uffd();
     let mut since = None;
     loop {
@@ -868,26 +982,17 @@ fn yield_to_demand(shared: &Shared) {
             return;
         }
         let t0 = *since.get_or_insert_with(Instant::now);
-        if t0.elapsed() >= MAX_YIELD {
+        if t0.elapsed() >= max {
             return;
         }
         std::thread::yield_now();
     }
 }
 
-/// Bytes the populator resolves per step at most: one source read and one
-/// `UFFDIO_COPY` per extent of consecutive pending pages. Large enough that
-/// the per-call costs vanish; small enough that a demand fault on a page
-/// the populator holds waits well under a millisecond.
-const EXTENT: usize = 512 << 10;
-
 /// How long a completed server keeps reading events, with nothing unread
 /// and no forked child live, before it stops: a fork that began before the
 /// ranges were unregistered sends its event late.
 const QUIET_BEFORE_COMPLETE: Duration = Duration::from_millis(20);
-
-/// The populator's nice value once the working set is in.
-const BACKGROUND_NICE: i32 = 10;
 
 /// The working set as extents of consecutive state indices, in the order
 /// of their first page.
@@ -911,13 +1016,13 @@ fn extents(resolver: &Resolver, ws: &WorkingSet, max: usize) -> Vec<(usize, usiz
     out
 }
 
-fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: bool) {
+/// Fills `first` (the working set's extents, in order), then every page
+/// left, in order.
+fn populator_thread(shared: &Shared, first: &[(usize, usize)], finish: bool, how: &Populator) {
     let resolver = &shared.resolver;
-    let mut scratch = resolver.scratch_for(EXTENT);
-    let max = (EXTENT / rustix::param::page_size()).max(1);
-    let first = working_set
-        .map(|ws| extents(resolver, ws, max))
-        .unwrap_or_default();
+    let extent = how.extent.max(1);
+    let mut scratch = resolver.scratch_for(extent);
+    let max = (extent / rustix::param::page_size()).max(1);
     // Resolves the pending pages of `[start, start + len)`, extent by
     // extent, giving way to demand faults before each.
     let prefetch = |start: usize, len: usize, scratch: &mut Scratch| -> bool {
@@ -928,7 +1033,7 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             if shared.stopped() {
                 return false;
             }
-            yield_to_demand(shared);
+            yield_to_demand(shared, how.yield_to_demand);
             let (outcome, covered) = resolver.prefetch_run(at, end - at, scratch);
             match outcome {
                 Ok(Outcome::Done | Outcome::Gone) => at += covered,
@@ -958,19 +1063,21 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
         }
         true
     };
-    for &(start, len) in &first {
+    for &(start, len) in first {
         if !prefetch(start, len, &mut scratch) {
             return;
         }
     }
-    if working_set.is_some() && !populate_files(shared, working_set) {
+    if !populate_files(shared, true, how) {
         return;
     }
     // What is left is background work: from here the populator runs at
-    // nice `BACKGROUND_NICE` (`setpriority(2)` changes the calling thread
-    // on Linux), so the scheduler gives handler threads and vCPUs the CPU
-    // first. Failing to lower it only costs that preference.
-    let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+    // its background nice value (`setpriority(2)` changes the calling
+    // thread on Linux), so the scheduler gives handler threads and vCPUs
+    // the CPU first. Failing to lower it only costs that preference.
+    if let Some(nice) = how.background_nice {
+        let _ = rustix::process::setpriority_process(None, nice);
+    }
     // Sequential passes until nothing is left (a claim given back after
     // EAGAIN, or held by a handler thread, is found on the next pass).
     while resolver.remaining() > 0 {
@@ -987,7 +1094,7 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    if !populate_files(shared, None) {
+    if !populate_files(shared, false, how) {
         return;
     }
     shared.prefetch_done.store(true, Ordering::Release);
@@ -1025,14 +1132,12 @@ fn populator_thread(shared: &Shared, working_set: Option<&WorkingSet>, finish: b
     }
 }
 
-/// The populator's pass over the file ranges (`working_set`'s pages, or
-/// everything left); false when the server stops.
-fn populate_files(shared: &Shared, working_set: Option<&WorkingSet>) -> bool {
-    match shared
-        .backed
-        .populate(working_set, &|| shared.stopped(), &|| {
-            yield_to_demand(shared)
-        }) {
+/// The populator's pass over the file ranges (the working set's pages
+/// when `first`, or everything left); false when the server stops.
+fn populate_files(shared: &Shared, first: bool, how: &Populator) -> bool {
+    match shared.backed.populate(first, &|| shared.stopped(), &|| {
+        yield_to_demand(shared, how.yield_to_demand)
+    }) {
         Ok(done) => done,
         Err(exit) => {
             shared.finish(exit);

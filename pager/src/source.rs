@@ -3,6 +3,7 @@
 //! | source | what it serves |
 //! |---|---|
 //! | [`FileSource`] | a snapshot file, read with `pread(2)`; its holes are known to be zero |
+//! | [`MappedSource`] | a snapshot file through a private mapping of it: `UFFDIO_COPY` copies straight from the page cache |
 //! | [`ZeroSource`] | zeros (a fresh guest, or memory that must start cleared) |
 //! | [`LayeredSource`] | a diff snapshot over a base: the diff's data where it has any, the base in its holes |
 //!
@@ -10,12 +11,21 @@
 //! known to be zero (a hole in a sparse snapshot) is resolved with
 //! `UFFDIO_ZEROPAGE` without reading or copying anything. Pages that are
 //! read and turn out all zero are resolved the same way.
+//!
+//! A source that is a mapping ([`PageSource::mapped`]) is never read: the
+//! kernel copies each resolved range from it in one step (one copy of each
+//! byte, where `read_at` into a buffer and `UFFDIO_COPY` from it make two).
+//! Its zero pages are known from its holes alone.
 
 use std::fmt;
 use std::fs::File;
 use std::io;
+use std::marker::PhantomData;
+use std::os::fd::AsFd as _;
 use std::path::Path;
 use std::sync::Arc;
+
+use userfault::mem::{Mapping, Sharing};
 
 /// Where page contents come from, addressed by byte offset.
 ///
@@ -42,6 +52,19 @@ pub trait PageSource: Send + Sync + fmt::Debug {
         let _ = (offset, len);
         false
     }
+
+    /// The bytes `[offset, offset + len)` as a range of the source's own
+    /// file mapping, for `UFFDIO_COPY` to copy from directly; `None` (the
+    /// default) when the source is not a mapping or the range is not all
+    /// inside it, and the bytes are then read with
+    /// [`read_at`](Self::read_at).
+    ///
+    /// Only [`MappedSource`] (and a [`LayeredSource`] over one, for a range
+    /// inside one layer) hands out a [`Mapped`].
+    fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {
+        let _ = (offset, len);
+        None
+    }
 }
 
 impl<T: PageSource + ?Sized> PageSource for Arc<T> {
@@ -53,6 +76,47 @@ impl<T: PageSource + ?Sized> PageSource for Arc<T> {
     }
     fn is_zero(&self, offset: u64, len: u64) -> bool {
         (**self).is_zero(offset, len)
+    }
+    fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {
+        (**self).mapped(offset, len)
+    }
+}
+
+/// A range of a [`MappedSource`]'s private file mapping
+/// ([`PageSource::mapped`]): an address and a length the kernel copies
+/// from, never a reference (the file's pages can change or vanish under a
+/// mapping, so Rust code never reads them).
+#[derive(Debug, Clone, Copy)]
+pub struct Mapped<'a> {
+    addr: *const u8,
+    len: usize,
+    _mapping: PhantomData<&'a Mapping>,
+}
+
+impl Mapped<'_> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty range.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The part from `at`, `len` bytes long (clipped to this range).
+    pub(crate) fn slice(&self, at: usize, len: usize) -> Mapped<'_> {
+        let at = at.min(self.len);
+        Mapped {
+            addr: self.addr.wrapping_add(at),
+            len: len.min(self.len - at),
+            _mapping: PhantomData,
+        }
+    }
+
+    /// The first address, for `UFFDIO_COPY`.
+    pub(crate) fn addr(&self) -> *const u8 {
+        self.addr
     }
 }
 
@@ -180,6 +244,137 @@ impl PageSource for FileSource {
     }
 }
 
+/// How much of a [`MappedSource`]'s file is brought in when it is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Prefault {
+    /// Nothing: each resolution faults in the source pages it copies.
+    None,
+    /// `madvise(MADV_WILLNEED)`: the file is read ahead into the page
+    /// cache, the mapping's page tables are filled as resolutions copy.
+    WillNeed,
+    /// `madvise(MADV_POPULATE_READ)` (Linux 5.14): the page cache and the
+    /// mapping's page tables are filled before serving, so a resolution
+    /// copies without a single fault on the source (kernels without it:
+    /// as [`WillNeed`](Self::WillNeed)). What Firecracker's example handler
+    /// does with `MAP_POPULATE`.
+    Populate,
+}
+
+/// A snapshot file served through a private mapping of it (`mmap(2)`):
+/// `UFFDIO_COPY` copies each resolved range straight from the page cache,
+/// one copy of each byte instead of `pread(2)` into a buffer and a copy
+/// from it.
+///
+/// Its holes are mapped once at open as [`FileSource`]'s are, and are its
+/// only zero detection: the pager never reads the mapping itself, so data
+/// pages that happen to be all zero are copied (a [`FileSource`] maps them
+/// as zero pages after reading them).
+///
+/// The file must not change while it is served, as for [`FileSource`]. If
+/// it is truncated anyway, a resolution from the vanished part fails with
+/// `EFAULT` (the kernel cannot read the source) and the server stops with
+/// that error; nothing in this process touches the mapping, so there is no
+/// `SIGBUS`.
+#[derive(Debug)]
+pub struct MappedSource {
+    file: FileSource,
+    /// `None` for an empty file (a mapping has at least one byte).
+    map: Option<Mapping>,
+}
+
+impl MappedSource {
+    /// `open(path, O_RDONLY)`, its hole map, and a private mapping of the
+    /// whole file, prefaulted as `prefault` says.
+    ///
+    /// # Errors
+    ///
+    /// The `open`, `fstat` or `mmap` error, naming the path.
+    pub fn open(path: impl AsRef<Path>, prefault: Prefault) -> io::Result<MappedSource> {
+        let path = path.as_ref();
+        MappedSource::new(FileSource::open(path)?, prefault)
+            .map_err(|e| context(e, format!("mmap {}", path.display())))
+    }
+
+    /// Maps an open [`FileSource`]'s file (`mmap(MAP_PRIVATE)` of its
+    /// length as it was opened), prefaulted as `prefault` says.
+    ///
+    /// # Errors
+    ///
+    /// The `mmap` error (`ENODEV`: the file system cannot map files), or
+    /// `EFBIG` for a file larger than the address space. A prefault the
+    /// kernel refuses is not an error: it only costs faults later.
+    pub fn new(file: FileSource, prefault: Prefault) -> io::Result<MappedSource> {
+        let len =
+            usize::try_from(file.len).map_err(|_| io::Error::from(userfault::Errno::EFBIG))?;
+        let map = if len == 0 {
+            None
+        } else {
+            let map =
+                Mapping::file(file.file.as_fd(), 0, len, Sharing::Private).map_err(|e| match e
+                    .errno()
+                {
+                    Some(errno) => io::Error::from(errno),
+                    None => io::Error::other(e.to_string()),
+                })?;
+            let advise = |advice| {
+                // SAFETY: advice that changes no contents (read-ahead, or
+                // read faults that map page-cache pages), on the whole
+                // range of a mapping this value owns and nothing else uses.
+                unsafe { rustix::mm::madvise(map.as_ptr().cast(), map.len(), advice) }
+            };
+            match prefault {
+                Prefault::None => {}
+                Prefault::WillNeed => {
+                    let _ = advise(rustix::mm::Advice::WillNeed);
+                }
+                Prefault::Populate => {
+                    if advise(rustix::mm::Advice::LinuxPopulateRead).is_err() {
+                        let _ = advise(rustix::mm::Advice::WillNeed);
+                    }
+                }
+            }
+            Some(map)
+        };
+        Ok(MappedSource { file, map })
+    }
+
+    /// The file.
+    pub fn file(&self) -> &File {
+        self.file.file()
+    }
+}
+
+impl PageSource for MappedSource {
+    fn len(&self) -> u64 {
+        self.file.len
+    }
+
+    /// Reads with `pread(2)`, as [`FileSource`] (for callers that want the
+    /// bytes; the server copies from [`mapped`](PageSource::mapped)).
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_at(offset, buf)
+    }
+
+    fn is_zero(&self, offset: u64, len: u64) -> bool {
+        self.file.is_zero(offset, len)
+    }
+
+    fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {
+        let map = self.map.as_ref()?;
+        let start = usize::try_from(offset).ok()?;
+        let end = start.checked_add(len)?;
+        if len == 0 || end > map.len() {
+            return None;
+        }
+        Some(Mapped {
+            addr: map.as_ptr().wrapping_add(start).cast_const(),
+            len,
+            _mapping: PhantomData,
+        })
+    }
+}
+
 /// Zeros, `len` bytes of them.
 #[derive(Debug, Clone, Copy)]
 pub struct ZeroSource {
@@ -274,6 +469,20 @@ impl PageSource for LayeredSource {
             Ok(())
         });
         zero
+    }
+
+    /// The base's mapping, for a range that lies wholly in the diff's holes
+    /// (the diff itself is read with `pread(2)`).
+    fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {
+        let in_base = self
+            .diff
+            .next_data(offset)
+            .is_none_or(|at| at >= offset.saturating_add(len as u64));
+        if in_base {
+            self.base.mapped(offset, len)
+        } else {
+            None
+        }
     }
 }
 
@@ -400,6 +609,72 @@ mod tests {
                 .iter()
                 .all(|&b| b == 0x22)
         );
+    }
+
+    #[test]
+    fn mapped_source_hands_out_ranges_inside_the_file_only() {
+        const PAGE: u64 = 4096;
+        let path = temp("mapped");
+        let f = File::create(&path).unwrap();
+        f.set_len(8 * PAGE).unwrap();
+        f.write_all_at(&[0x33; PAGE as usize], 3 * PAGE).unwrap();
+        for prefault in [Prefault::None, Prefault::WillNeed, Prefault::Populate] {
+            let src = MappedSource::open(&path, prefault).unwrap();
+            assert_eq!(src.len(), 8 * PAGE);
+            let whole = src.mapped(0, 8 * PAGE as usize).unwrap();
+            assert_eq!(whole.len(), 8 * PAGE as usize);
+            let part = src.mapped(3 * PAGE, PAGE as usize).unwrap();
+            assert_eq!(part.addr(), whole.addr().wrapping_add(3 * PAGE as usize));
+            assert_eq!(
+                whole.slice(7 * PAGE as usize, 2 * PAGE as usize).len(),
+                PAGE as usize
+            );
+            // Past the end, across it, or empty: no mapping (the caller
+            // reads, and gets zeros past the end).
+            assert!(src.mapped(8 * PAGE, PAGE as usize).is_none());
+            assert!(src.mapped(7 * PAGE, 2 * PAGE as usize).is_none());
+            assert!(src.mapped(0, 0).is_none());
+            assert!(src.mapped(u64::MAX, 1).is_none());
+            let mut buf = vec![0u8; 2 * PAGE as usize];
+            src.read_at(3 * PAGE, &mut buf).unwrap();
+            assert!(buf[..PAGE as usize].iter().all(|&b| b == 0x33));
+            assert!(buf[PAGE as usize..].iter().all(|&b| b == 0));
+            assert!(!src.is_zero(3 * PAGE, PAGE));
+            assert!(src.is_zero(8 * PAGE, PAGE));
+        }
+        let empty = temp("mapped-empty");
+        File::create(&empty).unwrap();
+        let src = MappedSource::open(&empty, Prefault::Populate).unwrap();
+        assert_eq!(src.len(), 0);
+        assert!(src.mapped(0, 4096).is_none());
+        let err = MappedSource::open("/nonexistent/snapshot", Prefault::None).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/snapshot"), "{err}");
+    }
+
+    #[test]
+    fn layered_source_maps_only_what_lies_in_the_base() {
+        const PAGE: u64 = 4096;
+        let base_path = temp("mapped-base");
+        std::fs::write(&base_path, vec![0xbb; 8 * PAGE as usize]).unwrap();
+        let diff_path = temp("mapped-diff");
+        let f = File::create(&diff_path).unwrap();
+        f.set_len(8 * PAGE).unwrap();
+        f.write_all_at(&[0xd2; PAGE as usize], 2 * PAGE).unwrap();
+        let diff = FileSource::open(&diff_path).unwrap();
+        if diff.next_data(0) != Some(2 * PAGE) {
+            eprintln!(
+                "SKIP layered_source_maps_only_what_lies_in_the_base: no holes in {}",
+                diff_path.display()
+            );
+            return;
+        }
+        let base: Arc<dyn PageSource> =
+            Arc::new(MappedSource::open(&base_path, Prefault::None).unwrap());
+        let layered = LayeredSource::new(diff, base);
+        assert!(layered.mapped(0, 2 * PAGE as usize).is_some());
+        assert!(layered.mapped(3 * PAGE, 5 * PAGE as usize).is_some());
+        assert!(layered.mapped(PAGE, 2 * PAGE as usize).is_none());
+        assert!(layered.mapped(2 * PAGE, PAGE as usize).is_none());
     }
 
     #[test]

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use userfault::mem::{Mapping, Sharing};
 use userfault::uffd::{Features, RegisterMode, Uffd};
-use userfault_pager::source::FileSource;
-use userfault_pager::{Config, Exit, Range, Server, WorkingSet};
+use userfault_pager::source::{FileSource, MappedSource, Prefault};
+use userfault_pager::{Config, Exit, PageSource as _, Range, Server, WorkingSet};
 
 const PAGE: usize = 4096;
 
@@ -1395,4 +1395,242 @@ fn firecracker_sigterm_stops_cleanly_and_saves_the_recording() {
         serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
     assert_eq!(json["demand_faults"], 4);
     drop(stream);
+}
+
+#[test]
+fn library_serves_a_mapped_snapshot_byte_for_byte_with_holes_as_zero_pages() {
+    const TEST: &str = "library_serves_a_mapped_snapshot_byte_for_byte_with_holes_as_zero_pages";
+    const PAGES: usize = 2048; // 8 MiB
+    // Whole 64 KiB chunks of hole: every window inside it is known zero.
+    let hole = 512..640;
+    let dir = scratch_dir("lib-mapped");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, hole.clone());
+    let holes_kept = FileSource::open(&file)
+        .unwrap()
+        .is_zero((hole.start * PAGE) as u64, (hole.len() * PAGE) as u64);
+    for (prefault, adaptive) in [
+        (Prefault::None, None),
+        (Prefault::WillNeed, Some(256 << 10)),
+        (Prefault::Populate, Some(512 << 10)),
+    ] {
+        let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+            return;
+        };
+        let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+        // SAFETY: `guest` is reached only through raw pointers.
+        let reg =
+            unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+        let server = Server::start(
+            Arc::new(uffd),
+            &[Range::new(reg, 0)],
+            Arc::new(MappedSource::open(&file, prefault).unwrap()),
+            Config {
+                threads: 2,
+                prefetch: false,
+                adaptive_chunk: adaptive,
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        util::with_deadline(TEST, Duration::from_secs(120), || {
+            // A sequential walk (chunks grow where they adapt), then every
+            // page again from two threads in their own orders.
+            for i in (0..PAGES).step_by(3) {
+                assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
+            }
+            touch_all(guest.addr(), PAGES, 2, &bytes);
+            let settled = Instant::now() + Duration::from_secs(10);
+            while server.stats().remaining_pages != 0 && Instant::now() < settled {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // A balloon takes pages back: zeros afterwards.
+            balloon(guest.addr() + 100 * PAGE, 50 * PAGE);
+            for i in 100..150 {
+                assert!(
+                    read_page(guest.addr(), i).iter().all(|&b| b == 0),
+                    "removed page {i}"
+                );
+            }
+        });
+        let report = server.shutdown();
+        assert!(matches!(report.exit, Exit::Shutdown), "{:?}", report.exit);
+        let s = &report.stats;
+        assert_eq!(s.remaining_pages, 0, "{prefault:?}");
+        assert_eq!(s.demand_pages, (PAGES + 50) as u64, "{prefault:?}");
+        // Zero pages: the holes (when the file system keeps them) and the
+        // removed pages; data pages that are all zero are copied from the
+        // mapping, which the pager never reads.
+        let holes = if holes_kept { hole.len() } else { 0 };
+        assert_eq!(s.zero_pages, (holes + 50) as u64, "{prefault:?}");
+        assert_eq!(
+            s.copied_bytes,
+            ((PAGES - holes) * PAGE) as u64,
+            "{prefault:?}"
+        );
+    }
+}
+
+#[test]
+fn library_refuses_a_mapped_snapshot_shorter_than_its_range() {
+    const TEST: &str = "library_refuses_a_mapped_snapshot_shorter_than_its_range";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    let dir = scratch_dir("lib-mapped-short");
+    let file = dir.join("mem");
+    snapshot(&file, 16, 0..0);
+    let guest = Mapping::anonymous(32 * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let err = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
+        Config::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, userfault_pager::Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("extends past the source"), "{err}");
+}
+
+#[test]
+fn library_stops_with_a_source_error_when_a_mapped_snapshot_shrinks() {
+    const TEST: &str = "library_stops_with_a_source_error_when_a_mapped_snapshot_shrinks";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    const PAGES: usize = 64;
+    let dir = scratch_dir("lib-mapped-shrink");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
+        Config {
+            threads: 1,
+            chunk: PAGE,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let base = guest.addr();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        assert_eq!(read_page(base, 0), file_page(&bytes, 0));
+        // The snapshot shrinks under the server: page 40 is gone from it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_len((16 * PAGE) as u64)
+            .unwrap();
+        std::thread::scope(|s| {
+            // Waits until the server stops and the userfaultfd is closed,
+            // then reads what anonymous memory holds: zeros.
+            let reader = s.spawn(move || read_page(base, 40));
+            assert!(
+                server.wait_timeout(Duration::from_secs(30)),
+                "still serving"
+            );
+            let report = server.shutdown();
+            match &report.exit {
+                Exit::Failed(e @ userfault_pager::Error::Source(_)) => {
+                    assert!(e.to_string().contains("EFAULT"), "{e}");
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(report.stats.demand_pages, 1);
+            assert!(reader.join().unwrap().iter().all(|&b| b == 0));
+        });
+    });
+}
+
+#[test]
+fn library_resolves_ahead_along_a_replayed_working_set() {
+    const TEST: &str = "library_resolves_ahead_along_a_replayed_working_set";
+    const PAGES: usize = 4096; // 16 MiB
+    let dir = scratch_dir("lib-ahead");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    // Runs of 8 pages scattered backwards through the file: the recorded
+    // order is not the address order.
+    let recorded: Vec<usize> = (0..64)
+        .flat_map(|k| {
+            let start = PAGES - 64 - k * 61;
+            start..start + 8
+        })
+        .collect();
+    for source in ["pread", "mmap"] {
+        let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+            return;
+        };
+        let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+        // SAFETY: `guest` is reached only through raw pointers.
+        let reg =
+            unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+        let src: Arc<dyn userfault_pager::PageSource> = if source == "mmap" {
+            Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap())
+        } else {
+            Arc::new(FileSource::open(&file).unwrap())
+        };
+        let ws = WorkingSet::from_pages(4096, recorded.iter().map(|&p| p as u64)).unwrap();
+        let server = Server::start(
+            Arc::new(uffd),
+            &[Range::new(reg, 0)],
+            src,
+            Config {
+                threads: 1,
+                working_set: Some(ws),
+                replay_ahead: 128 << 10,
+                adaptive_chunk: Some(256 << 10),
+                finish_when_complete: false,
+                // The populator waits on no demand fault and runs wherever.
+                populator: userfault_pager::Populator {
+                    yield_to_demand: Duration::ZERO,
+                    background_nice: None,
+                    ..Default::default()
+                },
+                ..Config::default()
+            },
+        )
+        .unwrap();
+        util::with_deadline(TEST, Duration::from_secs(120), || {
+            for &i in &recorded {
+                assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
+            }
+            for i in 0..PAGES {
+                assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
+            }
+            let settled = Instant::now() + Duration::from_secs(10);
+            while server.stats().remaining_pages != 0 && Instant::now() < settled {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+        let report = server.shutdown();
+        assert!(matches!(report.exit, Exit::Shutdown), "{:?}", report.exit);
+        let s = &report.stats;
+        assert_eq!(s.remaining_pages, 0, "{source}");
+        // Every page came in exactly once, by a fault, ahead of one or by
+        // the populator.
+        assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{source}");
+        assert_eq!(
+            s.copied_bytes,
+            (PAGES * PAGE) as u64 - zero_bytes(PAGES, source)
+        );
+    }
+}
+
+/// Bytes of the test snapshot's all-zero data pages that a source serves as
+/// zero pages: a pread source finds them, a mapped one copies them.
+fn zero_bytes(pages: usize, source: &str) -> u64 {
+    if source == "mmap" {
+        0
+    } else {
+        ((0..pages).filter(|i| i % 7 == 3).count() * PAGE) as u64
+    }
 }

@@ -79,10 +79,9 @@ impl Registration {
     /// True when `[addr, addr + len)` lies inside the range.
     #[inline]
     pub fn contains(&self, addr: usize, len: usize) -> bool {
-        addr >= self.start
-            && addr
-                .checked_add(len)
-                .is_some_and(|end| end <= self.start + self.len)
+        // An address below the start wraps to an offset past any length.
+        let off = addr.wrapping_sub(self.start);
+        off <= self.len && len <= self.len - off
     }
 }
 
@@ -392,5 +391,42 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
             .into(),
         Errno::ENOMEM => "no part of the range is mapped (it lies past every mapping)".into(),
         _ => "registration failed".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `contains` agrees with its definition, `start <= addr` and
+    /// `addr + len <= start + len` without overflow, at every edge.
+    #[test]
+    fn contains_matches_its_definition() {
+        let top = usize::MAX - 0xfff;
+        for (start, rlen) in [(0x1000, 0x4000), (0, 0x2000), (top - 0x3000, 0x3000)] {
+            let reg = Registration {
+                uffd_id: 1,
+                start,
+                len: rlen,
+                mode: RegisterMode::MISSING,
+                ioctls: Ioctls::empty(),
+            };
+            let edges = [0, 1, 0xfff, 0x1000, 0x1001, rlen - 1, rlen, rlen + 1];
+            let addrs = edges
+                .iter()
+                .flat_map(|&d| [start.wrapping_add(d), start.wrapping_sub(d)])
+                .chain([0, usize::MAX]);
+            for addr in addrs {
+                for len in edges.iter().copied().chain([usize::MAX, usize::MAX - addr]) {
+                    let want = addr >= start
+                        && addr.checked_add(len).is_some_and(|end| end <= start + rlen);
+                    assert_eq!(
+                        reg.contains(addr, len),
+                        want,
+                        "{start:#x}+{rlen:#x}: {addr:#x}+{len:#x}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -239,10 +239,10 @@ impl Uffd {
         // One branch on the resolution path; which check failed is worked
         // out again, in the order below, only when one did.
         let mask = super::register::page_size() - 1;
+        // `contains` also rules out a range that wraps.
         let ok = reg.uffd_id == self.id()
             && len != 0
             && (start | len) & mask == 0
-            && start.checked_add(len).is_some()
             && reg.contains(start, len)
             && reg.ioctls.contains(bit);
         if ok {
@@ -304,7 +304,7 @@ impl Uffd {
     ///   [`ioctl_userfaultfd(2)`](https://man7.org/linux/man-pages/man2/ioctl_userfaultfd.2.html)
     /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
     #[doc(alias = "UFFDIO_COPY")]
-    #[inline]
+    #[inline(always)]
     pub fn copy(
         &self,
         reg: &Registration,
@@ -341,6 +341,65 @@ impl Uffd {
         // userfaultfd that are not present, which the registration's
         // contract leaves to the handler.
         unsafe { self.issue(arg, src.len()) }
+    }
+
+    /// `ioctl(uffd, UFFDIO_COPY, {dst, src, len, mode})` from `len` bytes
+    /// at a raw address that only the kernel reads: as [`copy`](Self::copy),
+    /// for a source Rust code never holds a reference to (a file mapping
+    /// whose file may change or shrink underneath it).
+    ///
+    /// The kernel reads the source with `copy_from_user`: a page it cannot
+    /// read (unmapped, or past the end of a truncated file) fails the copy
+    /// with `EFAULT` (or [`Error::Partial`] up to it) instead of raising a
+    /// signal.
+    ///
+    /// # Errors
+    ///
+    /// As [`copy`](Self::copy), and `EFAULT` for an unreadable source.
+    ///
+    /// # Safety
+    ///
+    /// A source page the kernel must fault in may not wait on the calling
+    /// thread: `[src, src + len)` must not lie in a range registered with a
+    /// userfaultfd (or on a `KVM_MEM_USERFAULT` slot) whose faults this
+    /// thread serves, or the copy can wait for itself. Memory safety does
+    /// not depend on `src`: the kernel only reads it.
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_COPY(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_COPY.2const.html)
+    #[doc(alias = "UFFDIO_COPY")]
+    #[inline]
+    pub unsafe fn copy_from_ptr(
+        &self,
+        reg: &Registration,
+        dst: usize,
+        src: *const u8,
+        len: usize,
+        mode: CopyMode,
+    ) -> Result<usize> {
+        const OP: &str = "UFFDIO_COPY";
+        self.check_resolve(OP, Ioctls::COPY, reg, dst, len)?;
+        if mode.contains(CopyMode::WP) && !reg.mode.contains(RegisterMode::WP) {
+            return Err(Error::invalid(
+                OP,
+                "CopyMode::WP needs a range registered with RegisterMode::WP",
+            ));
+        }
+        let arg = sys::uffdio_copy {
+            dst: dst as u64,
+            src: src as u64,
+            len: len as u64,
+            mode: mode.bits(),
+            copy: 0,
+        };
+        // SAFETY: UFFDIO_COPY only reads `[src, src + len)`, through
+        // `copy_from_user`, which reports unreadable pages as EFAULT; the
+        // caller promises that reading it does not wait on this thread. It
+        // writes only into missing pages of a range registered with this
+        // userfaultfd (checked above), which the registration's contract
+        // leaves to the handler.
+        unsafe { self.issue(arg, len) }
     }
 
     /// `ioctl(uffd, UFFDIO_ZEROPAGE, {range, mode})`—maps zero pages at the
