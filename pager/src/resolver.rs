@@ -1419,13 +1419,14 @@ impl Resolver {
             };
             let mut moved = piece(lo, hi);
             moved.addr = lo - from + to;
-            // SAFETY: the kernel moved this registration with the pages:
-            // the range at `moved.addr` is already registered with this
-            // userfaultfd in the same mode, so registering it again changes
-            // nothing in the kernel and only returns its Registration. The
-            // pages are the same ones the caller registered, under the
-            // same contract (no Rust references into them).
-            moved.reg = unsafe { self.uffd.register(moved.addr, moved.len, s.reg.mode()) }?;
+            // The kernel moved the registration with the pages; by now the
+            // process may have moved the range again (its next REMAP event
+            // follows), so no system call that needs it still there.
+            let Some(reg) = s.reg.remapped(from, to, len) else {
+                i += 1;
+                continue;
+            };
+            moved.reg = reg;
             // The kernel moves one whole registered mapping, so every page
             // of it is live: one given up on as unmapped (the kernel said
             // ENOENT for long with this event unread) is pending again.

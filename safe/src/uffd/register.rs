@@ -35,6 +35,35 @@ impl Registration {
         self
     }
 
+    /// The registration of the part of this one that `mremap(2)` moved,
+    /// as a `UFFD_EVENT_REMAP` event reports it
+    /// ([`Event::Remap`](super::Event::Remap): `[from, from + len)` now
+    /// lives at `to`), computed without a system call: the kernel moves the
+    /// registration with the pages, in the same mode and with the same
+    /// ioctls. `None` when the move does not overlap this registration or
+    /// an address would wrap.
+    ///
+    /// Registering the new range again would return the same, but only
+    /// while it is still there: the event lets `mremap` return once it is
+    /// read, and the process may move or unmap the range again before the
+    /// handler gets to it. A stale registration only makes the kernel
+    /// refuse the resolutions (`ENOENT`), as the type's docs say.
+    pub fn remapped(&self, from: usize, to: usize, len: usize) -> Option<Registration> {
+        let end = from.checked_add(len)?;
+        let lo = self.start.max(from);
+        let hi = self.end().min(end);
+        if lo >= hi {
+            return None;
+        }
+        let start = (lo - from).checked_add(to)?;
+        start.checked_add(hi - lo)?;
+        Some(Registration {
+            start,
+            len: hi - lo,
+            ..*self
+        })
+    }
+
     /// The first address.
     pub fn start(&self) -> usize {
         self.start
@@ -397,6 +426,35 @@ fn register_hint(errno: Errno, mode: RegisterMode) -> Cow<'static, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `remapped` keeps the part a move covered, at its new place, with the
+    /// same userfaultfd, mode and ioctls; nothing for a move elsewhere or
+    /// one that would wrap.
+    #[test]
+    fn remapped_follows_the_moved_part() {
+        let reg = Registration {
+            uffd_id: 7,
+            start: 0x10_000,
+            len: 0x8_000,
+            mode: RegisterMode::MISSING,
+            ioctls: Ioctls::COPY | Ioctls::WAKE,
+        };
+        // The upper half moves to 0x40_000.
+        let moved = reg.remapped(0x14_000, 0x40_000, 0x4_000).unwrap();
+        assert_eq!((moved.start(), moved.len()), (0x40_000, 0x4_000));
+        assert_eq!(
+            (moved.uffd_id(), moved.mode(), moved.ioctls()),
+            (7, reg.mode(), reg.ioctls())
+        );
+        // A move of a larger range that holds all of it.
+        let moved = reg.remapped(0x8_000, 0x80_000, 0x20_000).unwrap();
+        assert_eq!((moved.start(), moved.len()), (0x88_000, 0x8_000));
+        // Elsewhere, touching only at the edges, or wrapping.
+        assert_eq!(reg.remapped(0x18_000, 0x40_000, 0x1_000), None);
+        assert_eq!(reg.remapped(0x8_000, 0x40_000, 0x8_000), None);
+        assert_eq!(reg.remapped(usize::MAX - 0xfff, 0, 0x2000), None);
+        assert_eq!(reg.remapped(0x10_000, usize::MAX - 0xfff, 0x8_000), None);
+    }
 
     /// `contains` agrees with its definition, `start <= addr` and
     /// `addr + len <= start + len` without overflow, at every edge.
