@@ -44,6 +44,11 @@ const VARIANTS: &[(&str, &str, &str)] = &[
         "*userfault_pager::server::handle_batch*",
         "userfault-pager's handler pass (1 thread, 4 KiB chunks, no prefetch), from a snapshot file with pread",
     ),
+    (
+        "pager-map",
+        "*userfault_pager::server::handle_batch*",
+        "the same, copying straight from a populated private mapping of the file (as raw copies from memory)",
+    ),
 ];
 
 pub fn run(o: &Options) {
@@ -89,20 +94,26 @@ pub fn child(variant: &str, faults: usize) {
         "raw" => raw::cost_child(faults),
         "safe" => safe_child(faults, false),
         "safe-uffd" => safe_child(faults, true),
-        "pager" => pager_child(faults),
+        "pager" => pager_child(faults, false),
+        "pager-map" => pager_child(faults, true),
         other => panic!("unknown cost variant {other}"),
     }
 }
 
-/// The page server in per-page mode, serving a snapshot file.
-fn pager_child(faults: usize) {
-    use userfault_pager::source::FileSource;
+/// The page server in per-page mode, serving a snapshot file with `pread`,
+/// or (`mapped`) from a populated private mapping of it.
+fn pager_child(faults: usize, mapped: bool) {
+    use userfault_pager::source::{FileSource, MappedSource, PageSource, Prefault};
     use userfault_pager::{Config, Range, Server};
     let len = faults * PAGE;
     let src = source(len);
     let path = std::env::temp_dir().join(format!("userfault-cost-pager-{}", std::process::id()));
     std::fs::write(&path, &src).expect("write the snapshot");
-    let file = FileSource::open(&path).expect("open the snapshot");
+    let file: Arc<dyn PageSource> = if mapped {
+        Arc::new(MappedSource::open(&path, Prefault::Populate).expect("map the snapshot"))
+    } else {
+        Arc::new(FileSource::open(&path).expect("open the snapshot"))
+    };
     let _ = std::fs::remove_file(&path);
     let uffd = Uffd::builder()
         .open_method(OpenMethod::Device)
@@ -115,7 +126,7 @@ fn pager_child(faults: usize) {
     let server = Server::start(
         Arc::new(uffd),
         &[Range::new(reg, 0)],
-        Arc::new(file),
+        file,
         Config {
             threads: 1,
             chunk: PAGE,
