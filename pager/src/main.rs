@@ -341,6 +341,16 @@ fn run(args: &Args) -> Result<(), Failure> {
         Some(p) => Some(WorkingSet::load(p).map_err(|e| Failure(e.to_string(), 2))?),
         None => None,
     };
+    if args.record.is_some() && args.prefetch {
+        // Pages the populator brings in before the guest asks never fault:
+        // a recording taken while prefetching (above all while replaying)
+        // is only what was missed, and saved over a working set it shrinks
+        // it.
+        eprintln!(
+            "userfault-pager: note: recording while prefetching sees only the pages that fault \
+             before the populator reaches them; record with --no-prefetch for a complete working set"
+        );
+    }
     let stop = signals::watch(args.socket.clone());
     let listener = bind(&args.socket)?;
     let _socket_file = SocketFile(&args.socket);

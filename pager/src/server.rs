@@ -51,6 +51,11 @@ pub struct Config {
     /// be needed than any other page.
     pub working_set: Option<WorkingSet>,
     /// Record the order pages are first faulted ([`Server::recorded`]).
+    ///
+    /// Only faults are seen: with [`prefetch`](Self::prefetch) on, a page
+    /// the populator brought in before the guest asked is not recorded, so
+    /// a recording taken while replaying a working set holds only what the
+    /// replay missed. Record a working set with prefetch off.
     pub record: bool,
     /// Once every page is in, unregister the ranges and stop
     /// ([`Exit::Complete`]).
