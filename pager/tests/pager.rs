@@ -191,6 +191,28 @@ fn fork_uffd(test: &str) -> Option<Uffd> {
     Some(uffd)
 }
 
+/// Forks; the child runs `check` (reading memory the server serves it) and
+/// exits with its verdict; the parent waits and asserts it held.
+fn child_sees(check: impl FnOnce() -> bool) {
+    // SAFETY: the child only reads memory, compares and _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+    if pid == 0 {
+        let ok = check();
+        // SAFETY: ends the child without running the parent's destructors
+        // or atexit handlers.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child saw wrong contents (status {status:#x})"
+    );
+}
+
 /// `madvise(MADV_DONTNEED)`: a balloon inflating over `[addr, addr + len)`.
 fn balloon(addr: usize, len: usize) {
     // SAFETY: the range is part of a mapping the test owns and reaches only
@@ -669,32 +691,18 @@ fn library_serves_a_forked_child_until_both_are_complete() {
             assert_eq!(read_page(base, i * 64), file_page(&bytes, i * 64));
             write_byte(base, i * 64, 7, marker(i));
         }
-        // SAFETY: the child only reads memory, compares and _exits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
+        child_sees(|| {
             // Long enough for the parent's populator to finish first: the
             // child must still be served, from what it had at the fork.
             std::thread::sleep(Duration::from_millis(300));
-            let ok = (0..PAGES).all(|i| {
+            (0..PAGES).all(|i| {
                 let mut want = file_page(&bytes, i).to_vec();
                 if i % 64 == 0 && i / 64 < 16 {
                     want[7] = marker(i / 64);
                 }
                 read_page(base, i) == want
-            });
-            // SAFETY: ends the child without running the parent's
-            // destructors or atexit handlers.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let mut status = 0;
-        // SAFETY: waits for the child just forked.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(r, pid);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "the child saw wrong contents (status {status:#x})"
-        );
+            })
+        });
         server.wait()
     });
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
@@ -1261,32 +1269,18 @@ fn library_serves_a_forked_child_from_the_parents_state() {
             assert_eq!(read_page(base, i), file_page(&bytes, i));
         }
         balloon(base + 10 * PAGE, 10 * PAGE);
-        // SAFETY: the child only reads memory, compares and _exits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
-        if pid == 0 {
+        child_sees(|| {
             // The child: its second half faults into the child's
             // userfaultfd, served from the state the parent had.
-            let ok = (0..PAGES).all(|i| {
+            (0..PAGES).all(|i| {
                 let page = read_page(base, i);
                 if (10..20).contains(&i) {
                     page.iter().all(|&b| b == 0)
                 } else {
                     page == file_page(&bytes, i)
                 }
-            });
-            // SAFETY: ends the child without running the parent's
-            // destructors or atexit handlers.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
-        }
-        let mut status = 0;
-        // SAFETY: waits for the child just forked.
-        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
-        assert_eq!(r, pid);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "the child saw wrong contents (status {status:#x})"
-        );
+            })
+        });
     });
     let report = server.shutdown();
     assert_eq!(report.stats.forks, 1);
