@@ -277,13 +277,12 @@ pub(crate) struct Resolver {
     /// may mean "moved, event not read yet".
     movable: bool,
     /// The address of the source's own mapping of its first byte, when it
-    /// maps all of itself ([`PageSource::mapped`]), for
-    /// [`fault_direct`](Self::fault_direct).
+    /// maps all of itself ([`PageSource::mapped`]).
+    mapping: Option<usize>,
+    /// [`mapping`](Self::mapping) while every fault resolves its page alone
+    /// (chunks no larger than a page, no adaptive window, no replay): then
+    /// [`fault_direct`](Self::fault_direct) may take faults.
     direct: Option<usize>,
-    /// Every fault resolves its page alone (chunks no larger than a page,
-    /// no adaptive window, no replay): [`fault_direct`](Self::fault_direct)
-    /// may take it.
-    one_page: bool,
 }
 
 /// A replayed working set as extents in its recorded order, for a fault in
@@ -610,7 +609,7 @@ impl Resolver {
         let movable = uffd
             .features()
             .contains(userfault::uffd::Features::EVENT_REMAP);
-        let direct = direct_mapping(&*source);
+        let mapping = direct_mapping(&*source);
         let mut r = Resolver {
             uffd,
             source,
@@ -628,8 +627,8 @@ impl Resolver {
             moves: AtomicU64::new(0),
             fork_spares: spares,
             movable,
-            direct,
-            one_page: false,
+            mapping,
+            direct: None,
         };
         r.choose_paths();
         Ok(r)
@@ -639,10 +638,11 @@ impl Resolver {
     /// after every change of how windows are chosen.
     fn choose_paths(&mut self) {
         let spans = self.spans.get_mut().unwrap_or_else(|e| e.into_inner());
-        self.one_page = self.adaptive.is_none()
+        let one_page = self.adaptive.is_none()
             && self.replay.is_none()
             && self.predicted.is_none()
             && spans.iter().all(|s| self.chunk <= s.page);
+        self.direct = self.mapping.filter(|_| one_page);
     }
 
     /// The write side of the order lock: held while a handler thread reads
@@ -766,7 +766,7 @@ impl Resolver {
     /// [`place`](Self::place), without building windows, runs or stretches.
     #[inline(always)]
     pub fn fault_direct(&self, addr: usize, scratch: &mut Scratch) -> bool {
-        let Some(base) = self.direct.filter(|_| self.one_page) else {
+        let Some(base) = self.direct else {
             return false;
         };
         let moves_seen = self.moves.load(Ordering::Acquire);
@@ -1779,7 +1779,7 @@ impl Resolver {
         let movable = child
             .features()
             .contains(userfault::uffd::Features::EVENT_REMAP);
-        let direct = direct_mapping(&*source);
+        let mapping = direct_mapping(&*source);
         let mut r = Resolver {
             uffd: Arc::new(child),
             source,
@@ -1797,8 +1797,8 @@ impl Resolver {
             moves: AtomicU64::new(0),
             fork_spares,
             movable,
-            direct,
-            one_page: false,
+            mapping,
+            direct: None,
         };
         r.choose_paths();
         Ok(r)

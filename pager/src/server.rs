@@ -204,6 +204,16 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// A guard that stops the server if the thread holding it panics: the
+    /// other threads would otherwise go on serving around the pages it held
+    /// (and wait on them forever).
+    fn stop_on_panic(&self, thread: &'static str) -> StopOnPanic<'_> {
+        StopOnPanic {
+            shared: self,
+            thread,
+        }
+    }
+
     /// A thread has allocated what it needs and enters its loop.
     fn announce_started(&self) {
         *self.started.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -342,7 +352,10 @@ impl Server {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("pager-fault-{i}"))
-                .spawn(move || handler_thread(&shared))
+                .spawn(move || {
+                    let _guard = shared.stop_on_panic("handler");
+                    handler_thread(&shared)
+                })
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
             announced += 1;
@@ -351,7 +364,10 @@ impl Server {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name("pager-forks".into())
-                .spawn(move || fork_thread(&shared))
+                .spawn(move || {
+                    let _guard = shared.stop_on_panic("fork");
+                    fork_thread(&shared)
+                })
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
             announced += 1;
@@ -375,6 +391,7 @@ impl Server {
             let t = std::thread::Builder::new()
                 .name("pager-prefetch".into())
                 .spawn(move || {
+                    let _guard = shared.stop_on_panic("populator");
                     let r = pin(&how.cpus);
                     let ok = r.is_ok();
                     let _ = placed.send(r);
@@ -573,6 +590,23 @@ impl Drop for Started<'_> {
     }
 }
 
+/// See [`Shared::stop_on_panic`].
+struct StopOnPanic<'a> {
+    shared: &'a Shared,
+    thread: &'static str,
+}
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.finish(Exit::Failed(Error::Config(format!(
+                "the pager's {} thread panicked (see its message above)",
+                self.thread
+            ))));
+        }
+    }
+}
+
 /// Whose userfaultfd a handler thread serves.
 #[derive(Clone, Copy)]
 enum Role<'a> {
@@ -604,6 +638,7 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mu
         files: Vec::with_capacity(BATCH),
         scratch: resolver.scratch(),
         unserved: (0, 0),
+        rereads: (0, 0),
     };
     started.announce();
     // A child's pages not faulted yet, filled between its events.
@@ -748,12 +783,26 @@ struct Batch {
     /// The last page faulted outside every range, and how many times in a
     /// row.
     unserved: (usize, u32),
+    /// Reads again at once after a pass that found events, in a row, that
+    /// found nothing ([`REREAD_MISSES`]), and passes since the last one.
+    rereads: (u32, u32),
 }
 
-/// A handler thread's work once `poll` returned: [passes](pass) until one
-/// reads nothing. Reading again at once while events keep coming: a thread
-/// woken by a resolution often faults again before the next poll, and
-/// reading straight away saves that poll.
+/// Reads again at once after a busy pass stop when this many in a row
+/// found nothing: the faulting threads are not quick enough to fault again
+/// before the read (one vCPU that computes between faults, say), and each
+/// such read is a system call for nothing. One pass in
+/// [`REREAD_PROBE`] reads again anyway, to find out when they are.
+const REREAD_MISSES: u32 = 4;
+
+/// See [`REREAD_MISSES`].
+const REREAD_PROBE: u32 = 16;
+
+/// A handler thread's work once `poll` returned: [passes](pass) while
+/// events keep coming. A thread woken by a resolution often faults again
+/// before the next poll, and reading again straight away saves that poll;
+/// where that keeps finding nothing, the thread goes back to `poll` at once
+/// instead (see [`REREAD_MISSES`]).
 ///
 /// Not inlined: the benchmarks count the instructions spent here per fault.
 #[inline(never)]
@@ -761,28 +810,36 @@ fn handle_batch(
     shared: &Arc<Shared>,
     resolver: &Resolver,
     uffd: &Uffd,
-    mut readable: bool,
+    readable: bool,
     child: bool,
     b: &mut Batch,
 ) -> Pass {
-    let mut busy = false;
+    match pass(shared, resolver, uffd, readable, child, b) {
+        Pass::Busy if !shared.stopped() => {}
+        other => return other,
+    }
     loop {
-        match pass(shared, resolver, uffd, readable, child, b) {
+        let (misses, since) = &mut b.rereads;
+        *since += 1;
+        if *misses >= REREAD_MISSES && *since < REREAD_PROBE {
+            return Pass::Busy;
+        }
+        *since = 0;
+        match pass(shared, resolver, uffd, true, child, b) {
             Pass::Stop => return Pass::Stop,
-            Pass::Idle if busy => return Pass::Busy,
-            Pass::Idle => return Pass::Idle,
-            Pass::Busy if shared.stopped() => return Pass::Stop,
-            Pass::Busy => {
-                busy = true;
-                readable = true;
+            Pass::Idle => {
+                b.rereads.0 = b.rereads.0.saturating_add(1);
+                return Pass::Busy;
             }
+            Pass::Busy if shared.stopped() => return Pass::Stop,
+            Pass::Busy => b.rereads.0 = 0,
         }
     }
 }
 
 /// One pass: reads the events (when `readable`), applies the non-fault
 /// ones, then resolves the faults read and those deferred after `EAGAIN`.
-#[inline(always)]
+#[inline(never)]
 fn pass(
     shared: &Arc<Shared>,
     resolver: &Resolver,
@@ -1054,6 +1111,7 @@ fn fork_thread(shared: &Arc<Shared>) {
         let t = std::thread::Builder::new()
             .name("pager-fork".into())
             .spawn(move || {
+                let _guard = shared_for_child.stop_on_panic("forked child's handler");
                 // Not a thread `Server::start` waits for.
                 let mut started = Started::announced(&shared_for_child);
                 serve(&shared_for_child, &resolver, Role::Child, &mut started);
