@@ -1839,7 +1839,12 @@ fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
         + (0..half).filter(|&i| !check(at, i, half + i)).count();
     let s = &report.stats;
     assert_eq!(wrong, 0, "{wrong} pages wrong after {moves} moves; {s:?}");
-    assert_eq!(s.remaps, moves, "{s:?}");
+    // The last move can come after the server completed and unregistered
+    // the range: no event for it.
+    assert!(
+        s.remaps <= moves && s.remaps + 1 >= moves,
+        "{moves} moves: {s:?}"
+    );
     assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");
     util::report(&format!(
         "{TEST}: {moves} moves, {} demand faults, {} retries",
