@@ -279,10 +279,21 @@ pub(crate) struct Resolver {
     /// The address of the source's own mapping of its first byte, when it
     /// maps all of itself ([`PageSource::mapped`]).
     mapping: Option<usize>,
-    /// [`mapping`](Self::mapping) while every fault resolves its page alone
-    /// (chunks no larger than a page, no adaptive window, no replay): then
+    /// Every fault resolves its page alone (chunks no larger than a page,
+    /// no adaptive window, no replay): then
     /// [`fault_direct`](Self::fault_direct) may take faults.
-    direct: Option<usize>,
+    one_page: bool,
+}
+
+/// Where [`Resolver::fault_direct`] takes a page from.
+#[derive(Clone, Copy)]
+enum Direct<'a> {
+    /// The source's mapping, at this address.
+    Mapped(usize),
+    /// The page as read into the thread's buffer.
+    Bytes(&'a [u8]),
+    /// A zero page: the bytes read are all zero.
+    Zero,
 }
 
 /// A replayed working set as extents in its recorded order, for a fault in
@@ -628,7 +639,7 @@ impl Resolver {
             fork_spares: spares,
             movable,
             mapping,
-            direct: None,
+            one_page: false,
         };
         r.choose_paths();
         Ok(r)
@@ -642,7 +653,7 @@ impl Resolver {
             && self.replay.is_none()
             && self.predicted.is_none()
             && spans.iter().all(|s| self.chunk <= s.page);
-        self.direct = self.mapping.filter(|_| one_page);
+        self.one_page = one_page;
     }
 
     /// The write side of the order lock: held while a handler thread reads
@@ -757,20 +768,28 @@ impl Resolver {
         (lo, (lo + per).min(span.pages()))
     }
 
-    /// The common case of a fault that resolves its page alone, straight
-    /// from the source's mapping: a data page of a span found last time, no
-    /// remap since, pending. True when it was resolved (and its thread
-    /// woken); false, with nothing changed, for
-    /// [`fault_windowed`](Self::fault_windowed) to resolve it whatever it
-    /// turns out to need. The same claim, lock, checks and accounting as
-    /// [`place`](Self::place), without building windows, runs or stretches.
+    /// The common case of a fault that resolves its page alone: a data page
+    /// of the span found last time, no remap since, pending. True when it
+    /// was resolved (and its thread woken); false, with nothing changed,
+    /// for [`fault_windowed`](Self::fault_windowed) to resolve it whatever
+    /// it turns out to need. The same claim, lock, checks and accounting as
+    /// [`place`](Self::place), without building windows, runs or stretches:
+    /// a copy straight from the source's mapping, or a read of the page
+    /// into the thread's buffer and a copy from it (a zero page where the
+    /// bytes are all zero).
     #[inline(always)]
     pub fn fault_direct(&self, addr: usize, scratch: &mut Scratch) -> bool {
-        let Some(base) = self.direct else {
+        if !self.one_page {
             return false;
-        };
+        }
         let moves_seen = self.moves.load(Ordering::Acquire);
-        let Some((m, span)) = &scratch.span else {
+        let Scratch {
+            span: cached,
+            buf,
+            data,
+            ..
+        } = scratch;
+        let Some((m, span)) = cached else {
             return false;
         };
         if *m != moves_seen || addr < span.addr || addr >= span.end() {
@@ -779,9 +798,9 @@ impl Resolver {
         let p = (addr - span.addr) >> span.shift;
         let offset = span.offset + ((p << span.shift) as u64);
         let end = offset + span.page as u64;
-        if offset < scratch.data.0 || end > scratch.data.1 {
+        if offset < data.0 || end > data.1 {
             match self.source.data_extent(offset) {
-                Some(e) if e.0 <= offset && end <= e.1 => scratch.data = e,
+                Some(e) if e.0 <= offset && end <= e.1 => *data = e,
                 _ => return false,
             }
         }
@@ -796,6 +815,22 @@ impl Resolver {
         if let Some(rec) = &self.recorder {
             rec.note(offset / RECORD_PAGE);
         }
+        let src = match self.mapping {
+            Some(base) => Direct::Mapped(base + offset as usize),
+            None => {
+                let page = &mut buf[..span.page];
+                if self.source.read_at(offset, page).is_err() {
+                    // The general path reads again and reports it.
+                    self.release(span, &[(p, PENDING)]);
+                    return false;
+                }
+                if span.zeropage && all_zero(page) {
+                    Direct::Zero
+                } else {
+                    Direct::Bytes(page)
+                }
+            }
+        };
         let order = self.order.read();
         if self.moves.load(Ordering::Acquire) != moves_seen
             || state.load(Ordering::Acquire) & (REMOVED | UNMAPPED) != 0
@@ -804,25 +839,36 @@ impl Resolver {
             self.release(span, &[(p, PENDING)]);
             return false;
         }
-        // SAFETY: `base + offset` is in the source's own private file
-        // mapping (`direct_mapping`: it maps every byte of the source, and
-        // `offset + page` is within a data extent of it), which the source
-        // never registers with a userfaultfd or hands out, so the kernel's
-        // read of it never waits on this thread; the resolver's reference
-        // to the source keeps it mapped.
-        let r = unsafe {
-            self.uffd.copy_from_ptr(
-                &span.reg,
-                span.addr + (p << span.shift),
-                (base + offset as usize) as *const u8,
-                span.page,
-                CopyMode::empty(),
-            )
+        let dst = span.addr + (p << span.shift);
+        let r = match src {
+            // SAFETY: `src` is in the source's own private file mapping
+            // (`direct_mapping`: it maps every byte of the source, and
+            // `offset + page` is within a data extent of it), which the
+            // source never registers with a userfaultfd or hands out, so
+            // the kernel's read of it never waits on this thread; the
+            // resolver's reference to the source keeps it mapped.
+            Direct::Mapped(src) => unsafe {
+                self.uffd.copy_from_ptr(
+                    &span.reg,
+                    dst,
+                    src as *const u8,
+                    span.page,
+                    CopyMode::empty(),
+                )
+            },
+            Direct::Bytes(bytes) => self.uffd.copy(&span.reg, dst, bytes, CopyMode::empty()),
+            Direct::Zero => self
+                .uffd
+                .zeropage(&span.reg, dst, span.page, ZeropageMode::empty()),
         };
         if r.is_ok() {
             let c = &self.counters;
             Counters::add(&c.demand_pages, 1);
-            Counters::add(&c.copied_bytes, span.page as u64);
+            if matches!(src, Direct::Zero) {
+                Counters::add(&c.zero_pages, 1);
+            } else {
+                Counters::add(&c.copied_bytes, span.page as u64);
+            }
             state.store(FILLED, Ordering::Release);
             self.remaining.fetch_sub(1, Ordering::AcqRel);
             return true;
@@ -1798,7 +1844,7 @@ impl Resolver {
             fork_spares,
             movable,
             mapping,
-            direct: None,
+            one_page: false,
         };
         r.choose_paths();
         Ok(r)
