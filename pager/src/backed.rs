@@ -35,7 +35,7 @@ use userfault::resolve::{
     Class, ContinueOnly, CopyCapable, Discard, Fault, MAX_WINDOW, MissingFault, PageState, Region,
     Resolution, Window,
 };
-use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, Uffd};
+use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, TakenFault, Uffd};
 
 use crate::error::Error;
 use crate::server::Exit;
@@ -634,6 +634,37 @@ impl Backed {
                 false
             }
             _ => false,
+        }
+    }
+
+    /// Takes a page fault of a file range into `faults` (as
+    /// [`take`](Self::take) does for an [`Event::PageFault`]) and returns
+    /// true; false for a fault outside every file range.
+    #[inline]
+    pub fn take_fault(
+        &self,
+        fault: &TakenFault,
+        uffd_id: u64,
+        faults: &mut Vec<FileFault>,
+    ) -> bool {
+        if self.files.is_empty() {
+            return false;
+        }
+        let address = fault.address;
+        let found = self.files.iter().position(|f| {
+            f.registration()
+                .is_some_and(|(id, s, e)| id == uffd_id && s <= address && address < e)
+        });
+        match found {
+            Some(file) => {
+                faults.push(FileFault {
+                    file,
+                    addr: address,
+                    kind: fault.kind(),
+                });
+                true
+            }
+            None => false,
         }
     }
 

@@ -2,7 +2,9 @@
 //! resolution ioctls.
 //!
 //! Everything else in the crate (handler threads, the populator, event
-//! handling) calls the few methods of [`Resolver`]: [`fault`](Resolver::fault),
+//! handling) calls the few methods of [`Resolver`]:
+//! [`fault_direct`](Resolver::fault_direct),
+//! [`fault_windowed`](Resolver::fault_windowed),
 //! [`prefetch_run`](Resolver::prefetch_run), [`remove`](Resolver::remove),
 //! [`unmap`](Resolver::unmap), [`remap`](Resolver::remap),
 //! [`fork`](Resolver::fork) and [`finish`](Resolver::finish). Replacing the
@@ -171,6 +173,9 @@ pub(crate) struct Scratch {
     /// (`Resolver::moves`, advanced under the spans' write lock): the next
     /// fault in the same span looks it up without the lock.
     span: Option<(u64, Span)>,
+    /// The source extent `[start, end)` this thread found to hold only data
+    /// last ([`PageSource::data_extent`]).
+    data: (u64, u64),
 }
 
 /// The order pages were first needed, from the fault stream.
@@ -271,6 +276,24 @@ pub(crate) struct Resolver {
     /// The userfaultfd reports REMAP events, so a range can move: `ENOENT`
     /// may mean "moved, event not read yet".
     movable: bool,
+    /// The address of the source's own mapping of its first byte, when it
+    /// maps all of itself ([`PageSource::mapped`]).
+    mapping: Option<usize>,
+    /// Every fault resolves its page alone (chunks no larger than a page,
+    /// no adaptive window, no replay): then
+    /// [`fault_direct`](Self::fault_direct) may take faults.
+    one_page: bool,
+}
+
+/// Where [`Resolver::fault_direct`] takes a page from.
+#[derive(Clone, Copy)]
+enum Direct<'a> {
+    /// The source's mapping, at this address.
+    Mapped(usize),
+    /// The page as read into the thread's buffer.
+    Bytes(&'a [u8]),
+    /// A zero page: the bytes read are all zero.
+    Zero,
 }
 
 /// A replayed working set as extents in its recorded order, for a fault in
@@ -294,10 +317,17 @@ struct Replay {
 /// resolutions about to start let it go first: a sleeping handler is woken
 /// only by the next unlock, through the scheduler, which on another CPU
 /// of a virtual machine costs far more than the ioctl it waited for.
+///
+/// One word, taken and released with one atomic instruction each way
+/// when nobody waits (it is on every fault's path, twice): the low bits
+/// count the ioctls in flight, [`WRITER`](Self::WRITER) marks the write
+/// side held, [`SLEEPERS`](Self::SLEEPERS) that a thread sleeps on the
+/// word (`futex(2)`) and must be woken by the unlock that lets it in.
+/// There is no poisoning: a panic releases the side it held.
 #[derive(Debug, Default)]
 struct OrderLock {
-    lock: RwLock<()>,
-    /// Handler threads spinning for the write side.
+    state: std::sync::atomic::AtomicU32,
+    /// Handler threads spinning or sleeping for the write side.
     writers_waiting: AtomicUsize,
 }
 
@@ -305,46 +335,170 @@ struct OrderLock {
 /// it.
 const ORDER_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// The read side of the [`OrderLock`], released on drop.
+#[must_use]
+pub(crate) struct OrderRead<'a>(&'a OrderLock);
+
+/// The write side of the [`OrderLock`], released on drop.
+#[must_use]
+pub(crate) struct OrderWrite<'a>(&'a OrderLock);
+
 impl OrderLock {
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
-        if let Ok(g) = self.lock.try_write() {
-            return g;
+    const WRITER: u32 = 1 << 31;
+    const SLEEPERS: u32 = 1 << 30;
+    const READERS: u32 = Self::SLEEPERS - 1;
+
+    #[inline]
+    fn write(&self) -> OrderWrite<'_> {
+        if self
+            .state
+            .compare_exchange(0, Self::WRITER, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            self.write_contended();
         }
-        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
-        let start = std::time::Instant::now();
-        let g = loop {
-            for _ in 0..64 {
-                match self.lock.try_write() {
-                    Ok(g) => {
-                        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-                        return g;
-                    }
-                    Err(std::sync::TryLockError::Poisoned(e)) => {
-                        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-                        return e.into_inner();
-                    }
-                    Err(std::sync::TryLockError::WouldBlock) => std::hint::spin_loop(),
-                }
-            }
-            if start.elapsed() >= ORDER_SPIN {
-                break self.lock.write().unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
-        g
+        OrderWrite(self)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        if self.writers_waiting.load(Ordering::Acquire) != 0 {
-            // A handler wants to read events: let it (it spins for at most
-            // `ORDER_SPIN`, and holds the lock for a read and its events).
-            let start = std::time::Instant::now();
-            while self.writers_waiting.load(Ordering::Acquire) != 0 && start.elapsed() < ORDER_SPIN
-            {
-                std::hint::spin_loop();
+    /// Takes the write side from another holder: spins for up to
+    /// [`ORDER_SPIN`], then sleeps until an unlock lets it in.
+    #[cold]
+    #[inline(never)]
+    fn write_contended(&self) {
+        self.writers_waiting.fetch_add(1, Ordering::AcqRel);
+        let start = std::time::Instant::now();
+        let mut spinning = true;
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & (Self::WRITER | Self::READERS) == 0 {
+                if self
+                    .state
+                    .compare_exchange_weak(
+                        s,
+                        s | Self::WRITER,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    break;
+                }
+                continue;
             }
+            if spinning {
+                for _ in 0..64 {
+                    std::hint::spin_loop();
+                }
+                spinning = start.elapsed() < ORDER_SPIN;
+                continue;
+            }
+            self.sleep(s);
         }
-        self.lock.read().unwrap_or_else(|e| e.into_inner())
+        self.writers_waiting.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    #[inline]
+    fn read(&self) -> OrderRead<'_> {
+        let s = self.state.load(Ordering::Relaxed);
+        if s & Self::WRITER != 0
+            || self.writers_waiting.load(Ordering::Acquire) != 0
+            || self
+                .state
+                .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                .is_err()
+        {
+            self.read_contended();
+        }
+        OrderRead(self)
+    }
+
+    /// Takes the read side while a handler wants or holds the write side:
+    /// lets a waiting handler go first for up to [`ORDER_SPIN`] (it holds
+    /// the lock for a read and its events), then waits only for a holder.
+    #[cold]
+    #[inline(never)]
+    fn read_contended(&self) {
+        let start = std::time::Instant::now();
+        while self.writers_waiting.load(Ordering::Acquire) != 0 && start.elapsed() < ORDER_SPIN {
+            std::hint::spin_loop();
+        }
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            if s & Self::WRITER == 0 {
+                if self
+                    .state
+                    .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return;
+                }
+                continue;
+            }
+            if start.elapsed() < ORDER_SPIN {
+                std::hint::spin_loop();
+                continue;
+            }
+            self.sleep(s);
+        }
+    }
+
+    /// Sleeps while the word still reads `seen` (with the sleepers' flag
+    /// set first, so that the unlock that changes it wakes this thread).
+    fn sleep(&self, seen: u32) {
+        let flagged = seen | Self::SLEEPERS;
+        if seen & Self::SLEEPERS == 0
+            && self
+                .state
+                .compare_exchange(seen, flagged, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        // Any change of the word in between (an unlock) makes it return at
+        // once; EINTR and EAGAIN are both "look again".
+        let _ = rustix::thread::futex::wait(
+            &self.state,
+            rustix::thread::futex::Flags::PRIVATE,
+            flagged,
+            None,
+        );
+    }
+
+    /// Wakes every sleeper: each looks at the word again.
+    #[cold]
+    #[inline(never)]
+    fn wake(&self) {
+        let _ = rustix::thread::futex::wake(
+            &self.state,
+            rustix::thread::futex::Flags::PRIVATE,
+            i32::MAX as u32,
+        );
+    }
+}
+
+impl Drop for OrderRead<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let lock = self.0;
+        let was = lock.state.fetch_sub(1, Ordering::Release);
+        // The last ioctl out lets a sleeping writer in.
+        if was == OrderLock::SLEEPERS | 1 {
+            lock.state
+                .fetch_and(!OrderLock::SLEEPERS, Ordering::Relaxed);
+            lock.wake();
+        }
+    }
+}
+
+impl Drop for OrderWrite<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        let lock = self.0;
+        // Nobody else changes the word while the write side is held, but
+        // for the sleepers' flag.
+        if lock.state.swap(0, Ordering::Release) & OrderLock::SLEEPERS != 0 {
+            lock.wake();
+        }
     }
 }
 
@@ -466,7 +620,8 @@ impl Resolver {
         let movable = uffd
             .features()
             .contains(userfault::uffd::Features::EVENT_REMAP);
-        Ok(Resolver {
+        let mapping = direct_mapping(&*source);
+        let mut r = Resolver {
             uffd,
             source,
             spans: RwLock::new(spans),
@@ -483,13 +638,28 @@ impl Resolver {
             moves: AtomicU64::new(0),
             fork_spares: spares,
             movable,
-        })
+            mapping,
+            one_page: false,
+        };
+        r.choose_paths();
+        Ok(r)
+    }
+
+    /// Decides whether faults may take [`fault_direct`](Self::fault_direct):
+    /// after every change of how windows are chosen.
+    fn choose_paths(&mut self) {
+        let spans = self.spans.get_mut().unwrap_or_else(|e| e.into_inner());
+        let one_page = self.adaptive.is_none()
+            && self.replay.is_none()
+            && self.predicted.is_none()
+            && spans.iter().all(|s| self.chunk <= s.page);
+        self.one_page = one_page;
     }
 
     /// The write side of the order lock: held while a handler thread reads
     /// events and applies the non-fault ones, so that no resolution ioctl
     /// runs meanwhile (see the module docs).
-    pub fn order(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+    pub fn order(&self) -> OrderWrite<'_> {
         self.order.write()
     }
 
@@ -507,6 +677,7 @@ impl Resolver {
             buf: vec![0; bytes],
             claimed: Vec::with_capacity(bytes / rustix::param::page_size() + 1),
             span: None,
+            data: (0, 0),
         }
     }
 
@@ -597,12 +768,128 @@ impl Resolver {
         (lo, (lo + per).min(span.pages()))
     }
 
+    /// The common case of a fault that resolves its page alone: a data page
+    /// of the span found last time, no remap since, pending. True when it
+    /// was resolved (and its thread woken); false, with nothing changed,
+    /// for [`fault_windowed`](Self::fault_windowed) to resolve it whatever
+    /// it turns out to need. The same claim, lock, checks and accounting as
+    /// [`place`](Self::place), without building windows, runs or stretches:
+    /// a copy straight from the source's mapping, or a read of the page
+    /// into the thread's buffer and a copy from it (a zero page where the
+    /// bytes are all zero).
+    #[inline(always)]
+    pub fn fault_direct(&self, addr: usize, scratch: &mut Scratch) -> bool {
+        if !self.one_page {
+            return false;
+        }
+        let moves_seen = self.moves.load(Ordering::Acquire);
+        let Scratch {
+            span: cached,
+            buf,
+            data,
+            ..
+        } = scratch;
+        let Some((m, span)) = cached else {
+            return false;
+        };
+        if *m != moves_seen || addr < span.addr || addr >= span.end() {
+            return false;
+        }
+        let p = (addr - span.addr) >> span.shift;
+        let offset = span.offset + ((p << span.shift) as u64);
+        let end = offset + span.page as u64;
+        if offset < data.0 || end > data.1 {
+            match self.source.data_extent(offset) {
+                Some(e) if e.0 <= offset && end <= e.1 => *data = e,
+                _ => return false,
+            }
+        }
+        let index = span.first + p;
+        let state = &self.states[index];
+        if state
+            .compare_exchange(PENDING, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        if let Some(rec) = &self.recorder {
+            rec.note(offset / RECORD_PAGE);
+        }
+        let src = match self.mapping {
+            Some(base) => Direct::Mapped(base + offset as usize),
+            None => {
+                let page = &mut buf[..span.page];
+                if self.source.read_at(offset, page).is_err() {
+                    // The general path reads again and reports it.
+                    self.release(span, &[(p, PENDING)]);
+                    return false;
+                }
+                if span.zeropage && all_zero(page) {
+                    Direct::Zero
+                } else {
+                    Direct::Bytes(page)
+                }
+            }
+        };
+        let order = self.order.read();
+        if self.moves.load(Ordering::Acquire) != moves_seen
+            || state.load(Ordering::Acquire) & (REMOVED | UNMAPPED) != 0
+        {
+            drop(order);
+            self.release(span, &[(p, PENDING)]);
+            return false;
+        }
+        let dst = span.addr + (p << span.shift);
+        let r = match src {
+            // SAFETY: `src` is in the source's own private file mapping
+            // (`direct_mapping`: it maps every byte of the source, and
+            // `offset + page` is within a data extent of it), which the
+            // source never registers with a userfaultfd or hands out, so
+            // the kernel's read of it never waits on this thread; the
+            // resolver's reference to the source keeps it mapped.
+            Direct::Mapped(src) => unsafe {
+                self.uffd.copy_from_ptr(
+                    &span.reg,
+                    dst,
+                    src as *const u8,
+                    span.page,
+                    CopyMode::empty(),
+                )
+            },
+            Direct::Bytes(bytes) => self.uffd.copy(&span.reg, dst, bytes, CopyMode::empty()),
+            Direct::Zero => self
+                .uffd
+                .zeropage(&span.reg, dst, span.page, ZeropageMode::empty()),
+        };
+        if r.is_ok() {
+            let c = &self.counters;
+            Counters::add(&c.demand_pages, 1);
+            if matches!(src, Direct::Zero) {
+                Counters::add(&c.zero_pages, 1);
+            } else {
+                Counters::add(&c.copied_bytes, span.page as u64);
+            }
+            state.store(FILLED, Ordering::Release);
+            self.remaining.fetch_sub(1, Ordering::AcqRel);
+            return true;
+        }
+        drop(order);
+        // Whatever the kernel said (present already, a pending event, not
+        // mapped, the source unreadable), the general path finds out again
+        // and does what it needs.
+        self.release(span, &[(p, PENDING)]);
+        false
+    }
+
     /// Resolves a demand fault at `addr` together with the unresolved pages
-    /// of the aligned chunk around it, and makes sure the faulting thread is
-    /// woken: by the resolution, or with `UFFDIO_WAKE` when the page cannot
-    /// be placed at `addr` (outside every range: [`Outcome::Gone`]; moved
-    /// by a remap since the fault).
-    pub fn fault(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
+    /// of the window around it (its aligned chunk, the adaptive window or
+    /// the replayed extent), and makes sure the faulting thread is woken: by
+    /// the resolution, or with `UFFDIO_WAKE` when the page cannot be placed
+    /// at `addr` (outside every range: [`Outcome::Gone`]; moved by a remap
+    /// since the fault). For every fault that
+    /// [`fault_direct`](Self::fault_direct) does not take.
+    #[inline(never)]
+    pub fn fault_windowed(&self, addr: usize, scratch: &mut Scratch) -> Result<Outcome, Error> {
         let mut moves_seen = self.moves.load(Ordering::Acquire);
         let Some(&span) = self.span_of_addr(addr, moves_seen, &mut scratch.span) else {
             return Ok(self.unserved(addr, rustix::param::page_size()));
@@ -691,6 +978,7 @@ impl Resolver {
         let pages = ahead / rustix::param::page_size();
         if pages == 0 || order.is_empty() {
             self.replay = None;
+            self.choose_paths();
             return;
         }
         let mut by_index: Vec<(usize, usize)> =
@@ -701,6 +989,7 @@ impl Resolver {
             by_index: by_index.into(),
             ahead: pages,
         });
+        self.choose_paths();
     }
 
     /// The position in the recorded order of the extent holding state
@@ -773,6 +1062,7 @@ impl Resolver {
     /// [`scratch`](Self::scratch), which is sized for it.
     pub fn adapt(&mut self, max: usize) {
         self.adaptive = Some(max.max(self.chunk));
+        self.choose_paths();
     }
 
     /// The window a fault on local page `p` resolves when chunks adapt:
@@ -813,6 +1103,7 @@ impl Resolver {
             }
         }
         self.predicted = Some(bits.into());
+        self.choose_paths();
     }
 
     /// Resolves the unresolved pages among `pages` consecutive pages from
@@ -1534,7 +1825,8 @@ impl Resolver {
         let movable = child
             .features()
             .contains(userfault::uffd::Features::EVENT_REMAP);
-        Ok(Resolver {
+        let mapping = direct_mapping(&*source);
+        let mut r = Resolver {
             uffd: Arc::new(child),
             source,
             spans: RwLock::new(spans),
@@ -1551,7 +1843,11 @@ impl Resolver {
             moves: AtomicU64::new(0),
             fork_spares,
             movable,
-        })
+            mapping,
+            one_page: false,
+        };
+        r.choose_paths();
+        Ok(r)
     }
 
     /// Unregisters every range (`UFFDIO_UNREGISTER`), which wakes any
@@ -1593,6 +1889,13 @@ fn fork_spares(uffd: &Uffd, pages: usize, spans: usize) -> Arc<Mutex<Vec<ForkCap
     let mut pool = Vec::with_capacity(FORK_SPARES);
     pool.extend((0..n).map(|_| ForkCapture::with_room(pages, spans)));
     Arc::new(Mutex::new(pool))
+}
+
+/// The address of `source`'s own mapping of its first byte, when one
+/// mapping holds all of it.
+fn direct_mapping(source: &dyn PageSource) -> Option<usize> {
+    let len = usize::try_from(source.len()).ok()?;
+    source.mapped(0, len).map(|m| m.addr() as usize)
 }
 
 /// What a resolution error means for the server.

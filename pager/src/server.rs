@@ -14,7 +14,7 @@ use crate::backed::{Backed, FileFault, FileRange, Stage2};
 use crate::error::Error;
 use crate::resolver::{ForkCapture, Outcome, Range, Resolver, Scratch};
 use crate::source::PageSource;
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, Stats, Tick};
 use crate::workingset::WorkingSet;
 
 /// How the server runs.
@@ -204,6 +204,16 @@ impl Shared {
         self.stopping.load(Ordering::Acquire)
     }
 
+    /// A guard that stops the server if the thread holding it panics: the
+    /// other threads would otherwise go on serving around the pages it held
+    /// (and wait on them forever).
+    fn stop_on_panic(&self, thread: &'static str) -> StopOnPanic<'_> {
+        StopOnPanic {
+            shared: self,
+            thread,
+        }
+    }
+
     /// A thread has allocated what it needs and enters its loop.
     fn announce_started(&self) {
         *self.started.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -342,7 +352,10 @@ impl Server {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name(format!("pager-fault-{i}"))
-                .spawn(move || handler_thread(&shared))
+                .spawn(move || {
+                    let _guard = shared.stop_on_panic("handler");
+                    handler_thread(&shared)
+                })
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
             announced += 1;
@@ -351,7 +364,10 @@ impl Server {
             let shared = shared.clone();
             let t = std::thread::Builder::new()
                 .name("pager-forks".into())
-                .spawn(move || fork_thread(&shared))
+                .spawn(move || {
+                    let _guard = shared.stop_on_panic("fork");
+                    fork_thread(&shared)
+                })
                 .map_err(|e| Error::io("spawn", e))?;
             server.threads.push(t);
             announced += 1;
@@ -375,6 +391,7 @@ impl Server {
             let t = std::thread::Builder::new()
                 .name("pager-prefetch".into())
                 .spawn(move || {
+                    let _guard = shared.stop_on_panic("populator");
                     let r = pin(&how.cpus);
                     let ok = r.is_ok();
                     let _ = placed.send(r);
@@ -573,6 +590,23 @@ impl Drop for Started<'_> {
     }
 }
 
+/// See [`Shared::stop_on_panic`].
+struct StopOnPanic<'a> {
+    shared: &'a Shared,
+    thread: &'static str,
+}
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.finish(Exit::Failed(Error::Config(format!(
+                "the pager's {} thread panicked (see its message above)",
+                self.thread
+            ))));
+        }
+    }
+}
+
 /// Whose userfaultfd a handler thread serves.
 #[derive(Clone, Copy)]
 enum Role<'a> {
@@ -597,12 +631,14 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mu
     // (each waits on one fault at a time).
     let mut b = Batch {
         buf: EventBuffer::with_capacity(BATCH),
+        read: [0; BATCH],
         faults: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
         deferred: Vec::with_capacity(4 * BATCH + MAX_DEFERRED),
         forks: Vec::with_capacity(BATCH),
         files: Vec::with_capacity(BATCH),
         scratch: resolver.scratch(),
         unserved: (0, 0),
+        rereads: (0, 0),
     };
     started.announce();
     // A child's pages not faulted yet, filled between its events.
@@ -667,17 +703,9 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mu
             ))));
             return;
         }
-        let mut readable = readable.contains(PollFlags::IN);
-        // Read again at once while events keep coming: a thread woken by a
-        // resolution often faults again before the next poll, and reading
-        // straight away saves that poll.
-        loop {
-            match handle_batch(shared, resolver, &uffd, readable, child, &mut b) {
-                Pass::Stop => return,
-                Pass::Idle => break,
-                Pass::Busy if shared.stopped() => return,
-                Pass::Busy => readable = true,
-            }
+        let readable = readable.contains(PollFlags::IN);
+        if let Pass::Stop = handle_batch(shared, resolver, &uffd, readable, child, &mut b) {
+            return;
         }
     }
 }
@@ -744,6 +772,9 @@ enum Pass {
 /// One handler thread's buffers, allocated before its first read.
 struct Batch {
     buf: EventBuffer,
+    /// The addresses of the faults of one read.
+    read: [usize; BATCH],
+    /// Deferred faults being retried.
     faults: Vec<usize>,
     deferred: Vec<usize>,
     forks: Vec<(Uffd, ForkCapture)>,
@@ -752,11 +783,26 @@ struct Batch {
     /// The last page faulted outside every range, and how many times in a
     /// row.
     unserved: (usize, u32),
+    /// Reads again at once after a pass that found events, in a row, that
+    /// found nothing ([`REREAD_MISSES`]), and passes since the last one.
+    rereads: (u32, u32),
 }
 
-/// One pass of a handler thread once `poll` returned: reads the events
-/// (when `readable`), applies the non-fault ones, then resolves the faults
-/// read and those deferred after `EAGAIN`.
+/// Reads again at once after a busy pass stop when this many in a row
+/// found nothing: the faulting threads are not quick enough to fault again
+/// before the read (one vCPU that computes between faults, say), and each
+/// such read is a system call for nothing. One pass in
+/// [`REREAD_PROBE`] reads again anyway, to find out when they are.
+const REREAD_MISSES: u32 = 4;
+
+/// See [`REREAD_MISSES`].
+const REREAD_PROBE: u32 = 16;
+
+/// A handler thread's work once `poll` returned: [passes](pass) while
+/// events keep coming. A thread woken by a resolution often faults again
+/// before the next poll, and reading again straight away saves that poll;
+/// where that keeps finding nothing, the thread goes back to `poll` at once
+/// instead (see [`REREAD_MISSES`]).
 ///
 /// Not inlined: the benchmarks count the instructions spent here per fault.
 #[inline(never)]
@@ -768,117 +814,269 @@ fn handle_batch(
     child: bool,
     b: &mut Batch,
 ) -> Pass {
-    b.faults.clear();
-    if !b.deferred.is_empty() {
-        b.faults.append(&mut b.deferred);
+    match pass(shared, resolver, uffd, readable, child, b) {
+        Pass::Busy if !shared.stopped() => {}
+        other => return other,
     }
+    loop {
+        let (misses, since) = &mut b.rereads;
+        *since += 1;
+        if *misses >= REREAD_MISSES && *since < REREAD_PROBE {
+            return Pass::Busy;
+        }
+        *since = 0;
+        match pass(shared, resolver, uffd, true, child, b) {
+            Pass::Stop => return Pass::Stop,
+            Pass::Idle => {
+                b.rereads.0 = b.rereads.0.saturating_add(1);
+                return Pass::Busy;
+            }
+            Pass::Busy if shared.stopped() => return Pass::Stop,
+            Pass::Busy => b.rereads.0 = 0,
+        }
+    }
+}
+
+/// One pass: reads the events (when `readable`), applies the non-fault
+/// ones, then resolves the faults read and those deferred after `EAGAIN`.
+#[inline(never)]
+fn pass(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    uffd: &Uffd,
+    readable: bool,
+    child: bool,
+    b: &mut Batch,
+) -> Pass {
+    // The faults read this pass, by address: at most a read's worth.
+    let mut n = 0;
     let mut read_any = false;
     if readable {
         let _order = resolver.order();
-        let events = match uffd.read_events(&mut b.buf) {
+        let mut events = match uffd.read_events(&mut b.buf) {
             Ok(events) => events,
             Err(e) => {
                 shared.finish(Exit::Failed(e.into()));
                 return Pass::Stop;
             }
         };
-        for event in events {
-            read_any = true;
-            if shared.backed.take(&event, &mut b.files) {
-                continue;
-            }
-            match event {
-                Event::PageFault { address, .. } => {
-                    // Served below, after the batch: taken, so dropping the
-                    // event does not wake its thread early.
-                    event.take();
-                    b.faults.push(address);
-                }
-                Event::Remove { start, end } => resolver.remove(start, end),
-                Event::Unmap { start, end } => resolver.unmap(start, end),
-                Event::Remap { from, to, len } => {
-                    if let Err(e) = resolver.remap(from, to, len) {
-                        shared.finish(Exit::Failed(e));
-                        return Pass::Stop;
+        loop {
+            // Page faults straight from the buffer (taken: each is resolved
+            // or woken below), the other events one by one, in order.
+            while let Some(fault) = events.take_fault() {
+                read_any = true;
+                if !shared.backed.take_fault(&fault, uffd.id(), &mut b.files) {
+                    match b.read.get_mut(n) {
+                        Some(slot) => {
+                            *slot = fault.address;
+                            n += 1;
+                        }
+                        // Never: a read returns at most `BATCH` records.
+                        None => b.deferred.push(fault.address),
                     }
                 }
-                // Captured now, in event order (a REMOVE later in the batch
-                // is not the child's); set up by the fork thread, since
-                // that allocates.
-                Event::Fork { uffd: child } => {
-                    shared.live_children.fetch_add(1, Ordering::AcqRel);
-                    b.forks.push((child, resolver.capture_fork()));
-                }
-                _ => Counters::add(&shared.counters.other_events, 1),
+            }
+            let Some(event) = events.next() else {
+                break;
+            };
+            read_any = true;
+            if !shared.backed.take(&event, &mut b.files)
+                && let Err(pass) = apply(shared, resolver, event, &mut b.forks, &mut b.deferred)
+            {
+                return pass;
             }
         }
+    }
+    if !read_any && b.deferred.is_empty() {
+        return Pass::Idle;
     }
     if !b.forks.is_empty() {
         let mut queue = shared.fork_queue.lock().unwrap_or_else(|e| e.into_inner());
         queue.append(&mut b.forks);
         shared.fork_ready.notify_all();
     }
-    let pass = if read_any { Pass::Busy } else { Pass::Idle };
     if !b.files.is_empty()
         && let Err(exit) = shared.backed.serve(&mut b.files)
     {
         shared.finish(exit);
         return Pass::Stop;
     }
-    if b.faults.is_empty() {
+    let read_at = shared.counters.now();
+    if !b.deferred.is_empty()
+        && let Err(pass) = retry_deferred(shared, resolver, child, read_at, b)
+    {
         return pass;
     }
-    let read_at = shared.counters.now();
-    for &addr in &b.faults {
-        match resolver.fault(addr, &mut b.scratch) {
-            Ok(Outcome::Done) => {
-                b.unserved = (0, 0);
-                Counters::add(&shared.counters.demand_faults, 1);
-                shared.counters.record_since(read_at);
-            }
-            Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved | Outcome::NotMapped) => {
-                b.unserved = (0, 0);
-                Counters::add(&shared.counters.retries, 1);
-                b.deferred.push(addr);
-            }
-            // Woken (and counted) by the resolver. The same page coming
-            // back again and again is a mapping the server was never given
-            // (a registered range the VMM grew, say): stop with its address
-            // rather than wake it forever.
-            Ok(Outcome::Gone) => {
-                let page = addr & !(rustix::param::page_size() - 1);
-                b.unserved = match b.unserved {
-                    (p, n) if p == page => (p, n + 1),
-                    _ => (page, 1),
-                };
-                if b.unserved.1 >= MAX_UNSERVED && child {
-                    // A child's mapping the server was never given: stop
-                    // serving that child only.
-                    return Pass::Stop;
-                }
-                if b.unserved.1 >= MAX_UNSERVED {
-                    shared.finish(Exit::Failed(Error::Config(format!(
-                        "page faults at {page:#x} keep arriving outside every served range \
-                         (a registered mapping grew or was replaced without the server being told)"
-                    ))));
-                    return Pass::Stop;
-                }
-            }
-            // A forked child exited: only its thread ends.
-            Ok(Outcome::PeerGone) if child => return Pass::Stop,
-            Ok(Outcome::PeerGone) => {
-                shared.finish(Exit::PeerClosed {
-                    reason: "the process whose memory is served has exited".into(),
-                });
-                return Pass::Stop;
-            }
-            Err(e) => {
-                shared.finish(Exit::Failed(e));
-                return Pass::Stop;
-            }
+    for i in 0..n {
+        let addr = b.read[i];
+        if let Err(pass) = serve_fault(shared, resolver, addr, child, read_at, b) {
+            return pass;
         }
     }
-    pass
+    if read_any { Pass::Busy } else { Pass::Idle }
+}
+
+/// Applies an event other than a page fault (the order lock's write side
+/// held); `Err` when the server stops.
+#[cold]
+#[inline(never)]
+fn apply(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    event: Event<'_>,
+    forks: &mut Vec<(Uffd, ForkCapture)>,
+    deferred: &mut Vec<usize>,
+) -> Result<(), Pass> {
+    match event {
+        Event::PageFault { address, .. } => {
+            // Not a record `take_fault` left (it takes them all): served
+            // below all the same, taken so dropping it does not wake its
+            // thread early.
+            event.take();
+            deferred.push(address);
+        }
+        Event::Remove { start, end } => resolver.remove(start, end),
+        Event::Unmap { start, end } => resolver.unmap(start, end),
+        Event::Remap { from, to, len } => {
+            if let Err(e) = resolver.remap(from, to, len) {
+                shared.finish(Exit::Failed(e));
+                return Err(Pass::Stop);
+            }
+        }
+        // Captured now, in event order (a REMOVE later in the batch is not
+        // the child's); set up by the fork thread, since that allocates.
+        Event::Fork { uffd: child } => {
+            shared.live_children.fetch_add(1, Ordering::AcqRel);
+            forks.push((child, resolver.capture_fork()));
+        }
+        _ => Counters::add(&shared.counters.other_events, 1),
+    }
+    Ok(())
+}
+
+/// Resolves the faults deferred by earlier passes (after `EAGAIN`, a remap
+/// or another thread's claim); those that still cannot be are deferred
+/// again.
+#[cold]
+#[inline(never)]
+fn retry_deferred(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    child: bool,
+    read_at: Tick,
+    b: &mut Batch,
+) -> Result<(), Pass> {
+    b.faults.clear();
+    b.faults.append(&mut b.deferred);
+    let mut faults = std::mem::take(&mut b.faults);
+    let mut result = Ok(());
+    for &addr in &faults {
+        result = serve_fault(shared, resolver, addr, child, read_at, b);
+        if result.is_err() {
+            break;
+        }
+    }
+    faults.clear();
+    b.faults = faults;
+    result
+}
+
+/// Resolves one demand fault read at `read_at` and accounts for it;
+/// `Err` when the thread stops.
+#[inline(always)]
+fn serve_fault(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    addr: usize,
+    child: bool,
+    read_at: Tick,
+    b: &mut Batch,
+) -> Result<(), Pass> {
+    if !resolver.fault_direct(addr, &mut b.scratch) {
+        return serve_fault_windowed(shared, resolver, addr, child, read_at, b);
+    }
+    b.unserved = (0, 0);
+    Counters::add(&shared.counters.demand_faults, 1);
+    shared.counters.record_since(read_at);
+    Ok(())
+}
+
+/// [`serve_fault`] of a fault [`Resolver::fault_direct`] did not take.
+#[inline(never)]
+fn serve_fault_windowed(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    addr: usize,
+    child: bool,
+    read_at: Tick,
+    b: &mut Batch,
+) -> Result<(), Pass> {
+    match resolver.fault_windowed(addr, &mut b.scratch) {
+        Ok(Outcome::Done) => {
+            b.unserved = (0, 0);
+            Counters::add(&shared.counters.demand_faults, 1);
+            shared.counters.record_since(read_at);
+            Ok(())
+        }
+        other => fault_not_done(shared, addr, child, other, b),
+    }
+}
+
+/// The rest of [`serve_fault`]: a fault not resolved now.
+#[cold]
+#[inline(never)]
+fn fault_not_done(
+    shared: &Arc<Shared>,
+    addr: usize,
+    child: bool,
+    outcome: Result<Outcome, Error>,
+    b: &mut Batch,
+) -> Result<(), Pass> {
+    match outcome {
+        Ok(Outcome::Done) => Ok(()),
+        Ok(Outcome::Again | Outcome::Moved | Outcome::Unserved | Outcome::NotMapped) => {
+            b.unserved = (0, 0);
+            Counters::add(&shared.counters.retries, 1);
+            b.deferred.push(addr);
+            Ok(())
+        }
+        // Woken (and counted) by the resolver. The same page coming back
+        // again and again is a mapping the server was never given (a
+        // registered range the VMM grew, say): stop with its address rather
+        // than wake it forever.
+        Ok(Outcome::Gone) => {
+            let page = addr & !(rustix::param::page_size() - 1);
+            b.unserved = match b.unserved {
+                (p, n) if p == page => (p, n + 1),
+                _ => (page, 1),
+            };
+            if b.unserved.1 >= MAX_UNSERVED && child {
+                // A child's mapping the server was never given: stop
+                // serving that child only.
+                return Err(Pass::Stop);
+            }
+            if b.unserved.1 >= MAX_UNSERVED {
+                shared.finish(Exit::Failed(Error::Config(format!(
+                    "page faults at {page:#x} keep arriving outside every served range \
+                     (a registered mapping grew or was replaced without the server being told)"
+                ))));
+                return Err(Pass::Stop);
+            }
+            Ok(())
+        }
+        // A forked child exited: only its thread ends.
+        Ok(Outcome::PeerGone) if child => Err(Pass::Stop),
+        Ok(Outcome::PeerGone) => {
+            shared.finish(Exit::PeerClosed {
+                reason: "the process whose memory is served has exited".into(),
+            });
+            Err(Pass::Stop)
+        }
+        Err(e) => {
+            shared.finish(Exit::Failed(e));
+            Err(Pass::Stop)
+        }
+    }
 }
 
 /// Sets forked children up as their FORK events are applied: builds each
@@ -913,6 +1111,7 @@ fn fork_thread(shared: &Arc<Shared>) {
         let t = std::thread::Builder::new()
             .name("pager-fork".into())
             .spawn(move || {
+                let _guard = shared_for_child.stop_on_panic("forked child's handler");
                 // Not a thread `Server::start` waits for.
                 let mut started = Started::announced(&shared_for_child);
                 serve(&shared_for_child, &resolver, Role::Child, &mut started);

@@ -53,6 +53,17 @@ pub trait PageSource: Send + Sync + fmt::Debug {
         false
     }
 
+    /// The extent `[start, end)` around byte `offset` in which no range is
+    /// known to be all zeros ([`is_zero`](Self::is_zero) is false for every
+    /// part of it): a data extent of the file, for a caller that resolves
+    /// page after page of it to check each page with two compares instead
+    /// of asking again. `None` (the default) when the source cannot say, or
+    /// `offset` is in a hole.
+    fn data_extent(&self, offset: u64) -> Option<(u64, u64)> {
+        let _ = offset;
+        None
+    }
+
     /// The bytes `[offset, offset + len)` as a range of the source's own
     /// file mapping, for `UFFDIO_COPY` to copy from directly; `None` (the
     /// default) when the source is not a mapping or the range is not all
@@ -76,6 +87,9 @@ impl<T: PageSource + ?Sized> PageSource for Arc<T> {
     }
     fn is_zero(&self, offset: u64, len: u64) -> bool {
         (**self).is_zero(offset, len)
+    }
+    fn data_extent(&self, offset: u64) -> Option<(u64, u64)> {
+        (**self).data_extent(offset)
     }
     fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {
         (**self).mapped(offset, len)
@@ -242,6 +256,14 @@ impl PageSource for FileSource {
                 .next_data(offset)
                 .is_none_or(|at| at >= offset.saturating_add(len))
     }
+
+    fn data_extent(&self, offset: u64) -> Option<(u64, u64)> {
+        let i = self.data.partition_point(|e| e.1 <= offset);
+        self.data
+            .get(i)
+            .copied()
+            .filter(|e| e.0 <= offset && e.1 <= self.len)
+    }
 }
 
 /// How much of a [`MappedSource`]'s file is brought in when it is opened.
@@ -358,6 +380,10 @@ impl PageSource for MappedSource {
 
     fn is_zero(&self, offset: u64, len: u64) -> bool {
         self.file.is_zero(offset, len)
+    }
+
+    fn data_extent(&self, offset: u64) -> Option<(u64, u64)> {
+        self.file.data_extent(offset)
     }
 
     fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {

@@ -489,27 +489,70 @@ fn ballooned(i: usize) -> bool {
 
 #[test]
 fn library_keeps_guest_writes_and_removed_zeros_while_prefetching() {
-    const TEST: &str = "library_keeps_guest_writes_and_removed_zeros_while_prefetching";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+    keeps_guest_writes_and_removed_zeros(
+        "library_keeps_guest_writes_and_removed_zeros_while_prefetching",
+        false,
+    );
+}
+
+/// The same in per-page mode from a mapped snapshot: faults take the
+/// direct one-page path while the populator fills around them.
+#[test]
+fn library_keeps_guest_writes_and_removed_zeros_per_page_from_a_mapping() {
+    keeps_guest_writes_and_removed_zeros(
+        "library_keeps_guest_writes_and_removed_zeros_per_page_from_a_mapping",
+        true,
+    );
+}
+
+/// Three guest threads read every page (one of them writing a marker into
+/// its pages) while a balloon takes regions back and the populator fills
+/// the rest: every byte is the snapshot's, the guest's or zero, as it
+/// should be. `per_page`: 4 KiB chunks from a mapped snapshot.
+fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool) {
+    const PAGES: usize = 8192; // 32 MiB
+    let Some(uffd) = new_uffd(test, Features::EVENT_REMOVE) else {
         return;
     };
-    const PAGES: usize = 8192; // 32 MiB
-    let dir = scratch_dir("lib-writes");
+    let dir = scratch_dir(if per_page {
+        "lib-writes-page"
+    } else {
+        "lib-writes"
+    });
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
-    let (guest, server) = serve_anonymous(
-        uffd,
-        PAGES,
-        &file,
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let source: Arc<dyn userfault_pager::source::PageSource> = if per_page {
+        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap())
+    } else {
+        Arc::new(FileSource::open(&file).unwrap())
+    };
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        source,
         Config {
             threads: 2,
             finish_when_complete: false,
+            chunk: if per_page {
+                PAGE
+            } else {
+                Config::default().chunk
+            },
+            adaptive_chunk: if per_page {
+                None
+            } else {
+                Config::default().adaptive_chunk
+            },
             ..Config::default()
         },
-    );
+    )
+    .unwrap();
     let base = guest.addr();
     let written = |i: usize| i.is_multiple_of(3) && !ballooned(i);
-    util::with_deadline(TEST, Duration::from_secs(120), || {
+    util::with_deadline(test, Duration::from_secs(120), || {
         std::thread::scope(|s| {
             for t in 0..3 {
                 let bytes = &bytes;
@@ -562,7 +605,7 @@ fn library_keeps_guest_writes_and_removed_zeros_while_prefetching() {
     assert_eq!(s.removed_pages, (PAGES / 512 * 64) as u64, "{s:?}");
     assert_eq!(s.remaining_pages, 0, "{s:?}");
     util::report(&format!(
-        "{TEST}: {} demand faults, {} prefetched, {} already present",
+        "{test}: {} demand faults, {} prefetched, {} already present",
         s.demand_faults, s.prefetch_pages, s.already_present
     ));
 }
@@ -1645,5 +1688,171 @@ fn zero_bytes(pages: usize, source: &str) -> u64 {
         0
     } else {
         ((0..pages).filter(|i| i % 7 == 3).count() * PAGE) as u64
+    }
+}
+
+/// A page source that panics on its first read (a bug in a VMM's own
+/// source): the server must stop and say so, not leave the other threads
+/// serving around a page that is claimed forever.
+#[derive(Debug)]
+struct PanickingSource(u64);
+
+impl userfault_pager::source::PageSource for PanickingSource {
+    fn len(&self) -> u64 {
+        self.0
+    }
+    fn read_at(&self, offset: u64, _buf: &mut [u8]) -> std::io::Result<()> {
+        panic!("the test's source refuses offset {offset:#x}");
+    }
+}
+
+#[test]
+fn library_stops_with_a_clear_error_when_a_handler_thread_panics() {
+    const TEST: &str = "library_stops_with_a_clear_error_when_a_handler_thread_panics";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    const PAGES: usize = 16;
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(PanickingSource((PAGES * PAGE) as u64)),
+        Config {
+            threads: 2,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let base = guest.addr();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        std::thread::scope(|s| {
+            // Blocked until the userfaultfd is closed with the server.
+            let reader = s.spawn(move || read_page(base, 3));
+            assert!(
+                server.wait_timeout(Duration::from_secs(30)),
+                "still serving after the panic"
+            );
+            let report = server.shutdown();
+            match &report.exit {
+                Exit::Failed(e) => {
+                    assert!(e.to_string().contains("handler thread panicked"), "{e}")
+                }
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(report.stats.demand_pages, 0);
+            // Nothing was served: the page is what the kernel gives an
+            // unregistered fault, zeros.
+            assert!(reader.join().unwrap().iter().all(|&b| b == 0));
+        });
+    });
+}
+
+/// Per-page mode from a mapped snapshot (faults take the direct one-page
+/// path): the guest moves half of its memory back and forth and touches
+/// pages at each new place between the moves, while another guest thread
+/// reads and writes the other half and the populator fills both. Every
+/// page ends up the snapshot's, or the guest's write where it wrote.
+#[test]
+fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
+    const TEST: &str = "library_per_page_from_a_mapping_follows_remaps_and_keeps_writes";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_REMAP) {
+        return util::skip(TEST, "uffd", "REMAP events are not offered");
+    }
+    const PAGES: usize = 16384; // 64 MiB
+    let dir = scratch_dir("lib-page-remap");
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, PAGES, 0..0);
+    let base = raw_mapping(PAGES * PAGE, true);
+    // SAFETY: the mapping is reached only through raw pointers.
+    let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
+        Config {
+            threads: 2,
+            chunk: PAGE,
+            adaptive_chunk: None,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let half = PAGES / 2;
+    let written = |i: usize| i % 5 == 1;
+    let (report, at, moves, wrote) = util::with_deadline(TEST, Duration::from_secs(120), || {
+        std::thread::scope(|s| {
+            let bytes = &bytes;
+            // The lower half stays put: read every page, write a marker
+            // into some.
+            s.spawn(move || {
+                for i in (0..half).rev() {
+                    assert!(read_page(base, i) == file_page(bytes, i), "page {i}");
+                    if written(i) {
+                        write_byte(base, i, 7, marker(i));
+                    }
+                }
+            });
+            let mut at = base + half * PAGE;
+            let mut moves = 0u64;
+            let mut k = 0usize;
+            let mut wrote = vec![false; half];
+            while server.stats().remaining_pages > 0 && moves < 300 {
+                // A few pages at the current place, a stride apart: most
+                // are still missing, so they fault at this address.
+                for _ in 0..16 {
+                    let i = (k * 61) % half;
+                    k += 1;
+                    assert!(
+                        read_page(at, i) == file_page(bytes, half + i),
+                        "moved page {i} after {moves} moves"
+                    );
+                    if written(half + i) {
+                        write_byte(at, i, 7, marker(half + i));
+                        wrote[i] = true;
+                    }
+                }
+                at = move_mapping(at, half * PAGE);
+                moves += 1;
+            }
+            (server.wait(), at, moves, wrote)
+        })
+    });
+    assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
+    // Unregistered now: a page never filled would read as zeros. A page
+    // the guest wrote holds its marker (written after the page was read
+    // and checked).
+    let check = |addr: usize, i: usize, src: usize| {
+        let mut want = file_page(&bytes, src).to_vec();
+        if written(src) && (src < half || wrote[i]) {
+            want[7] = marker(src);
+        }
+        read_page(addr, i) == want
+    };
+    let wrong = (0..half).filter(|&i| !check(base, i, i)).count()
+        + (0..half).filter(|&i| !check(at, i, half + i)).count();
+    let s = &report.stats;
+    assert_eq!(wrong, 0, "{wrong} pages wrong after {moves} moves; {s:?}");
+    // The last move can come after the server completed and unregistered
+    // the range: no event for it.
+    assert!(
+        s.remaps <= moves && s.remaps + 1 >= moves,
+        "{moves} moves: {s:?}"
+    );
+    assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");
+    util::report(&format!(
+        "{TEST}: {moves} moves, {} demand faults, {} retries",
+        s.demand_faults, s.retries
+    ));
+    // SAFETY: unmaps the test's own mappings; nothing refers to them.
+    unsafe {
+        rustix::mm::munmap(at as *mut _, half * PAGE).unwrap();
+        rustix::mm::munmap(base as *mut _, half * PAGE).unwrap();
     }
 }

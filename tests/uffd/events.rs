@@ -620,3 +620,77 @@ fn page_faults_matched_to_no_region_are_woken() {
     assert_eq!(touch.wait().data, data[..16]);
     fixtures::assert_no_event(&uffd);
 }
+
+/// `Events::take_fault` hands out the page faults of a batch, already
+/// taken (dropping the batch does not wake them), and stops at the first
+/// other event, which `next` then returns: every record is seen once.
+/// (The kernel hands pending faults out before other events.)
+#[test]
+fn take_fault_takes_faults_and_leaves_other_events_to_next() {
+    const TEST: &str = "take_fault_takes_faults_and_leaves_other_events_to_next";
+    let uffd = require!(TEST, "uffd", fixtures::open(Features::EVENT_REMOVE));
+    let ps = fixtures::page();
+    let mem = Mem::new(Kind::AnonPrivate, 4).expect("memory");
+    // SAFETY: the mapping is only accessed through raw pointers.
+    let reg =
+        unsafe { uffd.register(mem.addr(), mem.len(), RegisterMode::MISSING) }.expect("register");
+    let data = pattern(9, 2 * ps);
+    assert_eq!(
+        ok(uffd.copy(&reg, mem.page_addr(2), &data, CopyMode::empty())),
+        Ok(2 * ps)
+    );
+    // A REMOVE, a read fault and a write fault, all pending at once.
+    let (addr, len) = (mem.page_addr(2), 2 * ps);
+    // SAFETY: drops pages of a mapping the test owns; nothing references it.
+    let madvise = Blocked::spawn(move || unsafe {
+        libc::madvise(addr as *mut libc::c_void, len, libc::MADV_DONTNEED) as i64
+    });
+    assert!(
+        madvise.still_waiting(),
+        "madvise returned before its event was read"
+    );
+    let first = Touch::read(mem.page_addr(0) + 24, 8);
+    let second = Touch::write(mem.page_addr(1), 0x5a);
+    fixtures::wait_pending(&uffd, 2);
+
+    let mut buf = EventBuffer::with_capacity(8);
+    {
+        let mut events = uffd.read_events(&mut buf).expect("read");
+        assert_eq!(events.len(), 3, "one read of the three records");
+        let mut faults = [
+            events.take_fault().expect("a fault"),
+            events.take_fault().expect("another fault"),
+        ];
+        faults.sort_by_key(|f| f.address);
+        assert_eq!(faults[0].address, mem.page_addr(0), "reported page-aligned");
+        assert_eq!(
+            (faults[0].kind(), faults[0].write()),
+            (FaultKind::Missing, false)
+        );
+        assert_eq!(faults[1].address, mem.page_addr(1));
+        assert_eq!(
+            (faults[1].kind(), faults[1].write()),
+            (FaultKind::Missing, true)
+        );
+        assert_eq!(events.take_fault(), None, "stops at the REMOVE");
+        match events.next() {
+            Some(Event::Remove { start, end }) => assert_eq!((start, end), (addr, addr + len)),
+            other => panic!("expected REMOVE, got {other:?}"),
+        }
+        assert_eq!(events.take_fault(), None, "the end of the batch");
+        assert!(events.next().is_none());
+    }
+    assert_eq!(madvise.result(), 0);
+    // Taken: dropping the batch woke neither thread.
+    assert!(first.still_blocked(), "a taken fault was woken");
+    assert!(second.still_blocked(), "a taken fault was woken");
+    assert_eq!(
+        ok(uffd.copy(&reg, mem.addr(), &data, CopyMode::empty())),
+        Ok(2 * ps)
+    );
+    assert_eq!(first.wait().data, data[24..32].to_vec());
+    second.wait();
+    // SAFETY: the page is present (copied above, then written by the
+    // thread); nothing else accesses it now.
+    assert_eq!(unsafe { *(mem.page_addr(1) as *const u8) }, 0x5a);
+}

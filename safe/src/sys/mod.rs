@@ -8,7 +8,7 @@
 
 pub(crate) mod kvm;
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::BorrowedFd;
 
 use crate::error::Errno;
 
@@ -29,8 +29,7 @@ pub(crate) unsafe fn ioctl_mut<T>(
     arg: *mut T,
 ) -> Result<i32, Errno> {
     // SAFETY: forwarded to the caller's contract above.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg) };
-    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+    unsafe { raw_ioctl(fd, request, arg.cast()) }
 }
 
 /// `ioctl(fd, request, arg)` with an integer argument; the non-negative
@@ -46,9 +45,59 @@ pub(crate) unsafe fn ioctl_val(
     request: u32,
     arg: libc::c_ulong,
 ) -> Result<i32, Errno> {
+    // SAFETY: forwarded to the caller's contract above (the kernel takes
+    // the integer in the pointer-sized argument register).
+    unsafe { raw_ioctl(fd, request, arg as usize as *mut std::ffi::c_void) }
+}
+
+/// The system call itself, entered directly (rustix's `ioctl`), not through
+/// libc's wrapper and its `errno` round trip: the resolution ioctls sit on
+/// every fault's path.
+///
+/// # Safety
+///
+/// As [`ioctl_mut`] for a pointer `arg`, [`ioctl_val`] for an integer one.
+#[inline]
+unsafe fn raw_ioctl(
+    fd: BorrowedFd<'_>,
+    request: u32,
+    arg: *mut std::ffi::c_void,
+) -> Result<i32, Errno> {
+    /// One request with its argument, as rustix's `ioctl` takes it.
+    struct Request {
+        opcode: u32,
+        arg: *mut std::ffi::c_void,
+    }
+    // SAFETY: `ioctl` below is called only with the request and argument a
+    // caller of `raw_ioctl` vouched for; the kernel may write through the
+    // argument (`IS_MUTATING`), and the output is the return value alone.
+    unsafe impl rustix::ioctl::Ioctl for Request {
+        type Output = i32;
+        const IS_MUTATING: bool = true;
+        fn opcode(&self) -> rustix::ioctl::Opcode {
+            self.opcode as rustix::ioctl::Opcode
+        }
+        fn as_ptr(&mut self) -> *mut std::ffi::c_void {
+            self.arg
+        }
+        unsafe fn output_from_ptr(
+            out: rustix::ioctl::IoctlOutput,
+            _arg: *mut std::ffi::c_void,
+        ) -> rustix::io::Result<i32> {
+            Ok(out)
+        }
+    }
     // SAFETY: forwarded to the caller's contract above.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as libc::c_ulong, arg) };
-    if r < 0 { Err(Errno::last()) } else { Ok(r) }
+    unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            Request {
+                opcode: request,
+                arg,
+            },
+        )
+    }
+    .map_err(crate::error::rustix_errno)
 }
 pub(crate) mod uffd;
 

@@ -418,7 +418,55 @@ pub struct Events<'a> {
     fd: BorrowedFd<'a>,
 }
 
+/// A page fault read from the userfaultfd and already
+/// [taken](Event::take): returned by [`Events::take_fault`], for a handler
+/// that collects fault addresses and answers for each fault itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TakenFault {
+    /// The faulting address as the kernel reports it (not page-aligned
+    /// with `UFFD_FEATURE_EXACT_ADDRESS`).
+    pub address: usize,
+    /// The record's `UFFD_PAGEFAULT_FLAG_*` bits.
+    pub flags: FaultFlags,
+}
+
+impl TakenFault {
+    /// Which kind of fault it is.
+    #[inline]
+    pub fn kind(&self) -> FaultKind {
+        FaultKind::from_flags(self.flags)
+    }
+
+    /// True for a write access (`UFFD_PAGEFAULT_FLAG_WRITE`).
+    #[inline]
+    pub fn write(&self) -> bool {
+        self.flags.contains(FaultFlags::WRITE)
+    }
+}
+
 impl Events<'_> {
+    /// The next record if it is a page fault, [taken](Event::take): the
+    /// caller answers for it — resolves or wakes it — as for a taken
+    /// [`Event::PageFault`]. `None` at the end of the batch and when the
+    /// next record is another event, which [`next`](Iterator::next) then
+    /// returns: a loop that takes faults this way and hands the rest to
+    /// `next` sees every record once, in order.
+    ///
+    /// Decodes only the address and flags, for the fault path of a
+    /// handler that keeps nothing else of the record.
+    #[inline(always)]
+    pub fn take_fault(&mut self) -> Option<TakenFault> {
+        let msg = self.buf.msgs.get(self.next..self.buf.filled)?.first()?;
+        if msg[0] != sys::UFFD_EVENT_PAGEFAULT {
+            return None;
+        }
+        self.next += 1;
+        Some(TakenFault {
+            address: u64_at(msg, ARG1) as usize,
+            flags: FaultFlags::from_bits_retain(u64_at(msg, ARG0)),
+        })
+    }
+
     /// Events not yet iterated.
     pub fn len(&self) -> usize {
         self.buf.filled - self.next

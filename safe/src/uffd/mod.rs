@@ -144,7 +144,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[cfg(feature = "tokio")]
 pub use async_tokio::AsyncUffd;
-pub use event::{Event, EventBuffer, Events, FaultKind, Pending};
+pub use event::{Event, EventBuffer, Events, FaultKind, Pending, TakenFault};
 pub(crate) use flags::flag_names;
 pub use flags::{
     ContinueMode, CopyMode, FaultFlags, Features, Ioctls, MoveMode, PoisonMode, RegisterMode,

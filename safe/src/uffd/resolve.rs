@@ -213,7 +213,7 @@ impl Uffd {
     /// The pointers in `arg` (COPY's and MOVE's `src`) must be valid for
     /// `len` bytes, and what the ioctl does to the memory of its range (and,
     /// for MOVE, of its source) must not break a Rust reference.
-    #[inline]
+    #[inline(always)]
     unsafe fn issue<A: ResolveArg>(&self, mut arg: A, len: usize) -> Result<usize> {
         // SAFETY: `A::REQUEST` is the request whose argument is an `A`
         // (`ResolveArg` is implemented for exactly those pairs), `arg` is a
@@ -227,7 +227,7 @@ impl Uffd {
     /// registration is this userfaultfd's, the range is non-empty,
     /// page-aligned, does not wrap and lies inside it, and its ioctl mask
     /// offers `bit`.
-    #[inline]
+    #[inline(always)]
     pub(super) fn check_resolve(
         &self,
         op: &'static str,
@@ -369,7 +369,7 @@ impl Uffd {
     ///
     /// - [`UFFDIO_COPY(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_COPY.2const.html)
     #[doc(alias = "UFFDIO_COPY")]
-    #[inline]
+    #[inline(always)]
     pub unsafe fn copy_from_ptr(
         &self,
         reg: &Registration,
