@@ -276,22 +276,24 @@ impl Server {
             uffd.set_nonblocking(true)?;
         }
         let counters = Arc::new(Counters::default());
-        let backed = Arc::new(Backed::new(
-            &uffd,
-            config.files,
-            source.clone(),
-            counters.clone(),
-            config.chunk,
-            config.working_set.as_ref().filter(|_| config.prefetch),
-        )?);
         let mut resolver = Resolver::new(
-            uffd,
+            uffd.clone(),
             ranges,
-            source,
+            source.clone(),
             config.chunk,
             config.record,
             counters.clone(),
         )?;
+        // One recording over the anonymous and the file ranges.
+        let backed = Arc::new(Backed::new(
+            &uffd,
+            config.files,
+            source,
+            counters.clone(),
+            config.chunk,
+            config.working_set.as_ref().filter(|_| config.prefetch),
+            resolver.recorder(),
+        )?);
         if config.prefetch
             && let Some(ws) = &config.working_set
         {
@@ -820,7 +822,7 @@ fn handle_batch(
     }
     let pass = if read_any { Pass::Busy } else { Pass::Idle };
     if !b.files.is_empty()
-        && let Err(exit) = shared.backed.serve(&mut b.files)
+        && let Err(exit) = shared.backed.serve(&mut b.files, &|| resolver.order_read())
     {
         shared.finish(exit);
         return Pass::Stop;
@@ -1140,9 +1142,12 @@ fn populator_thread(shared: &Shared, first: &[(usize, usize)], finish: bool, how
 /// The populator's pass over the file ranges (the working set's pages
 /// when `first`, or everything left); false when the server stops.
 fn populate_files(shared: &Shared, first: bool, how: &Populator) -> bool {
-    match shared.backed.populate(first, &|| shared.stopped(), &|| {
-        yield_to_demand(shared, how.yield_to_demand)
-    }) {
+    match shared.backed.populate(
+        first,
+        &|| shared.stopped(),
+        &|| yield_to_demand(shared, how.yield_to_demand),
+        &|| shared.resolver.order_read(),
+    ) {
         Ok(done) => done,
         Err(exit) => {
             shared.finish(exit);
