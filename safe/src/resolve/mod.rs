@@ -200,6 +200,7 @@
 //! - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::backing::{BackedMapping, Backing};
@@ -328,6 +329,10 @@ pub struct Region<C: Class, B = ()> {
     /// The region registered its range (and unregisters it on drop); false
     /// for the part of a region a remap moved ([`Region::remapped`]).
     owner: bool,
+    /// Shared by a region and every region made from it by
+    /// [`Region::remapped`]: some part of it has moved, so its own range
+    /// is no longer all its own to unregister.
+    moved: Arc<AtomicBool>,
     /// The process that registered the range: only it unregisters.
     pid: rustix::process::Pid,
     _class: PhantomData<fn() -> C>,
@@ -485,6 +490,7 @@ impl<C: Class, B> Drop for Region<C, B> {
         if !self.owner || rustix::process::getpid() != self.pid {
             return;
         }
+        let moved = self.moved.load(Ordering::Acquire);
         {
             let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
             let me = (self.reg.uffd_id(), self.reg.start(), self.reg.end());
@@ -493,7 +499,10 @@ impl<C: Class, B> Drop for Region<C, B> {
             }
         }
         // The range may already be gone (unmapped); nothing to report then.
-        let _ = self.uffd.unregister(&self.reg);
+        // A range that has moved in part is not unregistered where it was.
+        if !moved {
+            let _ = self.uffd.unregister(&self.reg);
+        }
     }
 }
 
@@ -575,6 +584,7 @@ impl<C: Class, B> Region<C, B> {
             backing,
             file_base,
             owner: true,
+            moved: Arc::new(AtomicBool::new(false)),
             pid: rustix::process::getpid(),
             _class: PhantomData,
         };
@@ -612,9 +622,13 @@ impl<C: Class, B> Region<C, B> {
     /// The kernel moves a registration with its mapping when the
     /// userfaultfd has `UFFD_FEATURE_EVENT_REMAP`, so nothing is registered
     /// again: the region returned does not own its range (dropping it
-    /// unregisters nothing), and this region still unregisters its own
-    /// range when dropped. Pass what the event says: resolutions of the
-    /// returned region act at `to`.
+    /// unregisters nothing). Once a part has moved (`to != from`), the
+    /// region it came from does not unregister its old range when dropped
+    /// either — the process may have mapped and registered something else
+    /// there; unregister the parts where they are now
+    /// ([`Uffd::unregister_range`]), or close the userfaultfd, which ends
+    /// every registration it has. Pass what the event says: resolutions of
+    /// the returned region act at `to`.
     pub fn remapped(&self, from: usize, to: usize, len: usize) -> Option<Region<C, B>> {
         let reg = self.reg.remapped(from, to, len)?;
         if !reg.start().is_multiple_of(self.page_size) || !reg.len().is_multiple_of(self.page_size)
@@ -623,6 +637,9 @@ impl<C: Class, B> Region<C, B> {
         }
         // The first byte of the moved part, at its old address.
         let old = self.reg.start().max(from);
+        if to != from {
+            self.moved.store(true, Ordering::Release);
+        }
         Some(Region {
             uffd: self.uffd.clone(),
             reg,
@@ -630,6 +647,7 @@ impl<C: Class, B> Region<C, B> {
             backing: self.backing.clone(),
             file_base: self.file_base + (old - self.reg.start()) as u64,
             owner: false,
+            moved: self.moved.clone(),
             pid: self.pid,
             _class: PhantomData,
         })
