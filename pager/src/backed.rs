@@ -16,6 +16,15 @@
 //! | a vCPU's KVM userfault exit | `pwrite` of the chunk around it, then its bitmap bits cleared |
 //! | the populator | `pwrite` of up to 512 KiB, then `UFFDIO_CONTINUE` where the range has it |
 //!
+//! A `UFFD_EVENT_REMAP` moves a range's mapping, in part or whole: the
+//! range keeps the parts of its region where they are now (each a
+//! [`Region::remapped`] of the original) and serves each fault from the
+//! part that holds it, so a page at its new address is filled from its
+//! file offset as before. A `UFFD_EVENT_UNMAP` drops the parts it covers.
+//! Resolutions at a range's addresses run under the read side of the
+//! server's order lock, as the anonymous ranges' do, so none lands between
+//! a REMAP or UNMAP being read and applied.
+//!
 //! A `UFFD_EVENT_REMOVE` (a balloon) discards its pages through the state
 //! ([`Discard::Zero`]): the file's pages are punched, the slots' userfault
 //! bits set again, and the next fault of each page on any path fills zeros,
@@ -62,9 +71,18 @@ const EXTENT: usize = 512 << 10;
 /// rest in the background; once every page is in it unregisters the
 /// mapping.
 ///
-/// REMAP of a file range's mapping is not followed (its faults at the new
-/// address are not this range's), and its faults are not recorded into the
-/// working set ([`Config::record`](crate::Config::record)).
+/// The mapping may move and shrink while it is served. A REMAP (`mremap`
+/// on a userfaultfd with `UFFD_FEATURE_EVENT_REMAP`, which moves the
+/// registration with the mapping) is followed without registering again:
+/// the moved part is served at its new address from the same file offsets
+/// ([`Region::remapped`]). An UNMAP ends serving the part it covers; its
+/// pages stay in the file, where the populator and vCPUs still fill them.
+/// Every fault of the mapping and every KVM userfault exit is recorded
+/// into the working set ([`Config::record`](crate::Config::record)) as the
+/// source page it needed, and each page is counted once
+/// ([`Stats`](crate::Stats)): as a demand page by the fault or exit that
+/// wrote it, or as a prefetched page by the populator. Faults of a forked
+/// child on the mapping are not served here.
 pub struct FileRange {
     inner: Box<dyn Served>,
 }
@@ -1074,6 +1092,12 @@ fn classify(r: Answer) -> Result<Outcome, Error> {
 /// through the same page state as the server's handler threads and its
 /// populator, so each page is written once whichever asks first, and
 /// keeps working after the server stopped.
+///
+/// The exit path takes no lock: each slot's bitmap, attached when the
+/// slot was added, is found in the page state without its attach lock
+/// ([`Stage2Resolver::attached`](userfault::kvm::Stage2Resolver::attached)),
+/// so a clone needs no cache of its own; a resolution waits only for
+/// another path's claim on the same pages.
 #[derive(Debug, Clone)]
 pub struct Stage2 {
     backed: Arc<Backed>,

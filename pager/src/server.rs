@@ -50,7 +50,9 @@ pub struct Config {
     /// recording did not foresee it, so its neighbours are no likelier to
     /// be needed than any other page.
     pub working_set: Option<WorkingSet>,
-    /// Record the order pages are first faulted ([`Server::recorded`]).
+    /// Record the order pages are first faulted ([`Server::recorded`]): by
+    /// faults of the anonymous ranges and of the file ranges' mappings, and
+    /// by KVM userfault exits ([`Stage2::resolve`]), as source pages.
     ///
     /// Only faults are seen: with [`prefetch`](Self::prefetch) on, a page
     /// the populator brought in before the guest asked is not recorded, so
