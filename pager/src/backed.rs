@@ -851,9 +851,12 @@ impl Backed {
     /// the batch by [`serve`](Self::serve)) and returns true; applies a
     /// REMOVE, UNMAP or REMAP to the file ranges it touches and returns
     /// false (the other ranges see it too). Called with the order lock's
-    /// write side held, in event order.
+    /// write side held, in event order. A forked `child`'s UNMAP or REMAP
+    /// changes its own address space, not the mappings served here, and
+    /// is left alone; its REMOVE of a shared mapping punched the file
+    /// itself, and is applied.
     #[inline]
-    pub fn take(&self, event: &Event<'_>, faults: &mut Vec<FileFault>) -> bool {
+    pub fn take(&self, event: &Event<'_>, child: bool, faults: &mut Vec<FileFault>) -> bool {
         if self.files.is_empty() {
             return false;
         }
@@ -884,13 +887,13 @@ impl Backed {
                 }
                 false
             }
-            Event::Unmap { start, end } => {
+            Event::Unmap { start, end } if !child => {
                 for f in &self.files {
                     f.unmap(start, end, &self.ctx);
                 }
                 false
             }
-            Event::Remap { from, to, len } => {
+            Event::Remap { from, to, len } if !child => {
                 for f in &self.files {
                     f.remap(from, to, len);
                 }

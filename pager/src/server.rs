@@ -788,7 +788,7 @@ fn handle_batch(
         };
         for event in events {
             read_any = true;
-            if shared.backed.take(&event, &mut b.files) {
+            if shared.backed.take(&event, child, &mut b.files) {
                 continue;
             }
             match event {
