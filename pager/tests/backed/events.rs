@@ -57,11 +57,23 @@ fn want(bytes: &[u8], p: usize, written: bool) -> Vec<u8> {
     page
 }
 
+/// How the remapped range is registered and served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// CONTINUE-only, `MISSING | MINOR`.
+    ContinueOnly,
+    /// Copy-capable, `MISSING | MINOR`.
+    Copy,
+    /// Copy-capable, `MISSING` alone (no MINOR faults on shmem needed:
+    /// Linux 5.10).
+    CopyMissingOnly,
+}
+
 #[test]
 fn file_range_continue_only_follows_a_remap_of_its_mapping() {
     remap(
         "file_range_continue_only_follows_a_remap_of_its_mapping",
-        false,
+        Served::ContinueOnly,
     );
 }
 
@@ -69,14 +81,23 @@ fn file_range_continue_only_follows_a_remap_of_its_mapping() {
 fn file_range_copy_capable_follows_a_remap_of_its_mapping() {
     remap(
         "file_range_copy_capable_follows_a_remap_of_its_mapping",
-        true,
+        Served::Copy,
+    );
+}
+
+#[test]
+fn file_range_registered_missing_only_follows_a_remap_of_its_mapping() {
+    remap(
+        "file_range_registered_missing_only_follows_a_remap_of_its_mapping",
+        Served::CopyMissingOnly,
     );
 }
 
 /// 1024 pages of a memfd, served on demand: the guest writes markers and
 /// reads some pages, then the upper half of the mapping moves; half its
 /// pages are read at the new address (MISSING faults for pages never
-/// filled, MINOR ones for pages filled through the file only), then it
+/// filled, MINOR ones for pages filled through the file only, where MINOR
+/// is registered; without it such pages are simply there), then it
 /// moves again and every page of it is read there, and the lower half
 /// where it always was. Every byte equals the source or the guest's
 /// marker, and each page was written into the file once.
@@ -85,17 +106,23 @@ fn file_range_copy_capable_follows_a_remap_of_its_mapping() {
 /// once, so nothing is moved back into them and the mapping is never
 /// dropped (which would unmap them): its two parts are unmapped where they
 /// are.
-fn remap(test: &str, copy: bool) {
+fn remap(test: &str, served: Served) {
     const PAGES: usize = 1024;
     let more = Features::EVENT_REMAP;
-    let Some((uffd, state, ram)) = memfd_with(test, PAGES, more) else {
+    let minor = served != Served::CopyMissingOnly;
+    let Some((uffd, state, ram)) = memfd_with(test, PAGES, more, minor) else {
         return;
     };
     if !uffd.features().contains(more) {
         return util::skip(test, "uffd", "REMAP events are not offered");
     }
+    let copy = served != Served::ContinueOnly;
     let file = if copy {
-        let mode = RegisterMode::MISSING | RegisterMode::MINOR;
+        let mode = if minor {
+            RegisterMode::MISSING | RegisterMode::MINOR
+        } else {
+            RegisterMode::MISSING
+        };
         // SAFETY: the guest's memory is reached only through raw pointers.
         let region = unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
             .expect("register");
@@ -222,7 +249,7 @@ fn remap(test: &str, copy: bool) {
 fn file_range_unmapped_in_part_is_served_where_mapped_and_completes() {
     const TEST: &str = "file_range_unmapped_in_part_is_served_where_mapped_and_completes";
     const PAGES: usize = 2048;
-    let Some((uffd, state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_UNMAP) else {
+    let Some((uffd, state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_UNMAP, true) else {
         return;
     };
     if !uffd.features().contains(Features::EVENT_UNMAP) {

@@ -158,16 +158,18 @@ fn memfd(
     Arc<PageState<Counting>>,
     Arc<BackedMapping<Counting>>,
 )> {
-    memfd_with(test, pages, Features::empty())
+    memfd_with(test, pages, Features::empty(), true)
 }
 
 /// [`memfd`], with the userfaultfd asked for `more` features as well
-/// (the caller checks that it got them).
+/// (the caller checks that it got them), and MINOR faults on shmem
+/// required only when `minor`.
 #[allow(clippy::type_complexity)]
 fn memfd_with(
     test: &str,
     pages: usize,
     more: Features,
+    minor: bool,
 ) -> Option<(
     Arc<Uffd>,
     Arc<PageState<Counting>>,
@@ -188,7 +190,7 @@ fn memfd_with(
         util::skip(test, "uffd", "UFFD_FEATURE_EVENT_REMOVE is not offered");
         return None;
     }
-    if !uffd.features().contains(Features::MINOR_SHMEM) {
+    if minor && !uffd.features().contains(Features::MINOR_SHMEM) {
         util::skip(
             test,
             "uffd-minor-shmem",
