@@ -16,6 +16,15 @@
 //! | a vCPU's KVM userfault exit | `pwrite` of the chunk around it, then its bitmap bits cleared |
 //! | the populator | `pwrite` of up to 512 KiB, then `UFFDIO_CONTINUE` where the range has it |
 //!
+//! A `UFFD_EVENT_REMAP` moves a range's mapping, in part or whole: the
+//! range keeps the parts of its region where they are now (each a
+//! [`Region::remapped`] of the original) and serves each fault from the
+//! part that holds it, so a page at its new address is filled from its
+//! file offset as before. A `UFFD_EVENT_UNMAP` drops the parts it covers.
+//! Resolutions at a range's addresses run under the read side of the
+//! server's order lock, as the anonymous ranges' do, so none lands between
+//! a REMAP or UNMAP being read and applied.
+//!
 //! A `UFFD_EVENT_REMOVE` (a balloon) discards its pages through the state
 //! ([`Discard::Zero`]): the file's pages are punched, the slots' userfault
 //! bits set again, and the next fault of each page on any path fills zeros,
@@ -25,19 +34,20 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use userfault::Errno;
 use userfault::backing::Backing;
 use userfault::kvm::{MemoryFault, Stage2Resolver, UserfaultBitmap};
 use userfault::resolve::{
     Class, ContinueOnly, CopyCapable, Discard, Fault, MAX_WINDOW, MissingFault, PageState, Region,
-    Resolution, Window,
+    Resolution, Window, WindowFill,
 };
-use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, TakenFault, Uffd};
+use userfault::uffd::{ContinueMode, Event, FaultKind, Ioctls, Registration, TakenFault, Uffd};
 
 use crate::error::Error;
+use crate::resolver::{OrderRead, RECORD_PAGE, Recorder};
 use crate::server::Exit;
 use crate::source::PageSource;
 use crate::stats::{Counters, Tick};
@@ -61,9 +71,18 @@ const EXTENT: usize = 512 << 10;
 /// rest in the background; once every page is in it unregisters the
 /// mapping.
 ///
-/// REMAP of a file range's mapping is not followed (its faults at the new
-/// address are not this range's), and its faults are not recorded into the
-/// working set ([`Config::record`](crate::Config::record)).
+/// The mapping may move and shrink while it is served. A REMAP (`mremap`
+/// on a userfaultfd with `UFFD_FEATURE_EVENT_REMAP`, which moves the
+/// registration with the mapping) is followed without registering again:
+/// the moved part is served at its new address from the same file offsets
+/// ([`Region::remapped`]). An UNMAP ends serving the part it covers; its
+/// pages stay in the file, where the populator and vCPUs still fill them.
+/// Every fault of the mapping and every KVM userfault exit is recorded
+/// into the working set ([`Config::record`](crate::Config::record)) as the
+/// source page it needed, and each page is counted once
+/// ([`Stats`](crate::Stats)): as a demand page by the fault or exit that
+/// wrote it, or as a prefetched page by the populator. Faults of a forked
+/// child on the mapping are not served here.
 pub struct FileRange {
     inner: Box<dyn Served>,
 }
@@ -133,6 +152,8 @@ impl FileRange {
                 len,
                 source_offset,
                 slots: Vec::new(),
+                places: RwLock::new(Vec::with_capacity(PLACES_ROOM)),
+                placed: AtomicBool::new(false),
                 unmapped: AtomicBool::new(false),
             }),
         })
@@ -174,6 +195,8 @@ impl FileRange {
                 len,
                 source_offset,
                 slots: Vec::new(),
+                places: RwLock::new(Vec::new()),
+                placed: AtomicBool::new(false),
                 unmapped: AtomicBool::new(true),
             }),
         })
@@ -207,22 +230,39 @@ impl FileRange {
 
 /// What the server needs of a file range, whatever its class and backing.
 trait Served: Send + Sync + fmt::Debug {
-    /// The registration's userfaultfd id and span, if it has a mapping.
+    /// The registration's userfaultfd id and span as registered, if it has
+    /// a mapping.
     fn registration(&self) -> Option<(u64, usize, usize)>;
+    /// True when a page fault at `addr` read from userfaultfd `uffd_id` is
+    /// this range's: inside its mapping where it is now.
+    fn owns(&self, uffd_id: u64, addr: usize) -> bool;
     /// Source offset and length of the span.
     fn source_span(&self) -> (u64, u64);
     fn page_size(&self) -> usize;
     fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Answer;
     fn remove(&self, start: usize, end: usize, ctx: &Ctx);
-    fn unmap(&self, start: usize, end: usize);
-    /// Populates `[at, at + len)` of the span (relative bytes); returns
-    /// pages written.
-    fn populate(&self, at: u64, len: u64, ctx: &Ctx, buf: &mut Vec<u8>) -> Result<u64, Error>;
+    fn unmap(&self, start: usize, end: usize, ctx: &Ctx);
+    fn remap(&self, from: usize, to: usize, len: usize);
+    /// Populates `[at, at + len)` of the span (relative bytes), then maps
+    /// what it wrote under `order`; returns pages written.
+    fn populate(
+        &self,
+        at: u64,
+        len: u64,
+        ctx: &Ctx,
+        buf: &mut Vec<u8>,
+        order: &Order<'_>,
+    ) -> Result<u64, Error>;
     fn unfilled(&self) -> u64;
     fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Answer>;
     fn add_slot(&mut self, bitmap: Arc<UserfaultBitmap>, backing_offset: u64) -> Result<(), Error>;
     fn finish(&self) -> Result<(), Error>;
 }
+
+/// Takes the read side of the server's order lock: held around every
+/// resolution ioctl at an address of a file range, so that none is in
+/// flight while events (a REMAP, an UNMAP) are read and applied.
+pub(crate) type Order<'r> = dyn Fn() -> OrderRead<'r> + 'r;
 
 /// What one resolution on a file range achieved.
 type Answer = Result<Resolution, Error>;
@@ -233,7 +273,7 @@ trait Serve<B>: Class + Sized {
         f: MissingFault<'_, Self, B>,
         w: Window,
         data: &[u8],
-    ) -> userfault::Result<Resolution>;
+    ) -> userfault::Result<WindowFill>;
 }
 
 impl<B: Backing> Serve<B> for ContinueOnly {
@@ -241,8 +281,8 @@ impl<B: Backing> Serve<B> for ContinueOnly {
         f: MissingFault<'_, ContinueOnly, B>,
         w: Window,
         data: &[u8],
-    ) -> userfault::Result<Resolution> {
-        f.write_window_then_continue(w, data)
+    ) -> userfault::Result<WindowFill> {
+        f.write_window_then_continue_counted(w, data)
     }
 }
 
@@ -251,10 +291,14 @@ impl<B: Backing> Serve<B> for CopyCapable {
         f: MissingFault<'_, CopyCapable, B>,
         w: Window,
         data: &[u8],
-    ) -> userfault::Result<Resolution> {
-        f.copy_window(w, data)
+    ) -> userfault::Result<WindowFill> {
+        f.copy_window_counted(w, data)
     }
 }
+
+/// Pieces of a file range's mapping kept ready for remap splits, so that
+/// following a remap allocates nothing in the common case.
+const PLACES_ROOM: usize = 16;
 
 /// One file range.
 struct File<C: Class, B> {
@@ -266,6 +310,12 @@ struct File<C: Class, B> {
     source_offset: u64,
     /// Attached userfault bitmaps and their slots' file offsets.
     slots: Vec<(Arc<UserfaultBitmap>, u64)>,
+    /// Where the mapping is now, once a remap or an unmap changed it
+    /// (`placed`): the parts of `region` still mapped, each a region at its
+    /// current address ([`Region::remapped`]), sorted by address. Unused
+    /// while `placed` is false: then the region's own addresses hold.
+    places: RwLock<Vec<Region<C, B>>>,
+    placed: AtomicBool,
     /// The mapping is gone (or there never was one).
     unmapped: AtomicBool,
 }
@@ -282,17 +332,21 @@ impl<C: Class, B> fmt::Debug for File<C, B> {
             .field("len", &format_args!("{:#x}", self.len))
             .field("source_offset", &format_args!("{:#x}", self.source_offset))
             .field("slots", &self.slots.len())
+            .field("placed", &self.placed.load(Ordering::Relaxed))
             .finish()
     }
 }
 
-/// What every file range shares: the source, the counters, the chunk.
+/// What every file range shares: the source, the counters, the chunk, the
+/// recorder.
 #[derive(Debug)]
 struct Ctx {
     source: Arc<dyn PageSource>,
     counters: Arc<Counters>,
     /// Bytes of the window around a demand fault.
     window: usize,
+    /// Where first faults are recorded ([`Config::record`](crate::Config::record)).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl Ctx {
@@ -304,6 +358,26 @@ impl Ctx {
             return Ok(());
         }
         self.source.read_at(offset, buf).map_err(Error::Source)
+    }
+
+    /// Records source byte `offset` as needed now.
+    #[inline]
+    fn note(&self, offset: u64) {
+        if let Some(r) = &self.recorder {
+            r.note(offset / RECORD_PAGE);
+        }
+    }
+
+    /// Counts the pages a demand resolution (of a fault or a vCPU's exit)
+    /// wrote: each written page is counted by the one path that wrote it.
+    fn count_demand(&self, fill: &WindowFill, page_size: usize) {
+        let c = &self.counters;
+        Counters::add(&c.demand_pages, fill.written);
+        Counters::add(&c.zero_pages, fill.zeroed);
+        Counters::add(
+            &c.copied_bytes,
+            (fill.written - fill.zeroed) * page_size as u64,
+        );
     }
 }
 
@@ -324,41 +398,47 @@ impl<C: Serve<B>, B: Backing + 'static> File<C, B> {
     fn count_unfilled(&self, offset: u64, len: u64) -> u64 {
         self.state.count_unfilled(offset, len).unwrap_or(0)
     }
-}
 
-impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
-    fn registration(&self) -> Option<(u64, usize, usize)> {
-        let reg = self.region.as_ref()?.registration();
-        Some((reg.uffd_id(), reg.start(), reg.end()))
+    /// The places, made from the region (all of it, where it is) the first
+    /// time they are needed. Called with the write lock held.
+    fn places_mut<'g>(
+        &self,
+        region: &Region<C, B>,
+        places: &'g mut Vec<Region<C, B>>,
+    ) -> &'g mut Vec<Region<C, B>> {
+        if !self.placed.load(Ordering::Acquire) {
+            let reg = region.registration();
+            places.clear();
+            places.extend(region.remapped(reg.start(), reg.start(), reg.len()));
+        }
+        places
     }
 
-    fn source_span(&self) -> (u64, u64) {
-        (self.source_offset, self.len)
-    }
-
-    fn page_size(&self) -> usize {
-        self.state.page_size()
-    }
-
-    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Answer {
-        let Some(region) = &self.region else {
-            return Ok(Resolution::AlreadyPresent);
-        };
+    /// A fault at `addr` of `region` (the registered one, or a place).
+    fn fault_in(
+        &self,
+        region: &Region<C, B>,
+        addr: usize,
+        kind: FaultKind,
+        ctx: &Ctx,
+        buf: &mut Vec<u8>,
+    ) -> Answer {
         let Some(fault) = region.fault_at(addr, kind) else {
             return Ok(Resolution::AlreadyPresent);
         };
+        if let Some(offset) = region.file_offset_at(addr & !(self.page_size() - 1)) {
+            ctx.note(self.source_of(offset));
+        }
         match fault {
             Fault::Missing(f) => {
                 // An error from here on drops `f` unresolved, which wakes
                 // the faulting thread (it faults again).
                 let w = f.window(ctx.window)?;
-                let before = self.count_unfilled(w.file_offset(), w.len() as u64);
                 let data = sized(buf, w.len());
                 ctx.read(self.source_of(w.file_offset()), data)?;
-                let r = C::missing(f, w, data)?;
-                let after = self.count_unfilled(w.file_offset(), w.len() as u64);
-                Counters::add(&ctx.counters.demand_pages, before.saturating_sub(after));
-                Ok(r)
+                let fill = C::missing(f, w, data)?;
+                ctx.count_demand(&fill, self.page_size());
+                Ok(fill.resolution)
             }
             Fault::Minor(f) => Ok(f.map()?),
             // Not registered for these: woken.
@@ -369,8 +449,8 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         }
     }
 
-    fn remove(&self, start: usize, end: usize, ctx: &Ctx) {
-        let Some(region) = &self.region else { return };
+    /// A REMOVE of `[start, end)` as it touches `region`.
+    fn remove_in(&self, region: &Region<C, B>, start: usize, end: usize, ctx: &Ctx) {
         let reg = region.registration();
         let (lo, hi) = (start.max(reg.start()), end.min(reg.end()));
         if lo >= hi {
@@ -389,18 +469,184 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         }
     }
 
-    fn unmap(&self, start: usize, end: usize) {
-        if let Some((_, s, e)) = self.registration()
-            && start < e
-            && s < end
-        {
-            // Its pages stay in the file (and vCPUs still reach them);
-            // only the mapping is gone.
-            self.unmapped.store(true, Ordering::Release);
+    /// Maps the file's bytes `run` (just written) where `region` maps
+    /// them, ahead of their faults. Best effort: a page mapped meanwhile
+    /// (EEXIST), a mapping being changed (EAGAIN) or gone is left to its
+    /// fault.
+    fn map_ahead(region: &Region<C, B>, run: &std::ops::Range<u64>) {
+        let reg = region.registration();
+        if !reg.ioctls().contains(Ioctls::CONTINUE) {
+            return;
+        }
+        let Some(lo) = region.file_offset_at(reg.start()) else {
+            return;
+        };
+        let hi = lo + reg.len() as u64;
+        let (a, b) = (run.start.max(lo), run.end.min(hi));
+        if a >= b {
+            return;
+        }
+        if let Some(addr) = region.addr_at(a) {
+            let _ =
+                region
+                    .uffd()
+                    .continue_range(reg, addr, (b - a) as usize, ContinueMode::empty());
+        }
+    }
+}
+
+impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
+    fn registration(&self) -> Option<(u64, usize, usize)> {
+        let reg = self.region.as_ref()?.registration();
+        Some((reg.uffd_id(), reg.start(), reg.end()))
+    }
+
+    #[inline]
+    fn owns(&self, uffd_id: u64, addr: usize) -> bool {
+        let Some(region) = &self.region else {
+            return false;
+        };
+        let reg = region.registration();
+        if reg.uffd_id() != uffd_id {
+            return false;
+        }
+        if !self.placed.load(Ordering::Acquire) {
+            return reg.contains(addr, 1);
+        }
+        let places = self.places.read().unwrap_or_else(|e| e.into_inner());
+        places.iter().any(|r| r.registration().contains(addr, 1))
+    }
+
+    fn source_span(&self) -> (u64, u64) {
+        (self.source_offset, self.len)
+    }
+
+    fn page_size(&self) -> usize {
+        self.state.page_size()
+    }
+
+    fn fault(&self, addr: usize, kind: FaultKind, ctx: &Ctx, buf: &mut Vec<u8>) -> Answer {
+        let Some(region) = &self.region else {
+            return Ok(Resolution::AlreadyPresent);
+        };
+        if !self.placed.load(Ordering::Acquire) {
+            return self.fault_in(region, addr, kind, ctx, buf);
+        }
+        let places = self.places.read().unwrap_or_else(|e| e.into_inner());
+        match places.iter().find(|r| r.registration().contains(addr, 1)) {
+            Some(place) => self.fault_in(place, addr, kind, ctx, buf),
+            None => {
+                // Moved or unmapped since the fault was read: its thread
+                // is woken and retries where the mapping is now.
+                let ps = self.page_size();
+                let _ = region.uffd().wake_range(addr & !(ps - 1), ps);
+                Err(Error::Uffd(userfault::Error::os(
+                    "UFFDIO_CONTINUE",
+                    Errno::ENOENT,
+                )))
+            }
         }
     }
 
-    fn populate(&self, at: u64, len: u64, ctx: &Ctx, buf: &mut Vec<u8>) -> Result<u64, Error> {
+    fn remove(&self, start: usize, end: usize, ctx: &Ctx) {
+        let Some(region) = &self.region else { return };
+        if !self.placed.load(Ordering::Acquire) {
+            return self.remove_in(region, start, end, ctx);
+        }
+        let places = self.places.read().unwrap_or_else(|e| e.into_inner());
+        for place in places.iter() {
+            self.remove_in(place, start, end, ctx);
+        }
+    }
+
+    fn unmap(&self, start: usize, end: usize, ctx: &Ctx) {
+        let Some(region) = &self.region else { return };
+        if !self.placed.load(Ordering::Acquire) {
+            let reg = region.registration();
+            if !(start < reg.end() && reg.start() < end) {
+                return;
+            }
+        }
+        let mut guard = self.places.write().unwrap_or_else(|e| e.into_inner());
+        let places = self.places_mut(region, &mut guard);
+        let ps = self.page_size();
+        let mut gone = 0;
+        let mut i = 0;
+        while i < places.len() {
+            let reg = *places[i].registration();
+            let (lo, hi) = (start.max(reg.start()), end.min(reg.end()));
+            if lo >= hi {
+                i += 1;
+                continue;
+            }
+            gone += (hi - lo).div_ceil(ps) as u64;
+            // What is left of it on either side, where it is.
+            let left = (reg.start() < lo)
+                .then(|| places[i].remapped(reg.start(), reg.start(), lo - reg.start()))
+                .flatten();
+            let right = (hi < reg.end())
+                .then(|| places[i].remapped(hi, hi, reg.end() - hi))
+                .flatten();
+            places.remove(i);
+            for piece in [left, right].into_iter().flatten() {
+                places.insert(i, piece);
+                i += 1;
+            }
+        }
+        // Its pages stay in the file (and vCPUs still reach them); only
+        // the mapping is gone.
+        if places.is_empty() {
+            self.unmapped.store(true, Ordering::Release);
+        }
+        self.placed.store(true, Ordering::Release);
+        Counters::add(&ctx.counters.unmapped_pages, gone);
+    }
+
+    fn remap(&self, from: usize, to: usize, len: usize) {
+        let Some(region) = &self.region else { return };
+        if !self.placed.load(Ordering::Acquire)
+            && region.registration().remapped(from, from, len).is_none()
+        {
+            return;
+        }
+        let mut guard = self.places.write().unwrap_or_else(|e| e.into_inner());
+        let places = self.places_mut(region, &mut guard);
+        let end = from.saturating_add(len);
+        let mut i = 0;
+        while i < places.len() {
+            let reg = *places[i].registration();
+            let (lo, hi) = (from.max(reg.start()), end.min(reg.end()));
+            if lo >= hi {
+                i += 1;
+                continue;
+            }
+            // The kernel moved the registration with the pages: the part
+            // moved is served at `to`, the rest where it was.
+            let moved = places[i].remapped(from, to, len);
+            let left = (reg.start() < lo)
+                .then(|| places[i].remapped(reg.start(), reg.start(), lo - reg.start()))
+                .flatten();
+            let right = (hi < reg.end())
+                .then(|| places[i].remapped(hi, hi, reg.end() - hi))
+                .flatten();
+            places.remove(i);
+            for piece in [left, moved, right].into_iter().flatten() {
+                places.insert(i, piece);
+                i += 1;
+            }
+        }
+        places.sort_unstable_by_key(|r| r.registration().start());
+        self.placed.store(true, Ordering::Release);
+    }
+
+    fn populate(
+        &self,
+        at: u64,
+        len: u64,
+        ctx: &Ctx,
+        buf: &mut Vec<u8>,
+        order: &Order<'_>,
+    ) -> Result<u64, Error> {
         let offset = self.first + at;
         if self.count_unfilled(offset, len) == 0 {
             return Ok(0);
@@ -415,23 +661,23 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         }
         Counters::add(&ctx.counters.prefetch_pages, pages);
         Counters::add(&ctx.counters.copied_bytes, pages * ps);
-        // Map what was written into the VMM's mapping ahead of its faults
-        // (a MINOR fault each otherwise). Best effort: a page mapped
-        // meanwhile (EEXIST), a mapping being changed (EAGAIN) or gone is
-        // left to its fault.
+        // Map what was written into the VMM's mapping, where it is now,
+        // ahead of its faults (a MINOR fault each otherwise).
         if let Some(region) = &self.region
+            && !runs.is_empty()
             && !self.unmapped.load(Ordering::Acquire)
-            && region.registration().ioctls().contains(Ioctls::CONTINUE)
-            && let Some(mapping) = region.mapping()
         {
-            for run in runs {
-                if let Ok(addr) = mapping.addr_of(run.start) {
-                    let _ = region.uffd().continue_range(
-                        region.registration(),
-                        addr,
-                        (run.end - run.start) as usize,
-                        ContinueMode::empty(),
-                    );
+            let _order = order();
+            if self.placed.load(Ordering::Acquire) {
+                let places = self.places.read().unwrap_or_else(|e| e.into_inner());
+                for place in places.iter() {
+                    for run in &runs {
+                        Self::map_ahead(place, run);
+                    }
+                }
+            } else {
+                for run in &runs {
+                    Self::map_ahead(region, run);
                 }
             }
         }
@@ -444,23 +690,26 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
 
     fn stage2(&self, exit: &MemoryFault, ctx: &Ctx, buf: &mut Vec<u8>) -> Option<Answer> {
         for (bitmap, offset) in &self.slots {
-            // Attached when the slot was added: this finds it again.
-            let resolver = match Stage2Resolver::new(&self.state, bitmap, *offset) {
-                Ok(r) => r,
-                Err(e) => return Some(Err(e.into())),
+            // Attached when the slot was added: found again without the
+            // state's attach lock.
+            let resolver = match Stage2Resolver::attached(&self.state, bitmap, *offset) {
+                Some(r) => r,
+                None => match Stage2Resolver::new(&self.state, bitmap, *offset) {
+                    Ok(r) => r,
+                    Err(e) => return Some(Err(e.into())),
+                },
             };
             let Some(fault) = resolver.fault(exit) else {
                 continue;
             };
             return Some((|| {
+                ctx.note(self.source_of(fault.backing_offset()));
                 let w = fault.window(ctx.window.max(self.page_size()))?;
-                let before = self.count_unfilled(w.backing_offset(), w.len() as u64);
                 let data = sized(buf, w.len());
                 ctx.read(self.source_of(w.backing_offset()), data)?;
-                let r = fault.resolve_window(w, data)?;
-                let after = self.count_unfilled(w.backing_offset(), w.len() as u64);
-                Counters::add(&ctx.counters.demand_pages, before.saturating_sub(after));
-                Ok(r)
+                let fill = fault.resolve_window_counted(w, data)?;
+                ctx.count_demand(&fill, self.page_size());
+                Ok(fill.resolution)
             })());
         }
         None
@@ -489,19 +738,27 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         if self.unmapped.load(Ordering::Acquire) {
             return Ok(());
         }
-        let reg = region.registration();
-        match region.uffd().unregister_range(reg.start(), reg.len()) {
-            Ok(()) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.errno(),
-                    Some(Errno::EINVAL | Errno::ENOMEM | Errno::ESRCH)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        let unregister =
+            |reg: &Registration| match region.uffd().unregister_range(reg.start(), reg.len()) {
+                Ok(()) => Ok(()),
+                Err(e)
+                    if matches!(
+                        e.errno(),
+                        Some(Errno::EINVAL | Errno::ENOMEM | Errno::ESRCH)
+                    ) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e.into()),
+            };
+        if !self.placed.load(Ordering::Acquire) {
+            return unregister(region.registration());
         }
+        let places = self.places.read().unwrap_or_else(|e| e.into_inner());
+        for place in places.iter() {
+            unregister(place.registration())?;
+        }
+        Ok(())
     }
 }
 
@@ -539,6 +796,7 @@ impl Backed {
         counters: Arc<Counters>,
         chunk: usize,
         working_set: Option<&WorkingSet>,
+        recorder: Option<Arc<Recorder>>,
     ) -> Result<Backed, Error> {
         let mut out: Vec<Box<dyn Served>> = Vec::with_capacity(files.len());
         for f in files {
@@ -579,6 +837,7 @@ impl Backed {
                 source,
                 counters,
                 window: window.max(largest),
+                recorder,
             },
             first: Vec::new(),
         };
@@ -590,10 +849,14 @@ impl Backed {
 
     /// Takes a page fault of a file range into `faults` (resolved after
     /// the batch by [`serve`](Self::serve)) and returns true; applies a
-    /// REMOVE or UNMAP to the file ranges it touches and returns false
-    /// (the other ranges see it too).
+    /// REMOVE, UNMAP or REMAP to the file ranges it touches and returns
+    /// false (the other ranges see it too). Called with the order lock's
+    /// write side held, in event order. A forked `child`'s UNMAP or REMAP
+    /// changes its own address space, not the mappings served here, and
+    /// is left alone; its REMOVE of a shared mapping punched the file
+    /// itself, and is applied.
     #[inline]
-    pub fn take(&self, event: &Event<'_>, faults: &mut Vec<FileFault>) -> bool {
+    pub fn take(&self, event: &Event<'_>, child: bool, faults: &mut Vec<FileFault>) -> bool {
         if self.files.is_empty() {
             return false;
         }
@@ -604,10 +867,7 @@ impl Backed {
                 uffd_id,
                 ..
             } => {
-                let found = self.files.iter().position(|f| {
-                    f.registration()
-                        .is_some_and(|(id, s, e)| id == uffd_id && s <= address && address < e)
-                });
+                let found = self.files.iter().position(|f| f.owns(uffd_id, address));
                 match found {
                     Some(file) => {
                         event.take();
@@ -627,9 +887,15 @@ impl Backed {
                 }
                 false
             }
-            Event::Unmap { start, end } => {
+            Event::Unmap { start, end } if !child => {
                 for f in &self.files {
-                    f.unmap(start, end);
+                    f.unmap(start, end, &self.ctx);
+                }
+                false
+            }
+            Event::Remap { from, to, len } if !child => {
+                for f in &self.files {
+                    f.remap(from, to, len);
                 }
                 false
             }
@@ -651,10 +917,7 @@ impl Backed {
             return false;
         }
         let address = fault.address;
-        let found = self.files.iter().position(|f| {
-            f.registration()
-                .is_some_and(|(id, s, e)| id == uffd_id && s <= address && address < e)
-        });
+        let found = self.files.iter().position(|f| f.owns(uffd_id, address));
         match found {
             Some(file) => {
                 faults.push(FileFault {
@@ -668,13 +931,17 @@ impl Backed {
         }
     }
 
-    /// Resolves the faults [`take`](Self::take) collected; `Err` with why
-    /// the server stops.
-    pub fn serve(&self, faults: &mut Vec<FileFault>) -> Result<(), Exit> {
+    /// Resolves the faults [`take`](Self::take) collected, each under
+    /// `order` (the order lock's read side); `Err` with why the server
+    /// stops.
+    pub fn serve(&self, faults: &mut Vec<FileFault>, order: &Order<'_>) -> Result<(), Exit> {
         let read_at = self.ctx.counters.now();
         BUF.with_borrow_mut(|buf| {
             for f in faults.drain(..) {
-                let r = self.files[f.file].fault(f.addr, f.kind, &self.ctx, buf);
+                let r = {
+                    let _order = order();
+                    self.files[f.file].fault(f.addr, f.kind, &self.ctx, buf)
+                };
                 self.outcome(r, read_at)?;
             }
             Ok(())
@@ -716,6 +983,7 @@ impl Backed {
         first: bool,
         stopped: &dyn Fn() -> bool,
         pause: &dyn Fn(),
+        order: &Order<'_>,
     ) -> Result<bool, Exit> {
         if self.files.is_empty() {
             return Ok(true);
@@ -725,7 +993,7 @@ impl Backed {
                 return Ok(false);
             }
             pause();
-            match self.files[file].populate(at, len, &self.ctx, buf) {
+            match self.files[file].populate(at, len, &self.ctx, buf, order) {
                 Ok(_) => Ok(true),
                 Err(Error::Uffd(e)) if e.is_again() => Ok(true),
                 Err(e) => Err(Exit::Failed(e)),
@@ -855,6 +1123,12 @@ fn classify(r: Answer) -> Result<Outcome, Error> {
 /// through the same page state as the server's handler threads and its
 /// populator, so each page is written once whichever asks first, and
 /// keeps working after the server stopped.
+///
+/// The exit path takes no lock: each slot's bitmap, attached when the
+/// slot was added, is found in the page state without its attach lock
+/// ([`Stage2Resolver::attached`](userfault::kvm::Stage2Resolver::attached)),
+/// so a clone needs no cache of its own; a resolution waits only for
+/// another path's claim on the same pages.
 #[derive(Debug, Clone)]
 pub struct Stage2 {
     backed: Arc<Backed>,

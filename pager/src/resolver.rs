@@ -178,15 +178,31 @@ pub(crate) struct Scratch {
     data: (u64, u64),
 }
 
-/// The order pages were first needed, from the fault stream.
+/// The order pages were first needed, from the fault stream: of the
+/// anonymous ranges ([`Resolver`]) and the file ranges
+/// ([`Backed`](crate::backed::Backed)) alike, as source pages of
+/// [`RECORD_PAGE`] bytes.
 #[derive(Debug)]
-struct Recorder {
+pub(crate) struct Recorder {
     seen: Box<[AtomicU64]>,
     order: Mutex<Vec<u64>>,
 }
 
 impl Recorder {
-    fn note(&self, file_page: u64) {
+    /// A recorder for a source of `source_len` bytes: sized for every page,
+    /// so that recording never allocates.
+    fn new(source_len: u64) -> Recorder {
+        Recorder {
+            seen: (0..source_len.div_ceil(RECORD_PAGE * 64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            order: Mutex::new(Vec::with_capacity((source_len / RECORD_PAGE) as usize + 1)),
+        }
+    }
+
+    /// Notes source page `file_page` (in [`RECORD_PAGE`] units) as needed,
+    /// if it was not before.
+    pub(crate) fn note(&self, file_page: u64) {
         let (word, bit) = ((file_page / 64) as usize, 1u64 << (file_page % 64));
         let Some(w) = self.seen.get(word) else { return };
         if w.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
@@ -254,7 +270,7 @@ pub(crate) struct Resolver {
     remaining: AtomicUsize,
     chunk: usize,
     counters: Arc<Counters>,
-    recorder: Option<Recorder>,
+    recorder: Option<Arc<Recorder>>,
     zeros: Arc<[u8]>,
     /// One bit per page of the state: in the working set being replayed
     /// ([`predict`](Self::predict)).
@@ -604,15 +620,7 @@ impl Resolver {
                 )));
             }
         }
-        let recorder = record.then(|| Recorder {
-            seen: (0..source.len().div_ceil(RECORD_PAGE * 64))
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            // Sized for every page, so that recording never allocates.
-            order: Mutex::new(Vec::with_capacity(
-                (source.len() / RECORD_PAGE) as usize + 1,
-            )),
-        });
+        let recorder = record.then(|| Arc::new(Recorder::new(source.len())));
         // Room for the splits remaps make, so that following one does not
         // allocate.
         spans.reserve(SPAN_ROOM);
@@ -661,6 +669,19 @@ impl Resolver {
     /// runs meanwhile (see the module docs).
     pub fn order(&self) -> OrderWrite<'_> {
         self.order.write()
+    }
+
+    /// The read side of the order lock: held by a file range's resolution
+    /// (see the module docs), so that no event is read while it is in
+    /// flight.
+    pub fn order_read(&self) -> OrderRead<'_> {
+        self.order.read()
+    }
+
+    /// The recorder of first faults ([`Config::record`](crate::Config::record)),
+    /// shared with the file ranges.
+    pub fn recorder(&self) -> Option<Arc<Recorder>> {
+        self.recorder.clone()
     }
 
     /// Buffers for one thread: the largest window a fault resolves.

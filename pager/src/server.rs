@@ -50,7 +50,9 @@ pub struct Config {
     /// recording did not foresee it, so its neighbours are no likelier to
     /// be needed than any other page.
     pub working_set: Option<WorkingSet>,
-    /// Record the order pages are first faulted ([`Server::recorded`]).
+    /// Record the order pages are first faulted ([`Server::recorded`]): by
+    /// faults of the anonymous ranges and of the file ranges' mappings, and
+    /// by KVM userfault exits ([`Stage2::resolve`]), as source pages.
     ///
     /// Only faults are seen: with [`prefetch`](Self::prefetch) on, a page
     /// the populator brought in before the guest asked is not recorded, so
@@ -286,22 +288,24 @@ impl Server {
             uffd.set_nonblocking(true)?;
         }
         let counters = Arc::new(Counters::default());
-        let backed = Arc::new(Backed::new(
-            &uffd,
-            config.files,
-            source.clone(),
-            counters.clone(),
-            config.chunk,
-            config.working_set.as_ref().filter(|_| config.prefetch),
-        )?);
         let mut resolver = Resolver::new(
-            uffd,
+            uffd.clone(),
             ranges,
-            source,
+            source.clone(),
             config.chunk,
             config.record,
             counters.clone(),
         )?;
+        // One recording over the anonymous and the file ranges.
+        let backed = Arc::new(Backed::new(
+            &uffd,
+            config.files,
+            source,
+            counters.clone(),
+            config.chunk,
+            config.working_set.as_ref().filter(|_| config.prefetch),
+            resolver.recorder(),
+        )?);
         if config.prefetch
             && let Some(ws) = &config.working_set
         {
@@ -880,7 +884,7 @@ fn pass(
                 break;
             };
             read_any = true;
-            if !shared.backed.take(&event, &mut b.files)
+            if !shared.backed.take(&event, child, &mut b.files)
                 && let Err(pass) = apply(shared, resolver, event, &mut b.forks, &mut b.deferred)
             {
                 return pass;
@@ -896,7 +900,7 @@ fn pass(
         shared.fork_ready.notify_all();
     }
     if !b.files.is_empty()
-        && let Err(exit) = shared.backed.serve(&mut b.files)
+        && let Err(exit) = shared.backed.serve(&mut b.files, &|| resolver.order_read())
     {
         shared.finish(exit);
         return Pass::Stop;
@@ -1339,9 +1343,12 @@ fn populator_thread(shared: &Shared, first: &[(usize, usize)], finish: bool, how
 /// The populator's pass over the file ranges (the working set's pages
 /// when `first`, or everything left); false when the server stops.
 fn populate_files(shared: &Shared, first: bool, how: &Populator) -> bool {
-    match shared.backed.populate(first, &|| shared.stopped(), &|| {
-        yield_to_demand(shared, how.yield_to_demand)
-    }) {
+    match shared.backed.populate(
+        first,
+        &|| shared.stopped(),
+        &|| yield_to_demand(shared, how.yield_to_demand),
+        &|| shared.resolver.order_read(),
+    ) {
         Ok(done) => done,
         Err(exit) => {
             shared.finish(exit);

@@ -328,13 +328,18 @@ pub struct Stats {
     pub remaining_pages: u64,
     /// Page-fault events handled (demand faults).
     pub demand_faults: u64,
-    /// Pages resolved by demand faults, chunk neighbours included.
+    /// Pages resolved by demand faults (and, on file ranges, KVM userfault
+    /// exits), chunk neighbours included. Each page a resolution writes is
+    /// counted once, by the path that wrote it: a page the populator fills
+    /// while a demand fault's chunk is resolved is the populator's.
     pub demand_pages: u64,
     /// Pages resolved by the background populator.
     pub prefetch_pages: u64,
-    /// Pages resolved with `UFFDIO_ZEROPAGE` (zero in the source, or removed).
+    /// Pages resolved as zeros: with `UFFDIO_ZEROPAGE` (zero in the source,
+    /// or removed), or, on file ranges, zeros written into a removed page.
     pub zero_pages: u64,
-    /// Bytes copied with `UFFDIO_COPY`.
+    /// Bytes of the source placed: copied with `UFFDIO_COPY`, or written
+    /// into a file range's file.
     pub copied_bytes: u64,
     /// Faults whose page was already present (resolved by another thread):
     /// woken with `UFFDIO_WAKE`.

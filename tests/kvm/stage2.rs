@@ -320,9 +320,11 @@ fn stage2_window_fills_each_page_once_with_one_write_per_run() {
     assert_eq!(window.backing_offset(), SLOT_OFFSET + 8 * PAGE as u64);
     assert_eq!(window.len(), 16 * PAGE);
     let data: Vec<u8> = (8..24).flat_map(page_data).collect();
+    let fill = fault.resolve_window_counted(window, &data).expect("window");
     assert_eq!(
-        fault.resolve_window(window, &data).expect("window"),
-        Resolution::Filled
+        (fill.resolution, fill.written, fill.zeroed),
+        (Resolution::Filled, 15, 0),
+        "every page of the window but the populated one is this call's"
     );
     assert_eq!(
         backing.fills.load(Ordering::SeqCst),
@@ -352,11 +354,17 @@ fn stage2_window_fills_each_page_once_with_one_write_per_run() {
 
     // A fault on a page the window filled, with its own window: nothing is
     // written again.
+    // The same slot found again without attaching, and only there.
+    let resolver = Stage2Resolver::attached(&state, &bitmap, SLOT_OFFSET).expect("attached");
+    assert!(Stage2Resolver::attached(&state, &bitmap, SLOT_OFFSET + PAGE as u64).is_none());
+    let other = Arc::new(UserfaultBitmap::new_all_set(0, bitmap.memory_size()).expect("bitmap"));
+    assert!(Stage2Resolver::attached(&state, &other, SLOT_OFFSET).is_none());
     let fault = resolver.fault(&userfault_at(9)).expect("stage-2 fault");
     let window = fault.window(64 << 10).expect("window");
+    let fill = fault.resolve_window_counted(window, &data).expect("window");
     assert_eq!(
-        fault.resolve_window(window, &data).expect("window"),
-        Resolution::AlreadyPresent
+        (fill.resolution, fill.written),
+        (Resolution::AlreadyPresent, 0)
     );
     assert_eq!(backing.fills.load(Ordering::SeqCst), 3);
 

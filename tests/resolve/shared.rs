@@ -508,9 +508,14 @@ fn a_window_is_filled_once_around_pages_other_paths_filled() {
             let data: Vec<u8> = (0..window_pages)
                 .flat_map(|p| source_page((p * page) as u64, page))
                 .collect();
+            // Every page of the window but the one the vCPU filled is
+            // this call's to count.
+            let fill = f
+                .write_window_then_continue_counted(w, &data)
+                .expect("window");
             assert_eq!(
-                f.write_window_then_continue(w, &data).expect("window"),
-                Resolution::Filled
+                (fill.resolution, fill.written, fill.zeroed),
+                (Resolution::Filled, window_pages as u64 - 1, 0)
             );
             assert_eq!(
                 reader.join().expect("reader"),
@@ -697,4 +702,53 @@ fn a_forked_childs_drop_leaves_the_parents_registration_armed() {
         !flags.split(' ').any(|f| f == "um"),
         "the parent's own drop unregisters: {flags}"
     );
+}
+
+/// The part of a region a remap moved is a region at the new address over
+/// the same file pages, clipped to what moved; a move that misses the
+/// region, or would put it at an address that is not whole pages, gives
+/// none.
+#[test]
+fn a_remapped_region_keeps_its_file_pages_at_the_new_address() {
+    const TEST: &str = "a_remapped_region_keeps_its_file_pages_at_the_new_address";
+    let Some((uffd, mapping, region)) = counting_fixture(TEST, 8) else {
+        return;
+    };
+    let page = page_size();
+    let (base, len) = (mapping.addr(), mapping.len());
+    // Pages 4..8 moved (a move of a larger range that holds them) to a
+    // made-up address: no system call is made.
+    let to = 0x7000_0000_0000usize;
+    let moved = region
+        .remapped(base + 4 * page, to, 8 * page)
+        .expect("the moved part");
+    assert_eq!(
+        (moved.registration().start(), moved.registration().len()),
+        (to, 4 * page)
+    );
+    assert_eq!(moved.file_offset_at(to), Some(4 * page as u64));
+    assert_eq!(
+        moved.file_offset_at(to + 3 * page + 1),
+        Some(7 * page as u64 + 1)
+    );
+    assert_eq!(moved.file_offset_at(to + 4 * page), None);
+    assert_eq!(moved.addr_at(5 * page as u64), Some(to + page));
+    assert_eq!(moved.addr_at(3 * page as u64), None);
+    // Where it was, the rest still maps its own pages.
+    let rest = region.remapped(base, base, 4 * page).expect("the rest");
+    assert_eq!(rest.file_offset_at(base + page), Some(page as u64));
+    assert_eq!(
+        region.file_offset_at(base + len - 1),
+        Some((len - 1) as u64)
+    );
+    // Misses, and a destination that is not whole pages.
+    assert!(region.remapped(base + len, to, page).is_none());
+    assert!(region.remapped(base, to + 1, page).is_none());
+    // The parts own nothing: dropping them leaves the range registered,
+    // so a second region over it is still refused.
+    drop((moved, rest));
+    // SAFETY: refused before anything is registered.
+    let e = unsafe { Region::continue_only(uffd.clone(), mapping.clone()) }
+        .expect_err("the range is still the region's");
+    assert!(e.to_string().contains("overlaps a live region"), "{e}");
 }

@@ -277,6 +277,14 @@ fn serve_vmm_and_vcpu(test: &str, copy: bool, prefetch: bool) {
     }
     let stats = server.stats();
     assert_eq!(stats.stage2_faults, exits.len() as u64, "{stats:?}");
+    // The vCPU's exits, the VMM's faults and the populator count each page
+    // they wrote once: all of them once the populator is done.
+    let counted = stats.demand_pages + stats.prefetch_pages;
+    if prefetch {
+        assert_eq!(counted, PAGES as u64, "{stats:?}");
+    } else {
+        assert!(counted <= PAGES as u64, "{stats:?}");
+    }
     assert!(
         prefetch || stats.demand_faults as usize > PAGES / 2,
         "{stats:?}"

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{MemoryFault, UserfaultBitmap};
 use crate::backing::Backing;
 use crate::error::{Error, Result};
-use crate::resolve::{HeldPages, MAX_WINDOW, PageState, Resolution};
+use crate::resolve::{HeldPages, MAX_WINDOW, PageState, Resolution, WindowFill};
 
 /// Turns the `KVM_EXIT_MEMORY_FAULT` exits of one KVM userfault slot into
 /// [`Stage2Fault`]s: the slot's bitmap, attached to the page state of the
@@ -51,6 +51,25 @@ impl<'a, B: Backing> Stage2Resolver<'a, B> {
             bitmap,
             first_page: backing_offset / state.page_size() as u64,
         })
+    }
+
+    /// The resolver of a slot whose bitmap is attached to `state` at
+    /// `backing_offset` already (by [`new`](Self::new)), found without
+    /// the state's attach lock: for a vCPU's exit path, which then takes no
+    /// lock on the way to its fill. `None` when the bitmap is not attached
+    /// there.
+    pub fn attached(
+        state: &'a PageState<B>,
+        bitmap: &'a Arc<UserfaultBitmap>,
+        backing_offset: u64,
+    ) -> Option<Stage2Resolver<'a, B>> {
+        state
+            .is_attached(bitmap, backing_offset)
+            .then(|| Stage2Resolver {
+                state,
+                bitmap,
+                first_page: backing_offset / state.page_size() as u64,
+            })
     }
 }
 
@@ -273,6 +292,18 @@ impl<B: Backing> Stage2Fault<'_, B> {
     /// length; otherwise as [`resolve`](Self::resolve) (the pages of a
     /// failed write stay unfilled, their bits set).
     pub fn resolve_window(self, window: Stage2Window, data: &[u8]) -> Result<Resolution> {
+        self.resolve_window_counted(window, data)
+            .map(|f| f.resolution)
+    }
+
+    /// [`resolve_window`](Self::resolve_window), also saying how many
+    /// pages of the window this call wrote (for accounting: a page filled
+    /// meanwhile by another path is that path's).
+    ///
+    /// # Errors
+    ///
+    /// As [`resolve_window`](Self::resolve_window).
+    pub fn resolve_window_counted(self, window: Stage2Window, data: &[u8]) -> Result<WindowFill> {
         const OP: &str = "stage-2 resolve_window";
         if window.fault != self.file_page || window.page_size != self.bitmap.page_size() {
             return Err(Error::invalid(OP, "the window is another fault's"));
@@ -299,19 +330,37 @@ impl<B: Backing> Stage2Fault<'_, B> {
             self.state
                 .fill_run(window.first + a, bytes, |k| held.zero(a + k))?;
         }
+        let mut written = 0;
+        let mut zeroed = 0;
         for &(a, b) in &runs {
+            written += b - a;
+            zeroed += held.zeros_in(a, b);
             held.finish(a, b);
         }
         drop(held);
         if fault_claimed {
-            return Ok(if fault_zeroed {
+            let resolution = if fault_zeroed {
                 Resolution::Zeroed
             } else {
                 Resolution::Filled
+            };
+            return Ok(WindowFill {
+                resolution,
+                written,
+                zeroed,
             });
         }
         let at = fault_i as usize * ps;
-        self.resolve(&data[at..at + ps])
+        let resolution = self.resolve(&data[at..at + ps])?;
+        if resolution.wrote() {
+            written += 1;
+            zeroed += u64::from(resolution == Resolution::Zeroed);
+        }
+        Ok(WindowFill {
+            resolution,
+            written,
+            zeroed,
+        })
     }
 }
 

@@ -200,6 +200,7 @@
 //! - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
 
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::backing::{BackedMapping, Backing};
@@ -295,17 +296,43 @@ impl Resolution {
     }
 }
 
+/// What a chunked resolution did: the faulting page's [`Resolution`] and
+/// how many pages of the window this call wrote. Every page is written by
+/// one path only, so adding up `written` over every path (faults, stage-2
+/// resolutions, a populator) counts each filled page once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowFill {
+    /// What became of the faulting page.
+    pub resolution: Resolution,
+    /// Pages this call wrote (from the data given, or zeros).
+    pub written: u64,
+    /// Of those, the pages it wrote zeros into (discarded pages, or pages
+    /// that had left the file behind the state's back).
+    pub zeroed: u64,
+}
+
 /// A registered range of class `C`, backed by `B` (`()` for a copy-capable
 /// region with no fillable backing, such as anonymous memory).
 ///
 /// Registered on creation, unregistered on drop. `Sync`: any number of
-/// handler threads may resolve its faults concurrently.
+/// handler threads may resolve its faults concurrently. A region the
+/// process moved (`mremap(2)`) is followed with
+/// [`remapped`](Self::remapped).
 #[derive(Debug)]
 pub struct Region<C: Class, B = ()> {
     uffd: Arc<Uffd>,
     reg: Registration,
     page_size: usize,
     backing: Option<Arc<BackedMapping<B>>>,
+    /// File offset of the registration's first byte (with a backing).
+    file_base: u64,
+    /// The region registered its range (and unregisters it on drop); false
+    /// for the part of a region a remap moved ([`Region::remapped`]).
+    owner: bool,
+    /// Shared by a region and every region made from it by
+    /// [`Region::remapped`]: some part of it has moved, so its own range
+    /// is no longer all its own to unregister.
+    moved: Arc<AtomicBool>,
     /// The process that registered the range: only it unregisters.
     pid: rustix::process::Pid,
     _class: PhantomData<fn() -> C>,
@@ -460,9 +487,10 @@ impl<C: Class, B> Drop for Region<C, B> {
         // A forked child's copy of the region must not unregister: the
         // userfaultfd acts on the address space of the process that created
         // it, the parent's. (Checked first: the child takes no lock.)
-        if rustix::process::getpid() != self.pid {
+        if !self.owner || rustix::process::getpid() != self.pid {
             return;
         }
+        let moved = self.moved.load(Ordering::Acquire);
         {
             let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
             let me = (self.reg.uffd_id(), self.reg.start(), self.reg.end());
@@ -471,7 +499,10 @@ impl<C: Class, B> Drop for Region<C, B> {
             }
         }
         // The range may already be gone (unmapped); nothing to report then.
-        let _ = self.uffd.unregister(&self.reg);
+        // A range that has moved in part is not unregistered where it was.
+        if !moved {
+            let _ = self.uffd.unregister(&self.reg);
+        }
     }
 }
 
@@ -545,11 +576,15 @@ impl<C: Class, B> Region<C, B> {
             // not resolve it by COPY, ZEROPAGE, MOVE or POISON either.
             reg = reg.restricted_to(Ioctls::WAKE | Ioctls::CONTINUE | Ioctls::WRITEPROTECT);
         }
+        let file_base = backing.as_ref().map_or(0, |m| m.file_offset());
         let region = Region {
             uffd,
             reg,
             page_size,
             backing,
+            file_base,
+            owner: true,
+            moved: Arc::new(AtomicBool::new(false)),
             pid: rustix::process::getpid(),
             _class: PhantomData,
         };
@@ -574,6 +609,65 @@ impl<C: Class, B> Region<C, B> {
     /// The registration (range, mode, the kernel's ioctl mask).
     pub fn registration(&self) -> &Registration {
         &self.reg
+    }
+
+    /// `UFFD_EVENT_REMAP`: the part of this region that `mremap(2)` moved
+    /// from `[from, from + len)` to `to`, as a region at its new address —
+    /// the same class, page size and file pages (through the same page
+    /// state), now at the addresses the event names. `None` when the move
+    /// does not overlap the region, or the range at `to` would not be
+    /// whole pages or would wrap. With `to == from`, the part of the region
+    /// inside `[from, from + len)`, where it is.
+    ///
+    /// The kernel moves a registration with its mapping when the
+    /// userfaultfd has `UFFD_FEATURE_EVENT_REMAP`, so nothing is registered
+    /// again: the region returned does not own its range (dropping it
+    /// unregisters nothing). Once a part has moved (`to != from`), the
+    /// region it came from does not unregister its old range when dropped
+    /// either — the process may have mapped and registered something else
+    /// there; unregister the parts where they are now
+    /// ([`Uffd::unregister_range`]), or close the userfaultfd, which ends
+    /// every registration it has. Pass what the event says: resolutions of
+    /// the returned region act at `to`.
+    pub fn remapped(&self, from: usize, to: usize, len: usize) -> Option<Region<C, B>> {
+        let reg = self.reg.remapped(from, to, len)?;
+        if !reg.start().is_multiple_of(self.page_size) || !reg.len().is_multiple_of(self.page_size)
+        {
+            return None;
+        }
+        // The first byte of the moved part, at its old address.
+        let old = self.reg.start().max(from);
+        if to != from {
+            self.moved.store(true, Ordering::Release);
+        }
+        Some(Region {
+            uffd: self.uffd.clone(),
+            reg,
+            page_size: self.page_size,
+            backing: self.backing.clone(),
+            file_base: self.file_base + (old - self.reg.start()) as u64,
+            owner: false,
+            moved: self.moved.clone(),
+            pid: self.pid,
+            _class: PhantomData,
+        })
+    }
+
+    /// The file offset that address `addr` of the region maps; `None` for
+    /// an address outside the region or a region without a backing file.
+    pub fn file_offset_at(&self, addr: usize) -> Option<u64> {
+        self.backing.as_ref()?;
+        self.reg
+            .contains(addr, 1)
+            .then(|| self.file_base + (addr - self.reg.start()) as u64)
+    }
+
+    /// The address of the region that maps file offset `offset`; `None`
+    /// for an offset the region does not map.
+    pub fn addr_at(&self, offset: u64) -> Option<usize> {
+        self.backing.as_ref()?;
+        let delta = offset.checked_sub(self.file_base)?;
+        (delta < self.reg.len() as u64).then(|| self.reg.start() + delta as usize)
     }
 
     /// The userfaultfd the region is registered with.
@@ -641,14 +735,14 @@ impl<C: Class, B> Region<C, B> {
             .backing
             .as_ref()
             .expect("only regions with a backing resolve through the page state");
-        let offset = mapping.file_offset() + (page - mapping.addr()) as u64;
+        let offset = self.file_base + (page - self.reg.start()) as u64;
         (mapping.state(), offset / self.page_size as u64)
     }
 
     /// The file offset of `page`, an address in a region with a backing.
     fn file_offset_of(&self, page: usize) -> Option<u64> {
-        let mapping = self.backing.as_ref()?;
-        Some(mapping.file_offset() + (page - mapping.addr()) as u64)
+        self.backing.as_ref()?;
+        Some(self.file_base + (page - self.reg.start()) as u64)
     }
 
     fn wake(&self, page: usize) -> Result<()> {
@@ -915,7 +1009,7 @@ impl<C: Class, B: Backing> Region<C, B> {
                 format!("{start:#x}+{len:#x} is not a part of the region"),
             ));
         }
-        let offset = mapping.offset_of(start)?;
+        let offset = self.file_base + (start - self.reg.start()) as u64;
         mapping.state().discard(offset, len as u64, mode)
     }
 }

@@ -491,6 +491,17 @@ impl<B: Backing> PageState<B> {
         Ok(n_now)
     }
 
+    /// True when `bitmap` is attached at `file_offset`: a look at the
+    /// attached slots without the attach lock (slots are only ever added,
+    /// each published with a store-release of the count).
+    pub(crate) fn is_attached(&self, bitmap: &Arc<UserfaultBitmap>, file_offset: u64) -> bool {
+        let ps = self.page_size as u64;
+        file_offset.is_multiple_of(ps)
+            && self
+                .slots()
+                .any(|s| Arc::ptr_eq(&s.bitmap, bitmap) && s.first_page == file_offset / ps)
+    }
+
     /// Fills file page `page` with `data` (one page) unless it is filled —
     /// the populator's and the stage-2 resolver's path: the file only, no
     /// mapping. Waits while another thread holds the page.

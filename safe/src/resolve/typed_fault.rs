@@ -3,7 +3,7 @@
 
 use super::page_state::{PageState, check_len};
 use super::rwp::{RwpFault, UnknownFault};
-use super::{Class, ContinueOnly, CopyCapable, Region, Resolution};
+use super::{Class, ContinueOnly, CopyCapable, Region, Resolution, WindowFill};
 use crate::backing::Backing;
 use crate::error::{Error, Result};
 use crate::uffd::{CopyMode, FaultKind, UnprotectMode, ZeropageMode};
@@ -298,7 +298,7 @@ impl<B: Backing, C: Class> MissingFault<'_, C, B> {
                 ),
             ));
         }
-        let Some(mapping) = region.backing.as_ref() else {
+        let Some(offset) = region.file_offset_of(self.raw.page) else {
             return Err(Error::invalid(
                 "fault window",
                 "the region has no backing file",
@@ -306,7 +306,6 @@ impl<B: Backing, C: Class> MissingFault<'_, C, B> {
         };
         // Aligned in the file (where snapshots and huge folios are), then
         // clipped to the region.
-        let offset = mapping.offset_of(self.raw.page)?;
         let back = (offset & (size as u64 - 1)) as usize;
         let aligned = self.raw.page.saturating_sub(back);
         let start = aligned.max(region.reg.start());
@@ -314,7 +313,7 @@ impl<B: Backing, C: Class> MissingFault<'_, C, B> {
         Ok(Window {
             start,
             len: end - start,
-            file_offset: mapping.offset_of(start)?,
+            file_offset: offset - (self.raw.page - start) as u64,
             fault: self.raw.page,
         })
     }
@@ -353,7 +352,25 @@ impl<B: Backing> MissingFault<'_, ContinueOnly, B> {
     /// `InvalidArgument` when `window` is not this fault's or `data` not
     /// its length; otherwise as [`write_then_continue`](Self::write_then_continue).
     #[doc(alias = "UFFDIO_CONTINUE")]
-    pub fn write_window_then_continue(mut self, window: Window, data: &[u8]) -> Result<Resolution> {
+    pub fn write_window_then_continue(self, window: Window, data: &[u8]) -> Result<Resolution> {
+        self.write_window_then_continue_counted(window, data)
+            .map(|f| f.resolution)
+    }
+
+    /// `pwrite(2)` + `UFFDIO_CONTINUE`:
+    /// [`write_window_then_continue`](Self::write_window_then_continue),
+    /// also saying how many pages of the window this call wrote (for
+    /// accounting: a page filled meanwhile by another path is that path's).
+    ///
+    /// # Errors
+    ///
+    /// As [`write_window_then_continue`](Self::write_window_then_continue).
+    #[doc(alias = "UFFDIO_CONTINUE")]
+    pub fn write_window_then_continue_counted(
+        mut self,
+        window: Window,
+        data: &[u8],
+    ) -> Result<WindowFill> {
         self.check_window("write_window_then_continue", &window, data)?;
         let region = self.raw.region;
         let page = self.raw.page;
@@ -373,7 +390,19 @@ impl<B: Backing> MissingFault<'_, CopyCapable, B> {
     ///
     /// As [`copy`](Self::copy) and [`window`](Self::window).
     #[doc(alias = "UFFDIO_COPY")]
-    pub fn copy_window(mut self, window: Window, data: &[u8]) -> Result<Resolution> {
+    pub fn copy_window(self, window: Window, data: &[u8]) -> Result<Resolution> {
+        self.copy_window_counted(window, data).map(|f| f.resolution)
+    }
+
+    /// `UFFDIO_COPY`: [`copy_window`](Self::copy_window), also saying how
+    /// many pages of the window this call wrote (for accounting: a page
+    /// filled meanwhile by another path is that path's).
+    ///
+    /// # Errors
+    ///
+    /// As [`copy_window`](Self::copy_window).
+    #[doc(alias = "UFFDIO_COPY")]
+    pub fn copy_window_counted(mut self, window: Window, data: &[u8]) -> Result<WindowFill> {
         self.check_window("copy_window", &window, data)?;
         let region = self.raw.region;
         let page = self.raw.page;
@@ -468,6 +497,11 @@ impl<'s, B> HeldPages<'s, B> {
         self.zeroed[(i / 64) as usize] & (1 << (i % 64)) != 0
     }
 
+    /// How many of the held pages `[a, b)` are to be filled with zeros.
+    pub(crate) fn zeros_in(&self, a: u64, b: u64) -> u64 {
+        (a..b).filter(|&k| self.zero(k)).count() as u64
+    }
+
     /// Marks `[a, b)` filled and no longer held.
     pub(crate) fn finish(&mut self, a: u64, b: u64) {
         self.state.finish_run(self.first + a, b - a);
@@ -497,7 +531,7 @@ impl<C: Class, B: Backing> Region<C, B> {
         w: &Window,
         data: &[u8],
         how: Chunk,
-    ) -> Result<Resolution> {
+    ) -> Result<WindowFill> {
         let ps = self.page_size;
         let n = (w.len / ps) as u64;
         let (state, first) = self.file_page(w.start);
@@ -536,11 +570,17 @@ impl<C: Class, B: Backing> Region<C, B> {
             i = j;
         }
         let mut fault_mapped = false;
+        // Pages this call wrote, and of them those it wrote zeros into.
+        let (mut written, mut zeroed) = (0u64, 0u64);
         match how {
             Chunk::Write => {
                 for &(a, b) in &runs {
                     let bytes = &data[a as usize * ps..b as usize * ps];
                     state.fill_run(first + a, bytes, |k| held.zero(a + k))?;
+                }
+                for &(a, b) in &runs {
+                    written += b - a;
+                    zeroed += held.zeros_in(a, b);
                 }
                 for &(a, b) in &runs {
                     held.finish(a, b);
@@ -596,6 +636,8 @@ impl<C: Class, B: Backing> Region<C, B> {
                     if b == a {
                         continue;
                     }
+                    written += b - a;
+                    zeroed += held.zeros_in(a, b);
                     held.finish(a, b);
                     if dontwake || !whole {
                         let _ = self
@@ -610,10 +652,15 @@ impl<C: Class, B: Backing> Region<C, B> {
         }
         drop(held);
         if fault_mapped {
-            return Ok(if fault_zeroed {
+            let resolution = if fault_zeroed {
                 Resolution::Zeroed
             } else {
                 Resolution::Filled
+            };
+            return Ok(WindowFill {
+                resolution,
+                written,
+                zeroed,
             });
         }
         let at = fault_i as usize * ps;
@@ -622,7 +669,11 @@ impl<C: Class, B: Backing> Region<C, B> {
             Chunk::Write => self.fill_and_map(page, slice)?,
             Chunk::Copy => self.copy_through_state(page, Some(slice))?,
         };
-        Ok(match r {
+        if r.wrote() {
+            written += 1;
+            zeroed += u64::from(r == Resolution::Zeroed);
+        }
+        let resolution = match r {
             Resolution::Mapped | Resolution::AlreadyPresent if fault_claimed => {
                 if fault_zeroed {
                     Resolution::Zeroed
@@ -631,6 +682,11 @@ impl<C: Class, B: Backing> Region<C, B> {
                 }
             }
             r => r,
+        };
+        Ok(WindowFill {
+            resolution,
+            written,
+            zeroed,
         })
     }
 }

@@ -1,0 +1,416 @@
+//! A file range's mapping moved (`mremap`) and partly unmapped while it is
+//! served, its faults recorded into the working set, and its pages
+//! counted once whichever path fills them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use userfault::kvm::{MemoryFault, MemoryFaultFlags, UserfaultBitmap};
+use userfault::resolve::Region;
+use userfault::uffd::{Features, RegisterMode};
+use userfault_pager::{Config, FileRange, Server};
+
+use super::{PAGE, marker, memfd, memfd_with, read_page, snapshot, write_marker};
+use crate::util;
+
+/// `mmap(PROT_NONE)`: a fresh reservation of `len` bytes at an address of
+/// the kernel's choosing, for a move to land on.
+fn reservation(len: usize) -> usize {
+    // SAFETY: a new mapping at an address of the kernel's choosing; it
+    // replaces nothing.
+    unsafe {
+        rustix::mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            rustix::mm::ProtFlags::empty(),
+            rustix::mm::MapFlags::PRIVATE,
+        )
+    }
+    .expect("mmap") as usize
+}
+
+/// `mremap(2)`: moves `len` bytes at `from` onto `to` (a reservation).
+fn move_to(from: usize, len: usize, to: usize) {
+    // SAFETY: moves part of the test's own mapping of the memfd onto the
+    // test's own reservation; nothing holds a reference into either. The
+    // hole it leaves is never touched again (the mapping is not dropped).
+    let at = unsafe {
+        rustix::mm::mremap_fixed(
+            from as *mut _,
+            len,
+            len,
+            rustix::mm::MremapFlags::MAYMOVE,
+            to as *mut _,
+        )
+    }
+    .expect("mremap");
+    assert_eq!(at as usize, to);
+}
+
+/// The source's page `p` as the guest should see it: with the marker
+/// where `written` says a writer left one.
+fn want(bytes: &[u8], p: usize, written: bool) -> Vec<u8> {
+    let mut page = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
+    if written {
+        page[128..136].copy_from_slice(&marker(p));
+    }
+    page
+}
+
+/// How the remapped range is registered and served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// CONTINUE-only, `MISSING | MINOR`.
+    ContinueOnly,
+    /// Copy-capable, `MISSING | MINOR`.
+    Copy,
+    /// Copy-capable, `MISSING` alone (no MINOR faults on shmem needed:
+    /// Linux 5.10).
+    CopyMissingOnly,
+}
+
+#[test]
+fn file_range_continue_only_follows_a_remap_of_its_mapping() {
+    remap(
+        "file_range_continue_only_follows_a_remap_of_its_mapping",
+        Served::ContinueOnly,
+    );
+}
+
+#[test]
+fn file_range_copy_capable_follows_a_remap_of_its_mapping() {
+    remap(
+        "file_range_copy_capable_follows_a_remap_of_its_mapping",
+        Served::Copy,
+    );
+}
+
+#[test]
+fn file_range_registered_missing_only_follows_a_remap_of_its_mapping() {
+    remap(
+        "file_range_registered_missing_only_follows_a_remap_of_its_mapping",
+        Served::CopyMissingOnly,
+    );
+}
+
+/// 1024 pages of a memfd, served on demand: the guest writes markers and
+/// reads some pages, then the upper half of the mapping moves; half its
+/// pages are read at the new address (MISSING faults for pages never
+/// filled, MINOR ones for pages filled through the file only, where MINOR
+/// is registered; without it such pages are simply there), then it
+/// moves again and every page of it is read there, and the lower half
+/// where it always was. Every byte equals the source or the guest's
+/// marker, and each page was written into the file once.
+///
+/// The holes the moves leave may be mapped by other tests' threads at
+/// once, so nothing is moved back into them and the mapping is never
+/// dropped (which would unmap them): its two parts are unmapped where they
+/// are.
+fn remap(test: &str, served: Served) {
+    const PAGES: usize = 1024;
+    let more = Features::EVENT_REMAP;
+    let minor = served != Served::CopyMissingOnly;
+    let Some((uffd, state, ram)) = memfd_with(test, PAGES, more, minor) else {
+        return;
+    };
+    if !uffd.features().contains(more) {
+        return util::skip(test, "uffd", "REMAP events are not offered");
+    }
+    let copy = served != Served::ContinueOnly;
+    let file = if copy {
+        let mode = if minor {
+            RegisterMode::MISSING | RegisterMode::MINOR
+        } else {
+            RegisterMode::MISSING
+        };
+        // SAFETY: the guest's memory is reached only through raw pointers.
+        let region = unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
+            .expect("register");
+        FileRange::copy_capable(region, 0)
+    } else {
+        // SAFETY: as above.
+        let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+        FileRange::continue_only(region, 0)
+    };
+    let (source, bytes) = snapshot(test, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            chunk: 4 * PAGE,
+            prefetch: false,
+            files: vec![file.expect("file range")],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let half = PAGES / 2;
+    let written = |p: usize| p % 7 == 3;
+    // Pages of the upper half filled into the file without a fault (as a
+    // vCPU's exit would): at the new address they raise MINOR faults.
+    let filed = |p: usize| p >= half && p % 11 == 5 && !written(p);
+    let stats = util::with_deadline(test, Duration::from_secs(120), || {
+        for p in (0..PAGES).filter(|&p| written(p)) {
+            write_marker(base, p);
+        }
+        let mut filed_pages = 0;
+        for p in (0..PAGES).filter(|&p| filed(p)) {
+            let data = &bytes[p * PAGE..(p + 1) * PAGE];
+            // Unless a writer's chunk filled it already.
+            if state
+                .populate((p * PAGE) as u64, data)
+                .expect("populate")
+                .wrote()
+            {
+                filed_pages += 1;
+            }
+        }
+        assert!(filed_pages > 0);
+        let len = half * PAGE;
+        let to = reservation(len);
+        move_to(base + len, len, to);
+        let check = |at: usize, i: usize| {
+            let p = half + i;
+            assert!(
+                read_page(at, i) == want(&bytes, p, written(p)),
+                "page {p} at {at:#x}"
+            );
+        };
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                s.spawn(move || {
+                    for i in (0..half).filter(|i| i % 4 == 2 * t) {
+                        check(to, i);
+                    }
+                });
+            }
+        });
+        // Moved again, with half its pages still to be served.
+        let to = {
+            let again = reservation(len);
+            move_to(to, len, again);
+            again
+        };
+        std::thread::scope(|s| {
+            for t in 0..2 {
+                s.spawn(move || {
+                    for i in (0..half).filter(|i| i % 2 == t) {
+                        check(to, i);
+                    }
+                });
+            }
+        });
+        for p in 0..half {
+            assert!(
+                read_page(base, p) == want(&bytes, p, written(p)),
+                "page {p}, never moved"
+            );
+        }
+        (server.shutdown().stats, filed_pages, to)
+    });
+    let (stats, filed_pages, to) = stats;
+    for p in 0..PAGES {
+        let fills = state.backing().fills_of(p);
+        if copy {
+            // UFFDIO_COPY does not go through the file's write path.
+            assert!(fills <= 1, "page {p} written {fills} times");
+        } else {
+            assert_eq!(fills, 1, "page {p} fills");
+        }
+    }
+    assert_eq!(stats.remaps, 2, "{stats:?}");
+    // Every page not filled by the test was filled on demand, once.
+    assert_eq!(stats.demand_pages, PAGES as u64 - filed_pages, "{stats:?}");
+    util::report(&format!(
+        "{test}: {} demand faults ({} pages), {} remaps, {} retries",
+        stats.demand_faults, stats.demand_pages, stats.remaps, stats.retries
+    ));
+    // Its parts are unmapped where they are now; the mapping itself is
+    // never dropped (it would unmap its old range, a hole by now).
+    let (lower, upper) = (ram.addr(), to);
+    std::mem::forget(ram);
+    // SAFETY: the test's own mappings, which nothing refers to any more.
+    unsafe {
+        rustix::mm::munmap(lower as *mut _, half * PAGE).expect("munmap");
+        rustix::mm::munmap(upper as *mut _, half * PAGE).expect("munmap");
+    }
+}
+
+/// The upper half of a served mapping is unmapped (replaced by another
+/// mapping) while the populator is held back: a vCPU exit on an unmapped
+/// page is still resolved through the file's state, the server goes on
+/// serving the lower half, and once the populator runs it fills the whole
+/// file (vCPUs still reach the unmapped half) and completes without an
+/// error.
+#[test]
+fn file_range_unmapped_in_part_is_served_where_mapped_and_completes() {
+    const TEST: &str = "file_range_unmapped_in_part_is_served_where_mapped_and_completes";
+    const PAGES: usize = 2048;
+    let Some((uffd, state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_UNMAP, true) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_UNMAP) {
+        return util::skip(TEST, "uffd", "UNMAP events are not offered");
+    }
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    const GPA: u64 = 1 << 32;
+    let bitmap =
+        Arc::new(UserfaultBitmap::new_all_set(GPA, (PAGES * PAGE) as u64).expect("bitmap"));
+    let file = FileRange::continue_only(region, 0)
+        .expect("file range")
+        .stage2_slot(bitmap.clone(), 0)
+        .expect("slot");
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            chunk: 4 * PAGE,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let half = PAGES / 2;
+    // Not in the populator's first extent (512 KiB), which it holds while
+    // held back.
+    let written = |p: usize| p % 5 == 1 && p >= 128;
+    state.backing().hold_populator();
+    let report = util::with_deadline(TEST, Duration::from_secs(120), || {
+        for p in (0..PAGES).filter(|&p| written(p)) {
+            write_marker(base, p);
+        }
+        // Replaced at once by an inaccessible mapping, so that nothing
+        // else lands there before the test's mapping is dropped: the
+        // kernel reports the old one unmapped.
+        let len = half * PAGE;
+        // SAFETY: replaces the upper half of the test's own mapping of the
+        // memfd; nothing refers to it (the mapping's drop unmaps the
+        // replacement).
+        unsafe {
+            rustix::mm::mmap_anonymous(
+                (base + len) as *mut _,
+                len,
+                rustix::mm::ProtFlags::empty(),
+                rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
+            )
+        }
+        .expect("mmap over the upper half");
+        // A vCPU reaches a page of the unmapped half that no one wrote.
+        let stage2 = server.stage2();
+        let p = PAGES - 2;
+        let exit = MemoryFault::new(
+            MemoryFaultFlags::USERFAULT.bits(),
+            GPA + (p * PAGE) as u64,
+            PAGE as u64,
+        );
+        stage2
+            .resolve(&exit)
+            .expect("stage-2 resolve")
+            .expect("a slot's exit");
+        assert_eq!(bitmap.test(p as u64), Some(false), "bit {p}");
+        state.backing().release_populator();
+        for p in 0..half {
+            assert!(
+                read_page(base, p) == want(&bytes, p, written(p)),
+                "page {p}"
+            );
+        }
+        server.wait()
+    });
+    assert!(
+        matches!(report.exit, userfault_pager::Exit::Complete),
+        "{:?}",
+        report.exit
+    );
+    // The whole file holds the source, and the guest's writes from before
+    // the unmap.
+    let fd = std::os::fd::AsFd::as_fd(&state.backing().memfd);
+    let mut page = vec![0u8; PAGE];
+    for p in 0..PAGES {
+        let n = rustix::io::pread(fd, &mut page[..], (p * PAGE) as u64).expect("pread");
+        assert_eq!(n, PAGE);
+        assert!(page == want(&bytes, p, written(p)), "file page {p}");
+        assert_eq!(state.backing().fills_of(p), 1, "page {p} fills");
+    }
+    assert_eq!(bitmap.count_set(), 0, "every bit cleared");
+    let s = &report.stats;
+    assert_eq!(s.unmapped_pages, half as u64, "{s:?}");
+    assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");
+    util::report(&format!(
+        "{TEST}: {} demand faults ({} pages), {} prefetched, {} unmapped",
+        s.demand_faults, s.demand_pages, s.prefetch_pages, s.unmapped_pages
+    ));
+}
+
+/// A recording taken over a file range lists its pages as the source's
+/// pages (the range is served from the source's second half), in the
+/// order they were first needed: by faults of the mapping and by vCPU
+/// exits alike, each once.
+#[test]
+fn file_range_faults_and_exits_are_recorded_in_order() {
+    const TEST: &str = "file_range_faults_and_exits_are_recorded_in_order";
+    const PAGES: usize = 512;
+    let Some((uffd, _state, ram)) = memfd(TEST, PAGES) else {
+        return;
+    };
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    const GPA: u64 = 1 << 32;
+    let bitmap =
+        Arc::new(UserfaultBitmap::new_all_set(GPA, (PAGES * PAGE) as u64).expect("bitmap"));
+    let offset = PAGES * PAGE;
+    let file = FileRange::continue_only(region, offset as u64)
+        .expect("file range")
+        .stage2_slot(bitmap, 0)
+        .expect("slot");
+    let (source, bytes) = snapshot(TEST, 2 * PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 1,
+            chunk: PAGE,
+            prefetch: false,
+            record: true,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let order: Vec<usize> = (0..120).map(|k| (k * 37 + 5) % PAGES).collect();
+    let by_vcpu = |k: usize| k % 4 == 1;
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        let stage2 = server.stage2();
+        for (k, &p) in order.iter().enumerate() {
+            if by_vcpu(k) {
+                let flags = MemoryFaultFlags::USERFAULT.bits();
+                let exit = MemoryFault::new(flags, GPA + (p * PAGE) as u64, PAGE as u64);
+                stage2
+                    .resolve(&exit)
+                    .expect("resolve")
+                    .expect("a slot's exit");
+            }
+            // The mapping then finds the page (a MINOR fault after an
+            // exit), and again: neither records anything new.
+            for _ in 0..2 {
+                let want = &bytes[offset + p * PAGE..offset + (p + 1) * PAGE];
+                assert!(read_page(base, p) == want, "page {p}");
+            }
+        }
+    });
+    let report = server.shutdown();
+    let ws = report.recorded.expect("a recording");
+    let want: Vec<u64> = order.iter().map(|&p| (PAGES + p) as u64).collect();
+    assert_eq!(ws.pages(), &want[..]);
+    assert_eq!(report.stats.stage2_faults, 30, "{:?}", report.stats);
+}
