@@ -26,6 +26,17 @@
 //! once every page is in it unregisters the ranges, and the server stops
 //! ([`Exit::Complete`]).
 //!
+//! With chunks of one page (`Config::chunk` no larger than the page size,
+//! no adaptive chunks, no replay: Firecracker's example handler's way), a
+//! fault on a pending data page takes a short path: one claim, one
+//! `UFFDIO_COPY` straight from a [`MappedSource`](source::MappedSource)'s
+//! mapping (or from the page read into the thread's buffer), and the
+//! accounting, with no window built. After a pass that found events a
+//! handler thread reads again at once, since a woken thread often faults
+//! again before the next `poll`; it stops doing so while those reads keep
+//! finding nothing (a guest that computes between faults), trying again
+//! now and then.
+//!
 //! REMOVE events (a balloon's `MADV_DONTNEED`) make the next fault on
 //! those pages map zeros, never the snapshot, and the populator leaves them
 //! unbacked; no resolution is in flight while an event is read and
@@ -36,7 +47,10 @@
 //! child exits (or, when prefetching, once every page of it is in;
 //! [`Exit::Complete`] waits for that). A fault the server cannot place
 //! (outside every range it was given) is woken rather than left asleep,
-//! and one that keeps coming back stops the server with its address.
+//! and one that keeps coming back stops the server with its address. A
+//! server thread that panics (in a [`PageSource`] of the caller's, say)
+//! stops the server with [`Exit::Failed`] naming the thread, rather than
+//! leaving the others serving around a page it had claimed.
 //!
 //! File-backed guest memory (a shmem memfd, a guest_memfd) is served
 //! through the file's shared page state instead ([`FileRange`],
