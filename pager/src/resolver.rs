@@ -49,7 +49,7 @@
 //! resolution holding an address from before it starts again from the
 //! page's index.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
@@ -299,6 +299,20 @@ pub(crate) struct Resolver {
     /// no adaptive window, no replay): then
     /// [`fault_direct`](Self::fault_direct) may take faults.
     one_page: bool,
+    /// The server is stopping ([`stop`](Self::stop)): a claim may be held
+    /// by a thread that panicked, so nothing waits for one any more.
+    stopping: AtomicBool,
+}
+
+/// What [`Resolver::fault_direct`] did with a fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fast {
+    /// Resolved, and its thread woken.
+    Done,
+    /// `EAGAIN`: retry once the pending events are read.
+    Again,
+    /// Not taken: resolve it with [`Resolver::fault_windowed`].
+    Declined,
 }
 
 /// Where [`Resolver::fault_direct`] takes a page from.
@@ -440,7 +454,12 @@ impl OrderLock {
         }
         loop {
             let s = self.state.load(Ordering::Relaxed);
-            if s & Self::WRITER == 0 {
+            // The sleepers' flag with ioctls in flight: a writer sleeps
+            // behind them (readers only ever sleep on a held write side).
+            // Let it in first, or overlapping ioctls could keep it out
+            // indefinitely; the last of them wakes it.
+            let writer_asleep = s & Self::SLEEPERS != 0 && s & Self::READERS != 0;
+            if s & Self::WRITER == 0 && !writer_asleep {
                 if self
                     .state
                     .compare_exchange_weak(s, s + 1, Ordering::Acquire, Ordering::Relaxed)
@@ -648,6 +667,7 @@ impl Resolver {
             movable,
             mapping,
             one_page: false,
+            stopping: AtomicBool::new(false),
         };
         r.choose_paths();
         Ok(r)
@@ -662,6 +682,12 @@ impl Resolver {
             && self.predicted.is_none()
             && spans.iter().all(|s| self.chunk <= s.page);
         self.one_page = one_page;
+    }
+
+    /// The server is stopping: threads waiting for another's claim to
+    /// settle give up (the claimer may have panicked).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
     }
 
     /// The write side of the order lock: held while a handler thread reads
@@ -790,18 +816,20 @@ impl Resolver {
     }
 
     /// The common case of a fault that resolves its page alone: a data page
-    /// of the span found last time, no remap since, pending. True when it
-    /// was resolved (and its thread woken); false, with nothing changed,
-    /// for [`fault_windowed`](Self::fault_windowed) to resolve it whatever
-    /// it turns out to need. The same claim, lock, checks and accounting as
+    /// of the span found last time, no remap since, pending.
+    /// [`Fast::Done`] when it was resolved (and its thread woken);
+    /// [`Fast::Again`] when the kernel asked for the pending events to be
+    /// read first; otherwise, with nothing changed, [`Fast::Declined`] for
+    /// [`fault_windowed`](Self::fault_windowed) to resolve it whatever it
+    /// turns out to need. The same claim, lock, checks and accounting as
     /// [`place`](Self::place), without building windows, runs or stretches:
     /// a copy straight from the source's mapping, or a read of the page
     /// into the thread's buffer and a copy from it (a zero page where the
     /// bytes are all zero).
     #[inline(always)]
-    pub fn fault_direct(&self, addr: usize, scratch: &mut Scratch) -> bool {
+    pub fn fault_direct(&self, addr: usize, scratch: &mut Scratch) -> Fast {
         if !self.one_page {
-            return false;
+            return Fast::Declined;
         }
         let moves_seen = self.moves.load(Ordering::Acquire);
         let Scratch {
@@ -811,10 +839,10 @@ impl Resolver {
             ..
         } = scratch;
         let Some((m, span)) = cached else {
-            return false;
+            return Fast::Declined;
         };
         if *m != moves_seen || addr < span.addr || addr >= span.end() {
-            return false;
+            return Fast::Declined;
         }
         let p = (addr - span.addr) >> span.shift;
         let offset = span.offset + ((p << span.shift) as u64);
@@ -822,7 +850,7 @@ impl Resolver {
         if offset < data.0 || end > data.1 {
             match self.source.data_extent(offset) {
                 Some(e) if e.0 <= offset && end <= e.1 => *data = e,
-                _ => return false,
+                _ => return Fast::Declined,
             }
         }
         let index = span.first + p;
@@ -831,7 +859,7 @@ impl Resolver {
             .compare_exchange(PENDING, CLAIMED, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            return false;
+            return Fast::Declined;
         }
         if let Some(rec) = &self.recorder {
             rec.note(offset / RECORD_PAGE);
@@ -843,7 +871,7 @@ impl Resolver {
                 if self.source.read_at(offset, page).is_err() {
                     // The general path reads again and reports it.
                     self.release(span, &[(p, PENDING)]);
-                    return false;
+                    return Fast::Declined;
                 }
                 if span.zeropage && all_zero(page) {
                     Direct::Zero
@@ -858,7 +886,7 @@ impl Resolver {
         {
             drop(order);
             self.release(span, &[(p, PENDING)]);
-            return false;
+            return Fast::Declined;
         }
         let dst = span.addr + (p << span.shift);
         let r = match src {
@@ -882,24 +910,33 @@ impl Resolver {
                 .uffd
                 .zeropage(&span.reg, dst, span.page, ZeropageMode::empty()),
         };
-        if r.is_ok() {
-            let c = &self.counters;
-            Counters::add(&c.demand_pages, 1);
-            if matches!(src, Direct::Zero) {
-                Counters::add(&c.zero_pages, 1);
-            } else {
-                Counters::add(&c.copied_bytes, span.page as u64);
+        let again = match r {
+            Ok(_) => {
+                let c = &self.counters;
+                Counters::add(&c.demand_pages, 1);
+                if matches!(src, Direct::Zero) {
+                    Counters::add(&c.zero_pages, 1);
+                } else {
+                    Counters::add(&c.copied_bytes, span.page as u64);
+                }
+                state.store(FILLED, Ordering::Release);
+                self.remaining.fetch_sub(1, Ordering::AcqRel);
+                return Fast::Done;
             }
-            state.store(FILLED, Ordering::Release);
-            self.remaining.fetch_sub(1, Ordering::AcqRel);
-            return true;
-        }
+            Err(e) => e.is_again(),
+        };
         drop(order);
-        // Whatever the kernel said (present already, a pending event, not
-        // mapped, the source unreadable), the general path finds out again
-        // and does what it needs.
         self.release(span, &[(p, PENDING)]);
-        false
+        if again {
+            // An event is pending: the fault waits for it to be read, as
+            // after any EAGAIN.
+            Fast::Again
+        } else {
+            // Whatever else the kernel said (present already, not mapped,
+            // the source unreadable), the general path finds out again and
+            // does what it needs.
+            Fast::Declined
+        }
     }
 
     /// Resolves a demand fault at `addr` together with the unresolved pages
@@ -1285,6 +1322,10 @@ impl Resolver {
                 spins += 1;
                 if spins < 64 {
                     std::hint::spin_loop();
+                } else if self.stopping.load(Ordering::Acquire) {
+                    // The claimer may have panicked: its claim would never
+                    // settle. (A live claimer's copy wakes the thread.)
+                    return Ok(Outcome::Again);
                 } else {
                     std::thread::yield_now();
                 }
@@ -1866,6 +1907,7 @@ impl Resolver {
             movable,
             mapping,
             one_page: false,
+            stopping: AtomicBool::new(false),
         };
         r.choose_paths();
         Ok(r)
@@ -1928,5 +1970,81 @@ fn classify(e: UffdError) -> Result<Outcome, Error> {
         Some(Errno::ESRCH) => Ok(Outcome::PeerGone),
         Some(Errno::ENOENT | Errno::EINVAL) => Ok(Outcome::Gone),
         _ => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicU32};
+    use std::time::{Duration, Instant};
+
+    /// Readers share the lock, a writer has it alone, and every thread gets
+    /// through, with holds shorter and longer than the writers' spin.
+    #[test]
+    fn order_lock_excludes_and_lets_everyone_through() {
+        const WRITER: u32 = 1 << 20;
+        let lock = OrderLock::default();
+        let inside = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for t in 0..6 {
+                let (lock, inside) = (&lock, &inside);
+                s.spawn(move || {
+                    for i in 0..300 {
+                        if (t + i) % 3 == 0 {
+                            let _w = lock.write();
+                            assert_eq!(inside.fetch_add(WRITER, Ordering::SeqCst), 0);
+                            if i % 7 == 0 {
+                                std::thread::sleep(Duration::from_micros(120));
+                            }
+                            inside.fetch_sub(WRITER, Ordering::SeqCst);
+                        } else {
+                            let _r = lock.read();
+                            assert!(inside.fetch_add(1, Ordering::SeqCst) < WRITER);
+                            if i % 5 == 0 {
+                                std::thread::sleep(Duration::from_micros(100));
+                            }
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(lock.state.load(Ordering::SeqCst), 0, "released");
+        assert_eq!(lock.writers_waiting.load(Ordering::SeqCst), 0);
+    }
+
+    /// A writer behind readers whose holds overlap (so that the count of
+    /// readers never drops to zero by itself) still gets in: new readers
+    /// hold back once it sleeps.
+    #[test]
+    fn order_lock_writer_gets_in_behind_overlapping_readers() {
+        let lock = OrderLock::default();
+        let stop = AtomicBool::new(false);
+        let got = AtomicBool::new(false);
+        let waited = std::thread::scope(|s| {
+            for _ in 0..3 {
+                let (lock, stop) = (&lock, &stop);
+                s.spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let _r = lock.read();
+                        std::thread::sleep(Duration::from_micros(300));
+                    }
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            let t0 = Instant::now();
+            s.spawn(|| {
+                let _w = lock.write();
+                got.store(true, Ordering::SeqCst);
+            });
+            while !got.load(Ordering::SeqCst) && t0.elapsed() < Duration::from_secs(20) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            stop.store(true, Ordering::Relaxed);
+            t0.elapsed()
+        });
+        assert!(got.load(Ordering::SeqCst), "the writer never got in");
+        eprintln!("order lock: the writer got in after {waited:?}");
     }
 }

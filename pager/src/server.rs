@@ -12,7 +12,7 @@ use userfault::uffd::{Event, EventBuffer, Uffd};
 
 use crate::backed::{Backed, FileFault, FileRange, Stage2};
 use crate::error::Error;
-use crate::resolver::{ForkCapture, Outcome, Range, Resolver, Scratch};
+use crate::resolver::{Fast, ForkCapture, Outcome, Range, Resolver, Scratch};
 use crate::source::PageSource;
 use crate::stats::{Counters, Stats, Tick};
 use crate::workingset::WorkingSet;
@@ -194,6 +194,7 @@ impl Shared {
             *slot = Some(exit);
         }
         self.stopping.store(true, Ordering::Release);
+        self.resolver.stop();
         let _ = rustix::io::write(&self.stop, &1u64.to_ne_bytes());
         self.finished.notify_all();
         // Under the queue's lock, so the fork thread cannot miss it between
@@ -819,7 +820,8 @@ fn handle_batch(
     b: &mut Batch,
 ) -> Pass {
     match pass(shared, resolver, uffd, readable, child, b) {
-        Pass::Busy if !shared.stopped() => {}
+        Pass::Busy if shared.stopped() => return Pass::Stop,
+        Pass::Busy => {}
         other => return other,
     }
     loop {
@@ -996,8 +998,12 @@ fn serve_fault(
     read_at: Tick,
     b: &mut Batch,
 ) -> Result<(), Pass> {
-    if !resolver.fault_direct(addr, &mut b.scratch) {
-        return serve_fault_windowed(shared, resolver, addr, child, read_at, b);
+    match resolver.fault_direct(addr, &mut b.scratch) {
+        Fast::Done => {}
+        Fast::Again => {
+            return fault_not_done(shared, addr, child, Ok(Outcome::Again), b);
+        }
+        Fast::Declined => return serve_fault_windowed(shared, resolver, addr, child, read_at, b),
     }
     b.unserved = (0, 0);
     Counters::add(&shared.counters.demand_faults, 1);

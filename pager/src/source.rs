@@ -71,7 +71,10 @@ pub trait PageSource: Send + Sync + fmt::Debug {
     /// [`read_at`](Self::read_at).
     ///
     /// Only [`MappedSource`] (and a [`LayeredSource`] over one, for a range
-    /// inside one layer) hands out a [`Mapped`].
+    /// inside one layer) hands out a [`Mapped`]. An implementation must
+    /// hand out one mapping laid out as the source: when `mapped(0, len)`
+    /// is `Some`, the byte at any `offset` is at its address plus `offset`
+    /// (the server copies single pages from there).
     fn mapped(&self, offset: u64, len: usize) -> Option<Mapped<'_>> {
         let _ = (offset, len);
         None
@@ -259,10 +262,7 @@ impl PageSource for FileSource {
 
     fn data_extent(&self, offset: u64) -> Option<(u64, u64)> {
         let i = self.data.partition_point(|e| e.1 <= offset);
-        self.data
-            .get(i)
-            .copied()
-            .filter(|e| e.0 <= offset && e.1 <= self.len)
+        self.data.get(i).copied().filter(|e| e.0 <= offset)
     }
 }
 

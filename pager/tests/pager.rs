@@ -1856,3 +1856,65 @@ fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
         rustix::mm::munmap(base as *mut _, half * PAGE).unwrap();
     }
 }
+
+/// A source that panics on its first read, after a pause in which a second
+/// thread faults on the same page through the other handler thread.
+#[derive(Debug)]
+struct SlowPanickingSource(u64);
+
+impl userfault_pager::source::PageSource for SlowPanickingSource {
+    fn len(&self) -> u64 {
+        self.0
+    }
+    fn read_at(&self, offset: u64, _buf: &mut [u8]) -> std::io::Result<()> {
+        std::thread::sleep(Duration::from_millis(500));
+        panic!("the test's source refuses offset {offset:#x}");
+    }
+}
+
+/// A handler thread panics while it holds a page's claim, and the other
+/// handler thread waits for that claim (a second fault on the page): the
+/// server still stops and shuts down.
+#[test]
+fn library_shuts_down_when_a_thread_panics_holding_a_claim_another_waits_for() {
+    const TEST: &str = "library_shuts_down_when_a_thread_panics_holding_a_claim_another_waits_for";
+    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+        return;
+    };
+    const PAGES: usize = 16;
+    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
+    // SAFETY: `guest` is reached only through raw pointers.
+    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(
+        Arc::new(uffd),
+        &[Range::new(reg, 0)],
+        Arc::new(SlowPanickingSource((PAGES * PAGE) as u64)),
+        Config {
+            threads: 2,
+            prefetch: false,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let base = guest.addr();
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        std::thread::scope(|s| {
+            let first = s.spawn(move || read_page(base, 3));
+            std::thread::sleep(Duration::from_millis(100));
+            // Read by the other handler thread, which finds page 3 claimed.
+            let second = s.spawn(move || read_page(base, 3));
+            assert!(
+                server.wait_timeout(Duration::from_secs(30)),
+                "still serving after the panic"
+            );
+            let report = server.shutdown();
+            match &report.exit {
+                Exit::Failed(e) => assert!(e.to_string().contains("thread panicked"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+            // Nothing was served: unregistered faults read zeros.
+            assert!(first.join().unwrap().iter().all(|&b| b == 0));
+            assert!(second.join().unwrap().iter().all(|&b| b == 0));
+        });
+    });
+}
