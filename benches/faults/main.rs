@@ -102,6 +102,8 @@ fn main() {
         let len = if o.smoke { 4 * MIB } else { 1024 * MIB };
         let src = harness::source(len);
         pager::run(&src, len, &o).print(&[
+            ("page", "fc-raw"),
+            ("page-map", "fc-raw"),
             ("demand", "fc-raw"),
             ("prefetch", "fc-raw"),
             ("replay", "fc-raw"),

@@ -25,6 +25,8 @@
 //! | variant | handler |
 //! |---|---|
 //! | `fc-raw` | one `UFFDIO_COPY` of 4 KiB per fault, from a private `MAP_POPULATE` mapping of the file, one event per read |
+//! | `page` | the server, 1 thread, 4 KiB chunks (per-page mode), no prefetch, `pread` of each page |
+//! | `page-map` | the same from a populated private mapping of the file, as `fc-raw` copies |
 //! | `demand` | the server, 1 thread, 64 KiB chunks, no prefetch |
 //! | `prefetch` | the same with the background populator |
 //! | `replay` | the same, prefetching the recorded working set first |
@@ -260,6 +262,14 @@ pub fn run(src: &[u8], len: usize, o: &Options) -> harness::Report {
                 "page",
                 Run {
                     chunk: PAGE,
+                    ..base.clone()
+                },
+            ),
+            (
+                "page-map",
+                Run {
+                    chunk: PAGE,
+                    mapped: true,
                     ..base.clone()
                 },
             ),

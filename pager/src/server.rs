@@ -1005,10 +1005,16 @@ fn serve_fault(
         }
         Fast::Declined => return serve_fault_windowed(shared, resolver, addr, child, read_at, b),
     }
+    served(shared, read_at, b);
+    Ok(())
+}
+
+/// Accounts for a demand fault read at `read_at` and resolved now.
+#[inline(always)]
+fn served(shared: &Shared, read_at: Tick, b: &mut Batch) {
     b.unserved = (0, 0);
     Counters::add(&shared.counters.demand_faults, 1);
     shared.counters.record_since(read_at);
-    Ok(())
 }
 
 /// [`serve_fault`] of a fault [`Resolver::fault_direct`] did not take.
@@ -1023,9 +1029,7 @@ fn serve_fault_windowed(
 ) -> Result<(), Pass> {
     match resolver.fault_windowed(addr, &mut b.scratch) {
         Ok(Outcome::Done) => {
-            b.unserved = (0, 0);
-            Counters::add(&shared.counters.demand_faults, 1);
-            shared.counters.record_since(read_at);
+            served(shared, read_at, b);
             Ok(())
         }
         other => fault_not_done(shared, addr, child, other, b),

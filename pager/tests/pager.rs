@@ -1692,34 +1692,39 @@ fn zero_bytes(pages: usize, source: &str) -> u64 {
 }
 
 /// A page source that panics on its first read (a bug in a VMM's own
-/// source): the server must stop and say so, not leave the other threads
-/// serving around a page that is claimed forever.
+/// source), after a pause: the server must stop and say so, not leave the
+/// other threads serving around a page that is claimed forever.
 #[derive(Debug)]
-struct PanickingSource(u64);
+struct PanickingSource {
+    len: u64,
+    pause: Duration,
+}
 
 impl userfault_pager::source::PageSource for PanickingSource {
     fn len(&self) -> u64 {
-        self.0
+        self.len
     }
     fn read_at(&self, offset: u64, _buf: &mut [u8]) -> std::io::Result<()> {
+        std::thread::sleep(self.pause);
         panic!("the test's source refuses offset {offset:#x}");
     }
 }
 
-#[test]
-fn library_stops_with_a_clear_error_when_a_handler_thread_panics() {
-    const TEST: &str = "library_stops_with_a_clear_error_when_a_handler_thread_panics";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
-        return;
-    };
+/// 16 pages of anonymous memory served by two handler threads from a
+/// [`PanickingSource`] that pauses `pause` first.
+fn serve_panicking(test: &str, pause: Duration) -> Option<(Mapping, Server)> {
     const PAGES: usize = 16;
+    let uffd = new_uffd(test, Features::EVENT_REMOVE)?;
     let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
     // SAFETY: `guest` is reached only through raw pointers.
     let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
     let server = Server::start(
         Arc::new(uffd),
         &[Range::new(reg, 0)],
-        Arc::new(PanickingSource((PAGES * PAGE) as u64)),
+        Arc::new(PanickingSource {
+            len: (PAGES * PAGE) as u64,
+            pause,
+        }),
         Config {
             threads: 2,
             prefetch: false,
@@ -1727,6 +1732,15 @@ fn library_stops_with_a_clear_error_when_a_handler_thread_panics() {
         },
     )
     .unwrap();
+    Some((guest, server))
+}
+
+#[test]
+fn library_stops_with_a_clear_error_when_a_handler_thread_panics() {
+    const TEST: &str = "library_stops_with_a_clear_error_when_a_handler_thread_panics";
+    let Some((guest, server)) = serve_panicking(TEST, Duration::ZERO) else {
+        return;
+    };
     let base = guest.addr();
     util::with_deadline(TEST, Duration::from_secs(60), || {
         std::thread::scope(|s| {
@@ -1857,45 +1871,15 @@ fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
     }
 }
 
-/// A source that panics on its first read, after a pause in which a second
-/// thread faults on the same page through the other handler thread.
-#[derive(Debug)]
-struct SlowPanickingSource(u64);
-
-impl userfault_pager::source::PageSource for SlowPanickingSource {
-    fn len(&self) -> u64 {
-        self.0
-    }
-    fn read_at(&self, offset: u64, _buf: &mut [u8]) -> std::io::Result<()> {
-        std::thread::sleep(Duration::from_millis(500));
-        panic!("the test's source refuses offset {offset:#x}");
-    }
-}
-
 /// A handler thread panics while it holds a page's claim, and the other
 /// handler thread waits for that claim (a second fault on the page): the
 /// server still stops and shuts down.
 #[test]
 fn library_shuts_down_when_a_thread_panics_holding_a_claim_another_waits_for() {
     const TEST: &str = "library_shuts_down_when_a_thread_panics_holding_a_claim_another_waits_for";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
+    let Some((guest, server)) = serve_panicking(TEST, Duration::from_millis(500)) else {
         return;
     };
-    const PAGES: usize = 16;
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(SlowPanickingSource((PAGES * PAGE) as u64)),
-        Config {
-            threads: 2,
-            prefetch: false,
-            ..Config::default()
-        },
-    )
-    .unwrap();
     let base = guest.addr();
     util::with_deadline(TEST, Duration::from_secs(60), || {
         std::thread::scope(|s| {
