@@ -851,10 +851,11 @@ impl Backed {
     /// the batch by [`serve`](Self::serve)) and returns true; applies a
     /// REMOVE, UNMAP or REMAP to the file ranges it touches and returns
     /// false (the other ranges see it too). Called with the order lock's
-    /// write side held, in event order. A forked `child`'s UNMAP or REMAP
-    /// changes its own address space, not the mappings served here, and
-    /// is left alone; its REMOVE of a shared mapping punched the file
-    /// itself, and is applied.
+    /// write side held, in event order. A forked `child`'s REMOVE, UNMAP
+    /// or REMAP changes its own address space, not the mappings served
+    /// here, and is left alone: its `MADV_DONTNEED` drops only its own view
+    /// of the file, and a `MADV_REMOVE` that did punch the file is found by
+    /// the state (the page is missing, and is filled with zeros).
     #[inline]
     pub fn take(&self, event: &Event<'_>, child: bool, faults: &mut Vec<FileFault>) -> bool {
         if self.files.is_empty() {
@@ -881,7 +882,7 @@ impl Backed {
                     None => false,
                 }
             }
-            Event::Remove { start, end } => {
+            Event::Remove { start, end } if !child => {
                 for f in &self.files {
                     f.remove(start, end, &self.ctx);
                 }

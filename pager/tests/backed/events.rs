@@ -414,3 +414,65 @@ fn file_range_faults_and_exits_are_recorded_in_order() {
     assert_eq!(ws.pages(), &want[..]);
     assert_eq!(report.stats.stage2_faults, 30, "{:?}", report.stats);
 }
+
+/// A forked child's `MADV_DONTNEED` of its copy of a shared file mapping
+/// changes nothing in the file: its REMOVE event must not discard the
+/// parent's file page (which holds a guest write).
+#[test]
+fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
+    const TEST: &str = "a_forked_childs_dontneed_leaves_the_parents_file_page";
+    const PAGES: usize = 64;
+    let Some((uffd, _state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_FORK, true) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
+    }
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let file = FileRange::continue_only(region, 0).expect("file range");
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            chunk: PAGE,
+            prefetch: false,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let p = 5;
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        write_marker(base, p);
+        // SAFETY: the child only calls madvise and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: the child's own copy of the mapping; nothing refers
+            // into it.
+            unsafe {
+                libc::madvise((base + p * PAGE) as *mut _, PAGE, libc::MADV_DONTNEED);
+                libc::_exit(0)
+            };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut want = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
+        want[128..136].copy_from_slice(&marker(p));
+        let got = read_page(base, p);
+        assert!(
+            got == want,
+            "the parent's page {p} lost its contents (all zero: {})",
+            got.iter().all(|&b| b == 0)
+        );
+    });
+    let report = server.shutdown();
+    assert_eq!(report.stats.removed_pages, 0, "{:?}", report.stats);
+}
