@@ -476,3 +476,42 @@ fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
     let report = server.shutdown();
     assert_eq!(report.stats.removed_pages, 0, "{:?}", report.stats);
 }
+
+/// A move named by mistake (no mremap happened) leaves nothing registered
+/// once the region is dropped: the region still unregisters its range.
+#[test]
+fn a_remap_named_by_mistake_leaves_no_registration_behind() {
+    const TEST: &str = "a_remap_named_by_mistake_leaves_no_registration_behind";
+    let Some((uffd, _state, ram)) = memfd_with(TEST, 8, Features::empty(), true) else {
+        return;
+    };
+    // SAFETY: the memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let base = ram.addr();
+    let _ = region.remapped(base, 0x7000_0000_0000, PAGE);
+    drop(region);
+    let flags = vmflags(base);
+    assert!(
+        !flags.split_whitespace().any(|f| f == "um" || f == "ui"),
+        "still registered after the region's drop: {flags}"
+    );
+}
+
+/// The VmFlags of the mapping at `addr` (/proc/self/smaps).
+fn vmflags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            inside = lo <= addr && addr < hi;
+            continue;
+        }
+        if inside && let Some(f) = line.strip_prefix("VmFlags:") {
+            return f.trim().to_string();
+        }
+    }
+    panic!("no mapping at {addr:#x}")
+}
