@@ -474,7 +474,7 @@ impl<C: Serve<B>, B: Backing + 'static> File<C, B> {
                 ctx.read(self.source_of(w.file_offset()), data)?;
                 let fill = C::missing(f, w, data)?;
                 ctx.count_demand(&fill, self.page_size());
-                Ok(fill.resolution)
+                Ok(fill.resolution?)
             }
             Fault::Minor(f) => Ok(f.map()?),
             // Not registered for these: woken.
@@ -745,7 +745,7 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
                 ctx.read(self.source_of(w.backing_offset()), data)?;
                 let fill = fault.resolve_window_counted(w, data)?;
                 ctx.count_demand(&fill, self.page_size());
-                Ok(fill.resolution)
+                Ok(fill.resolution?)
             })());
         }
         None

@@ -515,3 +515,74 @@ fn vmflags(addr: usize) -> String {
     }
     panic!("no mapping at {addr:#x}")
 }
+
+/// Faults of a file range resolved while REMOVE events are in flight
+/// (another thread's `MADV_DONTNEED` of pages no one reads): a chunk whose
+/// runs were written but whose faulting page then met `EAGAIN` still counts
+/// the pages it wrote. Every page read is filled once and counted once.
+#[test]
+fn file_range_pages_written_before_an_eagain_are_counted() {
+    const TEST: &str = "file_range_pages_written_before_an_eagain_are_counted";
+    const PAGES: usize = 1024;
+    const READ: usize = 768;
+    let Some((uffd, state, ram)) = memfd_with(TEST, PAGES, Features::empty(), true) else {
+        return;
+    };
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let file = FileRange::continue_only(region, 0).expect("file range");
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            chunk: 16 * PAGE,
+            prefetch: false,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    util::with_deadline(TEST, Duration::from_secs(120), || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = READ + k % (PAGES - READ);
+                    // SAFETY: a page no one reads or refers to.
+                    unsafe {
+                        libc::madvise((base + p * PAGE) as *mut _, PAGE, libc::MADV_DONTNEED)
+                    };
+                    k += 1;
+                    // A storm, not a flood: the readers get through.
+                    if k % 16 == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            });
+            let readers: Vec<_> = (0..4)
+                .map(|t| {
+                    let bytes = &bytes;
+                    s.spawn(move || {
+                        for p in (0..READ).filter(|p| (p / 16) % 4 == t) {
+                            assert!(read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE]);
+                        }
+                    })
+                })
+                .collect();
+            for r in readers {
+                r.join().expect("reader");
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    });
+    let s = server.shutdown().stats;
+    for p in 0..READ {
+        assert_eq!(state.backing().fills_of(p), 1, "page {p}");
+    }
+    assert_eq!(s.demand_pages, READ as u64, "{s:?}");
+}

@@ -300,10 +300,12 @@ impl Resolution {
 /// how many pages of the window this call wrote. Every page is written by
 /// one path only, so adding up `written` over every path (faults, stage-2
 /// resolutions, a populator) counts each filled page once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct WindowFill {
-    /// What became of the faulting page.
-    pub resolution: Resolution,
+    /// What became of the faulting page: its resolution, or the error that
+    /// stopped it after other pages of the window were written (counted
+    /// below all the same: they are filled, and no other path writes them).
+    pub resolution: Result<Resolution>,
     /// Pages this call wrote (from the data given, or zeros).
     pub written: u64,
     /// Of those, the pages it wrote zeros into (discarded pages, or pages
