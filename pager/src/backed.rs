@@ -155,6 +155,8 @@ impl FileRange {
                 places: RwLock::new(Vec::with_capacity(PLACES_ROOM)),
                 placed: AtomicBool::new(false),
                 unmapped: AtomicBool::new(false),
+                pid: rustix::process::getpid(),
+                finished: AtomicBool::new(false),
             }),
         })
     }
@@ -198,6 +200,8 @@ impl FileRange {
                 places: RwLock::new(Vec::new()),
                 placed: AtomicBool::new(false),
                 unmapped: AtomicBool::new(true),
+                pid: rustix::process::getpid(),
+                finished: AtomicBool::new(false),
             }),
         })
     }
@@ -318,6 +322,38 @@ struct File<C: Class, B> {
     placed: AtomicBool,
     /// The mapping is gone (or there never was one).
     unmapped: AtomicBool,
+    /// The process that made the range: only it unregisters.
+    pid: rustix::process::Pid,
+    /// [`finish`](Served::finish) unregistered what was left.
+    finished: AtomicBool,
+}
+
+impl<C: Class, B> Drop for File<C, B> {
+    /// Unregisters the parts of the mapping a remap moved, where they are
+    /// now (the region unregisters its own, original range when dropped):
+    /// a server dropped before it finished leaves no registration behind
+    /// that nobody serves. (Once finished, there is none left to end.)
+    fn drop(&mut self) {
+        let Some(region) = &self.region else {
+            return;
+        };
+        if !self.placed.load(Ordering::Acquire)
+            || self.unmapped.load(Ordering::Acquire)
+            || self.finished.load(Ordering::Acquire)
+            || rustix::process::getpid() != self.pid
+        {
+            return;
+        }
+        let own = *region.registration();
+        let places = self.places.read().unwrap_or_else(|e| e.into_inner());
+        for place in places.iter() {
+            let reg = place.registration();
+            if !own.contains(reg.start(), reg.len()) {
+                // Gone meanwhile, or the process exited: nothing to end.
+                let _ = region.uffd().unregister_range(reg.start(), reg.len());
+            }
+        }
+    }
 }
 
 impl<C: Class, B> fmt::Debug for File<C, B> {
@@ -438,7 +474,7 @@ impl<C: Serve<B>, B: Backing + 'static> File<C, B> {
                 ctx.read(self.source_of(w.file_offset()), data)?;
                 let fill = C::missing(f, w, data)?;
                 ctx.count_demand(&fill, self.page_size());
-                Ok(fill.resolution)
+                Ok(fill.resolution?)
             }
             Fault::Minor(f) => Ok(f.map()?),
             // Not registered for these: woken.
@@ -709,7 +745,7 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
                 ctx.read(self.source_of(w.backing_offset()), data)?;
                 let fill = fault.resolve_window_counted(w, data)?;
                 ctx.count_demand(&fill, self.page_size());
-                Ok(fill.resolution)
+                Ok(fill.resolution?)
             })());
         }
         None
@@ -758,6 +794,7 @@ impl<C: Serve<B>, B: Backing + 'static> Served for File<C, B> {
         for place in places.iter() {
             unregister(place.registration())?;
         }
+        self.finished.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -851,10 +888,11 @@ impl Backed {
     /// the batch by [`serve`](Self::serve)) and returns true; applies a
     /// REMOVE, UNMAP or REMAP to the file ranges it touches and returns
     /// false (the other ranges see it too). Called with the order lock's
-    /// write side held, in event order. A forked `child`'s UNMAP or REMAP
-    /// changes its own address space, not the mappings served here, and
-    /// is left alone; its REMOVE of a shared mapping punched the file
-    /// itself, and is applied.
+    /// write side held, in event order. A forked `child`'s REMOVE, UNMAP
+    /// or REMAP changes its own address space, not the mappings served
+    /// here, and is left alone: its `MADV_DONTNEED` drops only its own view
+    /// of the file, and a `MADV_REMOVE` that did punch the file is found by
+    /// the state (the page is missing, and is filled with zeros).
     #[inline]
     pub fn take(&self, event: &Event<'_>, child: bool, faults: &mut Vec<FileFault>) -> bool {
         if self.files.is_empty() {
@@ -881,7 +919,7 @@ impl Backed {
                     None => false,
                 }
             }
-            Event::Remove { start, end } => {
+            Event::Remove { start, end } if !child => {
                 for f in &self.files {
                     f.remove(start, end, &self.ctx);
                 }

@@ -1606,6 +1606,36 @@ impl Resolver {
         (resolved, Ok(Outcome::Done))
     }
 
+    /// The remap generation: advanced by every remap applied.
+    pub fn moves(&self) -> u64 {
+        self.moves.load(Ordering::Acquire)
+    }
+
+    /// After a resolution from state index `index` found its range not
+    /// mapped ([`Outcome::NotMapped`]) with the remap generation
+    /// `moves_seen` read before it: `Some(true)` when the range is gone with
+    /// no event to explain it (no remap applied since, and none being
+    /// raised: [`Uffd::mapping_change_pending`]), so that its pending pages
+    /// can be given up on at once; `Some(false)` when an event explains it
+    /// or a remap was applied meanwhile (retry); `None` when the kernel
+    /// cannot say (before Linux 5.7, or a range registered for write
+    /// protection, which the probe would change).
+    pub fn unmapped_without_event(&self, index: usize, moves_seen: u64) -> Option<bool> {
+        let span = self.span_of_index(index)?;
+        if span.reg.mode().contains(userfault::uffd::RegisterMode::WP) {
+            return None;
+        }
+        // Under the read side: no event is read and not yet applied.
+        let _order = self.order.read();
+        if self.moves.load(Ordering::Acquire) != moves_seen {
+            return Some(false);
+        }
+        match self.uffd.mapping_change_pending(&span.reg) {
+            Ok(pending) => Some(!pending),
+            Err(_) => None,
+        }
+    }
+
     /// Gives up on the pending pages of `[index, index + pages)`: after the
     /// kernel has said for long enough that they are not mapped (and no
     /// event explained it), they are `GONE`. Returns how many were.

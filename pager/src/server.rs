@@ -746,11 +746,12 @@ fn populate_child_step(
         return ChildStep::More;
     }
     let at = *cursor % total;
+    let moves = resolver.moves();
     let (outcome, covered) = resolver.prefetch_run(at, total - at, scratch);
     match outcome {
         Ok(Outcome::PeerGone) => ChildStep::Exited,
         Ok(Outcome::NotMapped) => {
-            if unmapped_for_good(not_mapped, at) {
+            if unmapped_for_good(resolver, not_mapped, at, moves) {
                 resolver.retire_unmapped(at, covered);
                 *cursor = at + covered;
             }
@@ -1161,14 +1162,27 @@ fn pin(cpus: &[usize]) -> rustix::io::Result<()> {
     rustix::thread::sched_setaffinity(None, &set)
 }
 
-/// How long the kernel may say a range is not mapped, with no event read
-/// to explain it, before its pending pages are given up on. A move's or an
-/// unmap's event follows within microseconds of the kernel's change.
-const NOT_MAPPED_GRACE: Duration = Duration::from_millis(50);
+/// Where the kernel cannot say whether an event is on its way
+/// ([`Resolver::unmapped_without_event`]): how long it may say a range is
+/// not mapped before its pending pages are given up on. A move's event
+/// follows within microseconds of the kernel's change on an idle machine,
+/// but the thread that must read it can wait far longer for a CPU.
+const NOT_MAPPED_GRACE: Duration = Duration::from_secs(1);
 
-/// True once the extent at `at` has been reported not mapped for
-/// [`NOT_MAPPED_GRACE`] (`since` keeps when that started, for one extent).
-fn unmapped_for_good(since: &mut Option<(usize, Instant)>, at: usize) -> bool {
+/// True once the extent at `at`, reported not mapped by a resolution that
+/// read the remap generation `moves` before it, is gone for good: the
+/// kernel says no event explains it, or (where it cannot say) it has been
+/// so for [`NOT_MAPPED_GRACE`] (`since` keeps when that started, for one
+/// extent).
+fn unmapped_for_good(
+    resolver: &Resolver,
+    since: &mut Option<(usize, Instant)>,
+    at: usize,
+    moves: u64,
+) -> bool {
+    if let Some(gone) = resolver.unmapped_without_event(at, moves) {
+        return gone;
+    }
     match *since {
         Some((i, t0)) if i == at => t0.elapsed() >= NOT_MAPPED_GRACE,
         _ => {
@@ -1252,11 +1266,12 @@ fn populator_thread(shared: &Shared, first: &[(usize, usize)], finish: bool, how
                 return false;
             }
             yield_to_demand(shared, how.yield_to_demand);
+            let moves = resolver.moves();
             let (outcome, covered) = resolver.prefetch_run(at, end - at, scratch);
             match outcome {
                 Ok(Outcome::Done | Outcome::Gone) => at += covered,
                 Ok(Outcome::NotMapped) => {
-                    if unmapped_for_good(&mut not_mapped, at) {
+                    if unmapped_for_good(resolver, &mut not_mapped, at, moves) {
                         resolver.retire_unmapped(at, covered);
                         at += covered;
                     } else {

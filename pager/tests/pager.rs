@@ -646,42 +646,18 @@ fn library_follows_remaps_while_prefetching_and_completes() {
             std::thread::yield_now();
         }
         let mut at = base + half;
-        let mut other = raw_mapping(half, false);
         let mut moves = 0;
         // A server that stopped reads no REMAP event: a move would wait for
         // it forever.
         while !server.is_finished() && server.stats().remaining_pages > 0 && moves < 400 {
-            // SAFETY: moves the test's own mapping onto the test's own
-            // reservation; nothing holds a reference into either.
-            let moved = unsafe {
-                rustix::mm::mremap_fixed(
-                    at as *mut _,
-                    half,
-                    half,
-                    rustix::mm::MremapFlags::MAYMOVE,
-                    other as *mut _,
-                )
-            }
-            .unwrap() as usize;
-            // SAFETY: reserves the place just vacated again (nothing is
-            // mapped there any more), for the next move back.
-            unsafe {
-                rustix::mm::mmap_anonymous(
-                    at as *mut _,
-                    half,
-                    rustix::mm::ProtFlags::empty(),
-                    rustix::mm::MapFlags::PRIVATE | rustix::mm::MapFlags::FIXED,
-                )
-            }
-            .unwrap();
-            other = at;
-            at = moved;
+            // Onto a fresh reservation each time: the place just vacated is
+            // left to whoever maps there next (other tests run in this
+            // process), never mapped over again.
+            at = move_mapping(at, half);
             moves += 1;
             std::thread::sleep(Duration::from_micros(200));
         }
         let report = server.wait();
-        // SAFETY: unmaps the test's own reservation.
-        unsafe { rustix::mm::munmap(other as *mut _, half).unwrap() };
         (report, at, moves)
     });
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);

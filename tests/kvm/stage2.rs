@@ -322,8 +322,8 @@ fn stage2_window_fills_each_page_once_with_one_write_per_run() {
     let data: Vec<u8> = (8..24).flat_map(page_data).collect();
     let fill = fault.resolve_window_counted(window, &data).expect("window");
     assert_eq!(
-        (fill.resolution, fill.written, fill.zeroed),
-        (Resolution::Filled, 15, 0),
+        (fill.resolution.ok(), fill.written, fill.zeroed),
+        (Some(Resolution::Filled), 15, 0),
         "every page of the window but the populated one is this call's"
     );
     assert_eq!(
@@ -363,8 +363,8 @@ fn stage2_window_fills_each_page_once_with_one_write_per_run() {
     let window = fault.window(64 << 10).expect("window");
     let fill = fault.resolve_window_counted(window, &data).expect("window");
     assert_eq!(
-        (fill.resolution, fill.written),
-        (Resolution::AlreadyPresent, 0)
+        (fill.resolution.ok(), fill.written),
+        (Some(Resolution::AlreadyPresent), 0)
     );
     assert_eq!(backing.fills.load(Ordering::SeqCst), 3);
 

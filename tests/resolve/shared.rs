@@ -514,8 +514,8 @@ fn a_window_is_filled_once_around_pages_other_paths_filled() {
                 .write_window_then_continue_counted(w, &data)
                 .expect("window");
             assert_eq!(
-                (fill.resolution, fill.written, fill.zeroed),
-                (Resolution::Filled, window_pages as u64 - 1, 0)
+                (fill.resolution.ok(), fill.written, fill.zeroed),
+                (Some(Resolution::Filled), window_pages as u64 - 1, 0)
             );
             assert_eq!(
                 reader.join().expect("reader"),

@@ -414,3 +414,175 @@ fn file_range_faults_and_exits_are_recorded_in_order() {
     assert_eq!(ws.pages(), &want[..]);
     assert_eq!(report.stats.stage2_faults, 30, "{:?}", report.stats);
 }
+
+/// A forked child's `MADV_DONTNEED` of its copy of a shared file mapping
+/// changes nothing in the file: its REMOVE event must not discard the
+/// parent's file page (which holds a guest write).
+#[test]
+fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
+    const TEST: &str = "a_forked_childs_dontneed_leaves_the_parents_file_page";
+    const PAGES: usize = 64;
+    let Some((uffd, _state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_FORK, true) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
+    }
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let file = FileRange::continue_only(region, 0).expect("file range");
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            chunk: PAGE,
+            prefetch: false,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let p = 5;
+    util::with_deadline(TEST, Duration::from_secs(60), || {
+        write_marker(base, p);
+        // SAFETY: the child only calls madvise and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: the child's own copy of the mapping; nothing refers
+            // into it.
+            unsafe {
+                libc::madvise((base + p * PAGE) as *mut _, PAGE, libc::MADV_DONTNEED);
+                libc::_exit(0)
+            };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        std::thread::sleep(Duration::from_millis(300));
+        let mut want = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
+        want[128..136].copy_from_slice(&marker(p));
+        let got = read_page(base, p);
+        assert!(
+            got == want,
+            "the parent's page {p} lost its contents (all zero: {})",
+            got.iter().all(|&b| b == 0)
+        );
+    });
+    let report = server.shutdown();
+    assert_eq!(report.stats.removed_pages, 0, "{:?}", report.stats);
+}
+
+/// A move named by mistake (no mremap happened) leaves nothing registered
+/// once the region is dropped: the region still unregisters its range.
+#[test]
+fn a_remap_named_by_mistake_leaves_no_registration_behind() {
+    const TEST: &str = "a_remap_named_by_mistake_leaves_no_registration_behind";
+    let Some((uffd, _state, ram)) = memfd_with(TEST, 8, Features::empty(), true) else {
+        return;
+    };
+    // SAFETY: the memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let base = ram.addr();
+    let _ = region.remapped(base, 0x7000_0000_0000, PAGE);
+    drop(region);
+    let flags = vmflags(base);
+    assert!(
+        !flags.split_whitespace().any(|f| f == "um" || f == "ui"),
+        "still registered after the region's drop: {flags}"
+    );
+}
+
+/// The VmFlags of the mapping at `addr` (/proc/self/smaps).
+fn vmflags(addr: usize) -> String {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let mut inside = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ')
+            && let Some((lo, hi)) = range.split_once('-')
+            && let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
+        {
+            inside = lo <= addr && addr < hi;
+            continue;
+        }
+        if inside && let Some(f) = line.strip_prefix("VmFlags:") {
+            return f.trim().to_string();
+        }
+    }
+    panic!("no mapping at {addr:#x}")
+}
+
+/// Faults of a file range resolved while REMOVE events are in flight
+/// (another thread's `MADV_DONTNEED` of pages no one reads): a chunk whose
+/// runs were written but whose faulting page then met `EAGAIN` still counts
+/// the pages it wrote. Every page read is filled once and counted once.
+#[test]
+fn file_range_pages_written_before_an_eagain_are_counted() {
+    const TEST: &str = "file_range_pages_written_before_an_eagain_are_counted";
+    const PAGES: usize = 1024;
+    const READ: usize = 768;
+    let Some((uffd, state, ram)) = memfd_with(TEST, PAGES, Features::empty(), true) else {
+        return;
+    };
+    // SAFETY: the guest's memory is reached only through raw pointers.
+    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let file = FileRange::continue_only(region, 0).expect("file range");
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = Server::start(
+        uffd,
+        &[],
+        Arc::new(source),
+        Config {
+            threads: 2,
+            chunk: 16 * PAGE,
+            prefetch: false,
+            files: vec![file],
+            ..Config::default()
+        },
+    )
+    .expect("start");
+    let base = ram.addr();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    util::with_deadline(TEST, Duration::from_secs(120), || {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let p = READ + k % (PAGES - READ);
+                    // SAFETY: a page no one reads or refers to.
+                    unsafe {
+                        libc::madvise((base + p * PAGE) as *mut _, PAGE, libc::MADV_DONTNEED)
+                    };
+                    k += 1;
+                    // A storm, not a flood: the readers get through.
+                    if k % 16 == 0 {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+            });
+            let readers: Vec<_> = (0..4)
+                .map(|t| {
+                    let bytes = &bytes;
+                    s.spawn(move || {
+                        for p in (0..READ).filter(|p| (p / 16) % 4 == t) {
+                            assert!(read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE]);
+                        }
+                    })
+                })
+                .collect();
+            for r in readers {
+                r.join().expect("reader");
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    });
+    let s = server.shutdown().stats;
+    for p in 0..READ {
+        assert_eq!(state.backing().fills_of(p), 1, "page {p}");
+    }
+    assert_eq!(s.demand_pages, READ as u64, "{s:?}");
+}

@@ -293,16 +293,19 @@ impl<B: Backing> Stage2Fault<'_, B> {
     /// failed write stay unfilled, their bits set).
     pub fn resolve_window(self, window: Stage2Window, data: &[u8]) -> Result<Resolution> {
         self.resolve_window_counted(window, data)
-            .map(|f| f.resolution)
+            .and_then(|f| f.resolution)
     }
 
-    /// [`resolve_window`](Self::resolve_window), also saying how many
-    /// pages of the window this call wrote (for accounting: a page filled
+    /// The KVM userfault bitmap's bits cleared after `pwrite(2)`:
+    /// [`resolve_window`](Self::resolve_window), also saying how many pages
+    /// of the window this call wrote (for accounting: a page filled
     /// meanwhile by another path is that path's).
     ///
     /// # Errors
     ///
-    /// As [`resolve_window`](Self::resolve_window).
+    /// As [`resolve_window`](Self::resolve_window): `Err` when nothing was
+    /// written; an error after other pages of the window were written is
+    /// [`WindowFill::resolution`], with those pages counted.
     pub fn resolve_window_counted(self, window: Stage2Window, data: &[u8]) -> Result<WindowFill> {
         const OP: &str = "stage-2 resolve_window";
         if window.fault != self.file_page || window.page_size != self.bitmap.page_size() {
@@ -345,19 +348,29 @@ impl<B: Backing> Stage2Fault<'_, B> {
                 Resolution::Filled
             };
             return Ok(WindowFill {
-                resolution,
+                resolution: Ok(resolution),
                 written,
                 zeroed,
             });
         }
         let at = fault_i as usize * ps;
-        let resolution = self.resolve(&data[at..at + ps])?;
+        let resolution = match self.resolve(&data[at..at + ps]) {
+            Ok(r) => r,
+            // The window's other pages are written: they count.
+            Err(e) => {
+                return Ok(WindowFill {
+                    resolution: Err(e),
+                    written,
+                    zeroed,
+                });
+            }
+        };
         if resolution.wrote() {
             written += 1;
             zeroed += u64::from(resolution == Resolution::Zeroed);
         }
         Ok(WindowFill {
-            resolution,
+            resolution: Ok(resolution),
             written,
             zeroed,
         })

@@ -200,7 +200,7 @@
 //! - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
 
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex};
 
 use crate::backing::{BackedMapping, Backing};
@@ -300,10 +300,12 @@ impl Resolution {
 /// how many pages of the window this call wrote. Every page is written by
 /// one path only, so adding up `written` over every path (faults, stage-2
 /// resolutions, a populator) counts each filled page once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct WindowFill {
-    /// What became of the faulting page.
-    pub resolution: Resolution,
+    /// What became of the faulting page: its resolution, or the error that
+    /// stopped it after other pages of the window were written (counted
+    /// below all the same: they are filled, and no other path writes them).
+    pub resolution: Result<Resolution>,
     /// Pages this call wrote (from the data given, or zeros).
     pub written: u64,
     /// Of those, the pages it wrote zeros into (discarded pages, or pages
@@ -314,7 +316,8 @@ pub struct WindowFill {
 /// A registered range of class `C`, backed by `B` (`()` for a copy-capable
 /// region with no fillable backing, such as anonymous memory).
 ///
-/// Registered on creation, unregistered on drop. `Sync`: any number of
+/// Registered on creation; its range unregistered on drop (a part a remap
+/// moved elsewhere is not: see [`remapped`](Self::remapped)). `Sync`: any number of
 /// handler threads may resolve its faults concurrently. A region the
 /// process moved (`mremap(2)`) is followed with
 /// [`remapped`](Self::remapped).
@@ -329,10 +332,6 @@ pub struct Region<C: Class, B = ()> {
     /// The region registered its range (and unregisters it on drop); false
     /// for the part of a region a remap moved ([`Region::remapped`]).
     owner: bool,
-    /// Shared by a region and every region made from it by
-    /// [`Region::remapped`]: some part of it has moved, so its own range
-    /// is no longer all its own to unregister.
-    moved: Arc<AtomicBool>,
     /// The process that registered the range: only it unregisters.
     pid: rustix::process::Pid,
     _class: PhantomData<fn() -> C>,
@@ -490,7 +489,6 @@ impl<C: Class, B> Drop for Region<C, B> {
         if !self.owner || rustix::process::getpid() != self.pid {
             return;
         }
-        let moved = self.moved.load(Ordering::Acquire);
         {
             let mut live = LIVE.lock().unwrap_or_else(|p| p.into_inner());
             let me = (self.reg.uffd_id(), self.reg.start(), self.reg.end());
@@ -498,11 +496,9 @@ impl<C: Class, B> Drop for Region<C, B> {
                 live.swap_remove(i);
             }
         }
-        // The range may already be gone (unmapped); nothing to report then.
-        // A range that has moved in part is not unregistered where it was.
-        if !moved {
-            let _ = self.uffd.unregister(&self.reg);
-        }
+        // The range may already be gone (unmapped, or moved away, taking its
+        // registration with it); nothing to report then.
+        let _ = self.uffd.unregister(&self.reg);
     }
 }
 
@@ -584,7 +580,6 @@ impl<C: Class, B> Region<C, B> {
             backing,
             file_base,
             owner: true,
-            moved: Arc::new(AtomicBool::new(false)),
             pid: rustix::process::getpid(),
             _class: PhantomData,
         };
@@ -622,23 +617,30 @@ impl<C: Class, B> Region<C, B> {
     /// The kernel moves a registration with its mapping when the
     /// userfaultfd has `UFFD_FEATURE_EVENT_REMAP`, so nothing is registered
     /// again: the region returned does not own its range (dropping it
-    /// unregisters nothing). Once a part has moved (`to != from`), the
-    /// region it came from does not unregister its old range when dropped
-    /// either — the process may have mapped and registered something else
-    /// there; unregister the parts where they are now
+    /// unregisters nothing), and the region it came from still unregisters
+    /// its own, original range when dropped — where the moved part no
+    /// longer is. Unregister a moved part where it is now
     /// ([`Uffd::unregister_range`]), or close the userfaultfd, which ends
     /// every registration it has. Pass what the event says: resolutions of
-    /// the returned region act at `to`.
+    /// the returned region act at `to` (the kernel refuses them where no
+    /// range of this userfaultfd is registered). The region a moved part
+    /// came from keeps its page state and file, so keep it alive while its
+    /// parts are served.
+    ///
+    /// # References
+    ///
+    /// - [`UFFD_EVENT_REMAP` in Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html#non-cooperative-userfaultfd)
     pub fn remapped(&self, from: usize, to: usize, len: usize) -> Option<Region<C, B>> {
         let reg = self.reg.remapped(from, to, len)?;
         if !reg.start().is_multiple_of(self.page_size) || !reg.len().is_multiple_of(self.page_size)
         {
             return None;
         }
-        // The first byte of the moved part, at its old address.
+        // The first byte of the moved part, at its old address: whole pages
+        // of the region, or the file offsets below would be wrong.
         let old = self.reg.start().max(from);
-        if to != from {
-            self.moved.store(true, Ordering::Release);
+        if !(old - self.reg.start()).is_multiple_of(self.page_size) {
+            return None;
         }
         Some(Region {
             uffd: self.uffd.clone(),
@@ -647,7 +649,6 @@ impl<C: Class, B> Region<C, B> {
             backing: self.backing.clone(),
             file_base: self.file_base + (old - self.reg.start()) as u64,
             owner: false,
-            moved: self.moved.clone(),
             pid: self.pid,
             _class: PhantomData,
         })

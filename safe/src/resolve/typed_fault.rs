@@ -354,7 +354,7 @@ impl<B: Backing> MissingFault<'_, ContinueOnly, B> {
     #[doc(alias = "UFFDIO_CONTINUE")]
     pub fn write_window_then_continue(self, window: Window, data: &[u8]) -> Result<Resolution> {
         self.write_window_then_continue_counted(window, data)
-            .map(|f| f.resolution)
+            .and_then(|f| f.resolution)
     }
 
     /// `pwrite(2)` + `UFFDIO_CONTINUE`:
@@ -364,7 +364,10 @@ impl<B: Backing> MissingFault<'_, ContinueOnly, B> {
     ///
     /// # Errors
     ///
-    /// As [`write_window_then_continue`](Self::write_window_then_continue).
+    /// As [`write_window_then_continue`](Self::write_window_then_continue):
+    /// `Err` when nothing was written; an error after other pages of the
+    /// window were written is [`WindowFill::resolution`], with those pages
+    /// counted.
     #[doc(alias = "UFFDIO_CONTINUE")]
     pub fn write_window_then_continue_counted(
         mut self,
@@ -376,7 +379,13 @@ impl<B: Backing> MissingFault<'_, ContinueOnly, B> {
         let page = self.raw.page;
         let r = region.resolve_window(page, &window, data, Chunk::Write);
         self.raw.done = true;
-        r.map_err(|e| region.wake_after(page, e))
+        match r {
+            Ok(mut fill) => {
+                fill.resolution = fill.resolution.map_err(|e| region.wake_after(page, e));
+                Ok(fill)
+            }
+            Err(e) => Err(region.wake_after(page, e)),
+        }
     }
 }
 
@@ -391,7 +400,8 @@ impl<B: Backing> MissingFault<'_, CopyCapable, B> {
     /// As [`copy`](Self::copy) and [`window`](Self::window).
     #[doc(alias = "UFFDIO_COPY")]
     pub fn copy_window(self, window: Window, data: &[u8]) -> Result<Resolution> {
-        self.copy_window_counted(window, data).map(|f| f.resolution)
+        self.copy_window_counted(window, data)
+            .and_then(|f| f.resolution)
     }
 
     /// `UFFDIO_COPY`: [`copy_window`](Self::copy_window), also saying how
@@ -400,7 +410,9 @@ impl<B: Backing> MissingFault<'_, CopyCapable, B> {
     ///
     /// # Errors
     ///
-    /// As [`copy_window`](Self::copy_window).
+    /// As [`copy_window`](Self::copy_window): `Err` when nothing was
+    /// written; an error after other pages of the window were written is
+    /// [`WindowFill::resolution`], with those pages counted.
     #[doc(alias = "UFFDIO_COPY")]
     pub fn copy_window_counted(mut self, window: Window, data: &[u8]) -> Result<WindowFill> {
         self.check_window("copy_window", &window, data)?;
@@ -408,7 +420,13 @@ impl<B: Backing> MissingFault<'_, CopyCapable, B> {
         let page = self.raw.page;
         let r = region.resolve_window(page, &window, data, Chunk::Copy);
         self.raw.done = true;
-        r.map_err(|e| region.wake_after(page, e))
+        match r {
+            Ok(mut fill) => {
+                fill.resolution = fill.resolution.map_err(|e| region.wake_after(page, e));
+                Ok(fill)
+            }
+            Err(e) => Err(region.wake_after(page, e)),
+        }
     }
 }
 
@@ -658,7 +676,7 @@ impl<C: Class, B: Backing> Region<C, B> {
                 Resolution::Filled
             };
             return Ok(WindowFill {
-                resolution,
+                resolution: Ok(resolution),
                 written,
                 zeroed,
             });
@@ -666,8 +684,19 @@ impl<C: Class, B: Backing> Region<C, B> {
         let at = fault_i as usize * ps;
         let slice = &data[at..at + ps];
         let r = match how {
-            Chunk::Write => self.fill_and_map(page, slice)?,
-            Chunk::Copy => self.copy_through_state(page, Some(slice))?,
+            Chunk::Write => self.fill_and_map(page, slice),
+            Chunk::Copy => self.copy_through_state(page, Some(slice)),
+        };
+        let r = match r {
+            Ok(r) => r,
+            // The window's other pages are written: they count.
+            Err(e) => {
+                return Ok(WindowFill {
+                    resolution: Err(e),
+                    written,
+                    zeroed,
+                });
+            }
         };
         if r.wrote() {
             written += 1;
@@ -684,7 +713,7 @@ impl<C: Class, B: Backing> Region<C, B> {
             r => r,
         };
         Ok(WindowFill {
-            resolution,
+            resolution: Ok(resolution),
             written,
             zeroed,
         })

@@ -714,6 +714,65 @@ impl Uffd {
         self.wake_prechecked(start, len)
     }
 
+    /// `ioctl(uffd, UFFDIO_WRITEPROTECT, {first page of reg, mode 0})` on a
+    /// registration without write protection: true while the address space
+    /// is changing under a non-cooperative event of this userfaultfd that
+    /// is not read yet (an `mremap`, `munmap`, `fork` or `madvise` waiting
+    /// for its event to be read: the kernel answers `EAGAIN`), false when
+    /// none is (`ENOENT`: the range is not write-protect registered, so the
+    /// call changed nothing).
+    ///
+    /// For a handler that got `ENOENT` from a resolution on a userfaultfd
+    /// with `UFFD_FEATURE_EVENT_REMAP`: the kernel checks whether the range
+    /// is mapped before it checks for a pending event (Linux 6.9 on), so
+    /// `ENOENT` alone does not say whether a move's event is on its way.
+    /// With no change pending, and no event read since the failing call, the
+    /// range really is gone.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a registration of another userfaultfd
+    /// or one registered with [`RegisterMode::WP`] (the call would remove
+    /// write protection from its first page). From the kernel: `ESRCH` (the
+    /// process has exited), `EINVAL`/`ENOTTY` before Linux 5.7 (no
+    /// `UFFDIO_WRITEPROTECT`).
+    ///
+    /// # References
+    ///
+    /// - [`UFFDIO_WRITEPROTECT(2const)`](https://man7.org/linux/man-pages/man2/UFFDIO_WRITEPROTECT.2const.html)
+    /// - [Documentation/admin-guide/mm/userfaultfd.rst](https://docs.kernel.org/admin-guide/mm/userfaultfd.html)
+    #[doc(alias = "UFFDIO_WRITEPROTECT")]
+    pub fn mapping_change_pending(&self, reg: &Registration) -> Result<bool> {
+        const OP: &str = "UFFDIO_WRITEPROTECT";
+        self.check_owner(OP, reg)?;
+        if reg.mode.contains(RegisterMode::WP) {
+            return Err(Error::invalid(
+                OP,
+                "the registration is write-protect registered: probing it would remove write \
+                 protection",
+            ));
+        }
+        let page = super::register::page_size();
+        let arg = sys::uffdio_writeprotect {
+            range: sys::uffdio_range {
+                start: reg.start() as u64,
+                len: page as u64,
+            },
+            mode: 0,
+        };
+        // SAFETY: UFFDIO_WRITEPROTECT has no pointer but its range, a page
+        // of a registration of this userfaultfd without WP mode, whose
+        // protection the kernel cannot change (it answers ENOENT): it
+        // touches no memory.
+        match unsafe { self.issue(arg, page) } {
+            // Only a WP-registered range succeeds; refused above.
+            Ok(_) => Ok(false),
+            Err(e) if e.is_again() => Ok(true),
+            Err(e) if e.errno() == Some(Errno::ENOENT) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The `UFFDIO_WAKE` of [`wake`](Self::wake) without its checks, for the
     /// typed regions of [`crate::resolve`]: the range is whole pages of the
     /// caller's registration with this userfaultfd (every registration
