@@ -354,23 +354,16 @@ impl<B: Backing> Stage2Fault<'_, B> {
             });
         }
         let at = fault_i as usize * ps;
-        let resolution = match self.resolve(&data[at..at + ps]) {
-            Ok(r) => r,
-            // The window's other pages are written: they count.
-            Err(e) => {
-                return Ok(WindowFill {
-                    resolution: Err(e),
-                    written,
-                    zeroed,
-                });
-            }
-        };
-        if resolution.wrote() {
+        // An error here leaves the window's other pages written: they count.
+        let resolution = self.resolve(&data[at..at + ps]);
+        if let Ok(r) = resolution
+            && r.wrote()
+        {
             written += 1;
-            zeroed += u64::from(resolution == Resolution::Zeroed);
+            zeroed += u64::from(r == Resolution::Zeroed);
         }
         Ok(WindowFill {
-            resolution: Ok(resolution),
+            resolution,
             written,
             zeroed,
         })

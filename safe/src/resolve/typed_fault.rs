@@ -687,22 +687,14 @@ impl<C: Class, B: Backing> Region<C, B> {
             Chunk::Write => self.fill_and_map(page, slice),
             Chunk::Copy => self.copy_through_state(page, Some(slice)),
         };
-        let r = match r {
-            Ok(r) => r,
-            // The window's other pages are written: they count.
-            Err(e) => {
-                return Ok(WindowFill {
-                    resolution: Err(e),
-                    written,
-                    zeroed,
-                });
-            }
-        };
-        if r.wrote() {
+        // An error here leaves the window's other pages written: they count.
+        if let Ok(r) = r
+            && r.wrote()
+        {
             written += 1;
             zeroed += u64::from(r == Resolution::Zeroed);
         }
-        let resolution = match r {
+        let resolution = r.map(|r| match r {
             Resolution::Mapped | Resolution::AlreadyPresent if fault_claimed => {
                 if fault_zeroed {
                     Resolution::Zeroed
@@ -711,9 +703,9 @@ impl<C: Class, B: Backing> Region<C, B> {
                 }
             }
             r => r,
-        };
+        });
         Ok(WindowFill {
-            resolution: Ok(resolution),
+            resolution,
             written,
             zeroed,
         })
