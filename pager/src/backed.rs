@@ -1162,11 +1162,13 @@ fn classify(r: Answer) -> Result<Outcome, Error> {
 /// populator, so each page is written once whichever asks first, and
 /// keeps working after the server stopped.
 ///
-/// The exit path takes no lock: each slot's bitmap, attached when the
-/// slot was added, is found in the page state without its attach lock
+/// The exit path takes no lock of the page state: each slot's bitmap,
+/// attached when the slot was added, is found without its attach lock
 /// ([`Stage2Resolver::attached`](userfault::kvm::Stage2Resolver::attached)),
 /// so a clone needs no cache of its own; a resolution waits only for
-/// another path's claim on the same pages.
+/// another path's claim on the same pages (and, with
+/// [`Config::record`](crate::Config::record), the recording's lock for a
+/// page needed for the first time).
 #[derive(Debug, Clone)]
 pub struct Stage2 {
     backed: Arc<Backed>,
