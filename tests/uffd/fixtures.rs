@@ -214,6 +214,7 @@ pub struct Seen {
 /// A thread accessing registered memory, which may block on a fault.
 pub struct Touch {
     rx: Receiver<Seen>,
+    tid: u32,
 }
 
 impl Touch {
@@ -239,12 +240,45 @@ impl Touch {
 
     fn spawn(access: impl FnOnce() -> Vec<u8> + Send + 'static) -> Touch {
         let (tx, rx) = mpsc::channel();
+        let (tid_tx, tid_rx) = mpsc::channel();
         std::thread::spawn(move || {
             let tid = gettid();
+            let _ = tid_tx.send(tid);
             let data = access();
             let _ = tx.send(Seen { tid, data });
         });
-        Touch { rx }
+        let tid = tid_rx
+            .recv_timeout(TIMEOUT)
+            .expect("the touching thread started");
+        Touch { rx, tid }
+    }
+
+    /// Waits until the thread sleeps in the kernel, off its CPU.
+    ///
+    /// A thread whose fault event has been read may not have gone to sleep
+    /// yet: the kernel queues the fault, then looks at the page table once
+    /// more before it sleeps, and a thread that finds the page resolved by
+    /// then goes on without any wake. A test that checks that a
+    /// `DONTWAKE` resolution leaves the thread blocked calls this first.
+    /// `/proc/<tid>/syscall` reads "running" unless the task is asleep,
+    /// and the kernel produces the other answer only once the task has
+    /// left its CPU (`wait_task_inactive`).
+    #[track_caller]
+    pub fn wait_asleep(&self) {
+        let path = format!("/proc/self/task/{}/syscall", self.tid);
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        loop {
+            let state =
+                std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            if !state.starts_with("running") {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the faulting thread did not go to sleep"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Waits for the access to complete.

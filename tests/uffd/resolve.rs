@@ -70,6 +70,7 @@ fn copy_resolves_missing_faults_and_eexist_needs_a_wake() {
         let first = pattern(2, ps);
         let touch = Touch::read(mem.page_addr(1), 256);
         expect_fault(&uffd, mem.page_addr(1), FaultKind::Missing, false);
+        touch.wait_asleep();
         assert_eq!(
             ok(uffd.copy(&reg, mem.page_addr(1), &first, CopyMode::DONTWAKE)),
             Ok(ps)
@@ -345,6 +346,7 @@ fn write_protect_faults_wait_for_unprotect() {
         assert_eq!(ok(uffd.write_protect(&reg, page, ps)), Ok(ps));
         let touch = Touch::write(page + 6, 0xEF);
         expect_fault(&uffd, page, FaultKind::WriteProtect, true);
+        touch.wait_asleep();
         assert_eq!(
             ok(uffd.write_unprotect(&reg, page, ps, UnprotectMode::DONTWAKE)),
             Ok(ps)

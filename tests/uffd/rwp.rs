@@ -160,6 +160,7 @@ fn rwp_faults_block_until_unprotected_and_keep_the_data() {
         let writer = Touch::write(mem.page_addr(1) + 7, 0xD7);
         let flags = expect_rwp(&uffd, mem.page_addr(1), true);
         assert_eq!(flags, FaultFlags::RWP | FaultFlags::WRITE, "{kind:?}");
+        writer.wait_asleep();
         assert_eq!(
             ok(uffd.rwprotect(&reg, mem.page_addr(1), ps, RwprotectMode::DONTWAKE)),
             Ok(ps)
