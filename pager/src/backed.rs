@@ -905,19 +905,11 @@ impl Backed {
                 uffd_id,
                 ..
             } => {
-                let found = self.files.iter().position(|f| f.owns(uffd_id, address));
-                match found {
-                    Some(file) => {
-                        event.take();
-                        faults.push(FileFault {
-                            file,
-                            addr: address,
-                            kind,
-                        });
-                        true
-                    }
-                    None => false,
+                let taken = self.take_at(address, kind, uffd_id, faults);
+                if taken {
+                    event.take();
                 }
+                taken
             }
             Event::Remove { start, end } if !child => {
                 for f in &self.files {
@@ -951,22 +943,27 @@ impl Backed {
         uffd_id: u64,
         faults: &mut Vec<FileFault>,
     ) -> bool {
-        if self.files.is_empty() {
+        !self.files.is_empty() && self.take_at(fault.address, fault.kind(), uffd_id, faults)
+    }
+
+    /// Queues a fault at `address` of userfaultfd `uffd_id` for the file
+    /// range that owns it; false when none does.
+    fn take_at(
+        &self,
+        address: usize,
+        kind: FaultKind,
+        uffd_id: u64,
+        faults: &mut Vec<FileFault>,
+    ) -> bool {
+        let Some(file) = self.files.iter().position(|f| f.owns(uffd_id, address)) else {
             return false;
-        }
-        let address = fault.address;
-        let found = self.files.iter().position(|f| f.owns(uffd_id, address));
-        match found {
-            Some(file) => {
-                faults.push(FileFault {
-                    file,
-                    addr: address,
-                    kind: fault.kind(),
-                });
-                true
-            }
-            None => false,
-        }
+        };
+        faults.push(FileFault {
+            file,
+            addr: address,
+            kind,
+        });
+        true
     }
 
     /// Resolves the faults [`take`](Self::take) collected, each under
