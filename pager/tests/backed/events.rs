@@ -265,6 +265,10 @@ fn file_range_unmapped_in_part_is_served_where_mapped_and_completes() {
         .stage2_slot(bitmap.clone(), 0)
         .expect("slot");
     let (source, bytes) = snapshot(TEST, PAGES);
+    // Held back before it starts: a populator that ran first would fill
+    // the whole file, and the server unregister the mapping, before the
+    // unmap below.
+    state.backing().hold_populator();
     let server = Server::start(
         uffd,
         &[],
@@ -282,7 +286,6 @@ fn file_range_unmapped_in_part_is_served_where_mapped_and_completes() {
     // Not in the populator's first extent (512 KiB), which it holds while
     // held back.
     let written = |p: usize| p % 5 == 1 && p >= 128;
-    state.backing().hold_populator();
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         for p in (0..PAGES).filter(|&p| written(p)) {
             write_marker(base, p);
