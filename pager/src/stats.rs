@@ -331,7 +331,10 @@ pub struct Stats {
     /// Pages resolved by demand faults (and, on file ranges, KVM userfault
     /// exits), chunk neighbours included. Each page a resolution writes is
     /// counted once, by the path that wrote it: a page the populator fills
-    /// while a demand fault's chunk is resolved is the populator's.
+    /// while a demand fault's chunk is resolved is the populator's. A page
+    /// resolved again after a REMOVE (as zeros, on its next fault) counts
+    /// again, so with a balloon the page counts can add up to more than
+    /// [`total_pages`](Self::total_pages).
     pub demand_pages: u64,
     /// Pages resolved by the background populator.
     pub prefetch_pages: u64,

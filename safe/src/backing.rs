@@ -361,6 +361,10 @@ impl Backing for Memfd {
 /// Offsets and addresses are checked: an address outside the mapping or an
 /// offset outside the mapped part of the file is an error, never a wrapped
 /// or truncated number.
+///
+/// Dropping the last reference unmaps the addresses it was mapped at, as a
+/// [`Mapping`] does (see [moving the range](Mapping#moving-the-range)):
+/// after the VMM moves it with `mremap(2)`, leak it rather than drop it.
 #[derive(Debug)]
 pub struct BackedMapping<B> {
     state: Arc<PageState<B>>,

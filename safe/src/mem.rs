@@ -21,6 +21,16 @@ pub enum Sharing {
 
 /// A region of the address space mapped with `mmap(2)` and unmapped when
 /// dropped.
+///
+/// # Moving the range
+///
+/// A `Mapping` owns the addresses it was given, not whatever is mapped
+/// there later: its drop is `munmap(addr, len)` of those addresses. A VMM
+/// that moves the memory with `mremap(2)` (a userfaultfd reports that as
+/// `UFFD_EVENT_REMAP`) or maps over part of it owns the new layout itself:
+/// it must not drop the `Mapping` afterwards, which would unmap whatever
+/// now occupies the old range, but unmap the pieces where they are and
+/// leak the value (`std::mem::forget`).
 #[derive(Debug)]
 pub struct Mapping {
     addr: *mut u8,
