@@ -933,6 +933,12 @@ impl Backed {
         }
     }
 
+    /// True when any file range is served.
+    #[inline]
+    pub fn has_files(&self) -> bool {
+        !self.files.is_empty()
+    }
+
     /// Takes a page fault of a file range into `faults` (as
     /// [`take`](Self::take) does for an [`Event::PageFault`]) and returns
     /// true; false for a fault outside every file range.

@@ -299,6 +299,10 @@ pub(crate) struct Resolver {
     /// no adaptive window, no replay): then
     /// [`fault_direct`](Self::fault_direct) may take faults.
     one_page: bool,
+    /// One handler thread reads this userfaultfd's events, and it applies
+    /// them itself between its resolutions: those never overlap a read,
+    /// so [`fault_direct`](Self::fault_direct) takes no order lock.
+    sole_reader: bool,
     /// The server is stopping ([`stop`](Self::stop)): a claim may be held
     /// by a thread that panicked, so nothing waits for one any more.
     stopping: AtomicBool,
@@ -667,6 +671,7 @@ impl Resolver {
             movable,
             mapping,
             one_page: false,
+            sole_reader: false,
             stopping: AtomicBool::new(false),
         };
         r.choose_paths();
@@ -682,6 +687,13 @@ impl Resolver {
             && self.predicted.is_none()
             && spans.iter().all(|s| self.chunk <= s.page);
         self.one_page = one_page;
+    }
+
+    /// Only one handler thread reads events (see `sole_reader`): it
+    /// resolves its own faults without the order lock's read side, since
+    /// it reads and applies every event itself, never while it resolves.
+    pub fn set_sole_reader(&mut self) {
+        self.sole_reader = true;
     }
 
     /// The server is stopping: threads waiting for another's claim to
@@ -880,9 +892,12 @@ impl Resolver {
                 }
             }
         };
-        let order = self.order.read();
-        if self.moves.load(Ordering::Acquire) != moves_seen
-            || state.load(Ordering::Acquire) & (REMOVED | UNMAPPED) != 0
+        // A remap or REMOVE applied since the checks above lands only
+        // between this thread's resolutions when it is the sole reader.
+        let order = (!self.sole_reader).then(|| self.order.read());
+        if order.is_some()
+            && (self.moves.load(Ordering::Acquire) != moves_seen
+                || state.load(Ordering::Acquire) & (REMOVED | UNMAPPED) != 0)
         {
             drop(order);
             self.release(span, &[(p, PENDING)]);
@@ -1937,6 +1952,7 @@ impl Resolver {
             movable,
             mapping,
             one_page: false,
+            sole_reader: false,
             stopping: AtomicBool::new(false),
         };
         r.choose_paths();

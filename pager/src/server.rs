@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use userfault::uffd::{Event, EventBuffer, Uffd};
+use userfault::uffd::{Event, EventBuffer, Events, Uffd};
 
 use crate::backed::{Backed, FileFault, FileRange, Stage2};
 use crate::error::Error;
@@ -314,6 +314,9 @@ impl Server {
         }
         if let Some(max) = config.adaptive_chunk {
             resolver.adapt(max);
+        }
+        if config.threads == 1 {
+            resolver.set_sole_reader();
         }
         // The working set as the populator's extents, in its order; faults
         // resolve ahead along the same list.
@@ -820,33 +823,36 @@ fn handle_batch(
     child: bool,
     b: &mut Batch,
 ) -> Pass {
-    match pass(shared, resolver, uffd, readable, child, b) {
-        Pass::Busy if shared.stopped() => return Pass::Stop,
-        Pass::Busy => {}
-        other => return other,
-    }
+    let mut readable = readable;
+    let mut again = false;
     loop {
+        match pass(shared, resolver, uffd, readable, child, b) {
+            Pass::Stop => return Pass::Stop,
+            Pass::Idle if again => {
+                b.rereads.0 = b.rereads.0.saturating_add(1);
+                return Pass::Busy;
+            }
+            Pass::Idle => return Pass::Idle,
+            Pass::Busy if shared.stopped() => return Pass::Stop,
+            Pass::Busy if again => b.rereads.0 = 0,
+            Pass::Busy => {}
+        }
         let (misses, since) = &mut b.rereads;
         *since += 1;
         if *misses >= REREAD_MISSES && *since < REREAD_PROBE {
             return Pass::Busy;
         }
         *since = 0;
-        match pass(shared, resolver, uffd, true, child, b) {
-            Pass::Stop => return Pass::Stop,
-            Pass::Idle => {
-                b.rereads.0 = b.rereads.0.saturating_add(1);
-                return Pass::Busy;
-            }
-            Pass::Busy if shared.stopped() => return Pass::Stop,
-            Pass::Busy => b.rereads.0 = 0,
-        }
+        readable = true;
+        again = true;
     }
 }
 
 /// One pass: reads the events (when `readable`), applies the non-fault
 /// ones, then resolves the faults read and those deferred after `EAGAIN`.
-#[inline(never)]
+/// Page faults are the common case and take the fewest instructions;
+/// everything else is out of line.
+#[inline(always)]
 fn pass(
     shared: &Arc<Shared>,
     resolver: &Resolver,
@@ -859,20 +865,18 @@ fn pass(
     let mut n = 0;
     let mut read_any = false;
     if readable {
+        let files = shared.backed.has_files();
         let _order = resolver.order();
         let mut events = match uffd.read_events(&mut b.buf) {
             Ok(events) => events,
-            Err(e) => {
-                shared.finish(Exit::Failed(e.into()));
-                return Pass::Stop;
-            }
+            Err(e) => return read_failed(shared, e),
         };
         loop {
             // Page faults straight from the buffer (taken: each is resolved
             // or woken below), the other events one by one, in order.
             while let Some(fault) = events.take_fault() {
                 read_any = true;
-                if !shared.backed.take_fault(&fault, uffd.id(), &mut b.files) {
+                if !(files && shared.backed.take_fault(&fault, uffd.id(), &mut b.files)) {
                     match b.read.get_mut(n) {
                         Some(slot) => {
                             *slot = fault.address;
@@ -883,13 +887,19 @@ fn pass(
                     }
                 }
             }
-            let Some(event) = events.next() else {
+            if events.is_empty() {
                 break;
-            };
+            }
             read_any = true;
-            if !shared.backed.take(&event, child, &mut b.files)
-                && let Err(pass) = apply(shared, resolver, event, &mut b.forks, &mut b.deferred)
-            {
+            if let Err(pass) = other_event(
+                shared,
+                resolver,
+                &mut events,
+                child,
+                &mut b.files,
+                &mut b.forks,
+                &mut b.deferred,
+            ) {
                 return pass;
             }
         }
@@ -897,20 +907,9 @@ fn pass(
     if !read_any && b.deferred.is_empty() {
         return Pass::Idle;
     }
-    if !b.forks.is_empty() {
-        let mut queue = shared.fork_queue.lock().unwrap_or_else(|e| e.into_inner());
-        queue.append(&mut b.forks);
-        shared.fork_ready.notify_all();
-    }
-    if !b.files.is_empty()
-        && let Err(exit) = shared.backed.serve(&mut b.files, &|| resolver.order_read())
-    {
-        shared.finish(exit);
-        return Pass::Stop;
-    }
     let read_at = shared.counters.now();
-    if !b.deferred.is_empty()
-        && let Err(pass) = retry_deferred(shared, resolver, child, read_at, b)
+    if !(b.forks.is_empty() && b.files.is_empty() && b.deferred.is_empty())
+        && let Err(pass) = before_faults(shared, resolver, child, read_at, b)
     {
         return pass;
     }
@@ -921,6 +920,64 @@ fn pass(
         }
     }
     if read_any { Pass::Busy } else { Pass::Idle }
+}
+
+/// A failed `read` of events: the server stops.
+#[cold]
+#[inline(never)]
+fn read_failed(shared: &Shared, e: userfault::Error) -> Pass {
+    shared.finish(Exit::Failed(e.into()));
+    Pass::Stop
+}
+
+/// The next event of `events`, not a page fault: taken by a file range or
+/// applied (the order lock's write side held).
+#[cold]
+#[inline(never)]
+fn other_event(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    events: &mut Events<'_>,
+    child: bool,
+    files: &mut Vec<FileFault>,
+    forks: &mut Vec<(Uffd, ForkCapture)>,
+    deferred: &mut Vec<usize>,
+) -> Result<(), Pass> {
+    let Some(event) = events.next() else {
+        return Ok(());
+    };
+    if shared.backed.take(&event, child, files) {
+        return Ok(());
+    }
+    apply(shared, resolver, event, forks, deferred)
+}
+
+/// A pass's work before the faults it read: forks handed to the fork
+/// thread, the file ranges' faults served, deferred faults retried.
+#[cold]
+#[inline(never)]
+fn before_faults(
+    shared: &Arc<Shared>,
+    resolver: &Resolver,
+    child: bool,
+    read_at: Tick,
+    b: &mut Batch,
+) -> Result<(), Pass> {
+    if !b.forks.is_empty() {
+        let mut queue = shared.fork_queue.lock().unwrap_or_else(|e| e.into_inner());
+        queue.append(&mut b.forks);
+        shared.fork_ready.notify_all();
+    }
+    if !b.files.is_empty()
+        && let Err(exit) = shared.backed.serve(&mut b.files, &|| resolver.order_read())
+    {
+        shared.finish(exit);
+        return Err(Pass::Stop);
+    }
+    if !b.deferred.is_empty() {
+        retry_deferred(shared, resolver, child, read_at, b)?;
+    }
+    Ok(())
 }
 
 /// Applies an event other than a page fault (the order lock's write side

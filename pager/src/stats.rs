@@ -115,8 +115,8 @@ impl Default for Histogram {
 impl Histogram {
     #[inline]
     fn record_ns(&self, ns: u64) {
-        let ns = ns.max(1);
-        let k = (63 - ns.leading_zeros() as usize).min(BUCKETS - 1);
+        // Bucket 0 holds 0 ns too.
+        let k = (63 - (ns | 1).leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[k].fetch_add(1, Relaxed);
         self.sum_ns.fetch_add(ns, Relaxed);
     }
@@ -218,7 +218,9 @@ impl Clock {
         if rate == 0 {
             rate = self.calibrate();
         }
-        ((u128::from(ticks) * u128::from(rate)) >> 32).min(u128::from(u64::MAX)) as u64
+        // At most 2^64 nanoseconds for any rate up to 1 ns per tick; past
+        // that (a counter slower than 1 GHz) only after centuries.
+        ((u128::from(ticks) * u128::from(rate)) >> 32) as u64
     }
 
     /// The first rate, from the base to now (at least [`MIN_CALIBRATION`]
