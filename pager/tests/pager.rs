@@ -492,6 +492,7 @@ fn library_keeps_guest_writes_and_removed_zeros_while_prefetching() {
     keeps_guest_writes_and_removed_zeros(
         "library_keeps_guest_writes_and_removed_zeros_while_prefetching",
         false,
+        2,
     );
 }
 
@@ -502,23 +503,35 @@ fn library_keeps_guest_writes_and_removed_zeros_per_page_from_a_mapping() {
     keeps_guest_writes_and_removed_zeros(
         "library_keeps_guest_writes_and_removed_zeros_per_page_from_a_mapping",
         true,
+        2,
+    );
+}
+
+/// The same with one handler thread, which resolves its faults without
+/// the order lock (it applies every REMOVE itself, between them).
+#[test]
+fn library_keeps_guest_writes_and_removed_zeros_per_page_from_one_handler() {
+    keeps_guest_writes_and_removed_zeros(
+        "library_keeps_guest_writes_and_removed_zeros_per_page_from_one_handler",
+        true,
+        1,
     );
 }
 
 /// Three guest threads read every page (one of them writing a marker into
 /// its pages) while a balloon takes regions back and the populator fills
 /// the rest: every byte is the snapshot's, the guest's or zero, as it
-/// should be. `per_page`: 4 KiB chunks from a mapped snapshot.
-fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool) {
+/// should be. `per_page`: 4 KiB chunks from a mapped snapshot; `threads`
+/// handler threads.
+fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool, threads: usize) {
     const PAGES: usize = 8192; // 32 MiB
     let Some(uffd) = new_uffd(test, Features::EVENT_REMOVE) else {
         return;
     };
-    let dir = scratch_dir(if per_page {
-        "lib-writes-page"
-    } else {
-        "lib-writes"
-    });
+    let dir = scratch_dir(&format!(
+        "lib-writes-{}-{threads}",
+        if per_page { "page" } else { "chunk" }
+    ));
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
     let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
@@ -534,7 +547,7 @@ fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool) {
         &[Range::new(reg, 0)],
         source,
         Config {
-            threads: 2,
+            threads,
             finish_when_complete: false,
             chunk: if per_page {
                 PAGE
@@ -1748,15 +1761,32 @@ fn library_stops_with_a_clear_error_when_a_handler_thread_panics() {
 /// page ends up the snapshot's, or the guest's write where it wrote.
 #[test]
 fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
-    const TEST: &str = "library_per_page_from_a_mapping_follows_remaps_and_keeps_writes";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
+    per_page_follows_remaps_and_keeps_writes(
+        "library_per_page_from_a_mapping_follows_remaps_and_keeps_writes",
+        2,
+    );
+}
+
+/// The same with one handler thread, which resolves its faults without
+/// the order lock (it applies every REMAP and REMOVE itself, between
+/// them).
+#[test]
+fn library_per_page_from_one_handler_follows_remaps_and_keeps_writes() {
+    per_page_follows_remaps_and_keeps_writes(
+        "library_per_page_from_one_handler_follows_remaps_and_keeps_writes",
+        1,
+    );
+}
+
+fn per_page_follows_remaps_and_keeps_writes(test: &'static str, threads: usize) {
+    let Some(uffd) = new_uffd(test, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
         return;
     };
     if !uffd.features().contains(Features::EVENT_REMAP) {
-        return util::skip(TEST, "uffd", "REMAP events are not offered");
+        return util::skip(test, "uffd", "REMAP events are not offered");
     }
     const PAGES: usize = 16384; // 64 MiB
-    let dir = scratch_dir("lib-page-remap");
+    let dir = scratch_dir(&format!("lib-page-remap-{threads}"));
     let file = dir.join("mem");
     let bytes = snapshot(&file, PAGES, 0..0);
     let base = raw_mapping(PAGES * PAGE, true);
@@ -1767,7 +1797,7 @@ fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
         &[Range::new(reg, 0)],
         Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
         Config {
-            threads: 2,
+            threads,
             chunk: PAGE,
             adaptive_chunk: None,
             ..Config::default()
@@ -1776,7 +1806,7 @@ fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
     .unwrap();
     let half = PAGES / 2;
     let written = |i: usize| i % 5 == 1;
-    let (report, at, moves, wrote) = util::with_deadline(TEST, Duration::from_secs(120), || {
+    let (report, at, moves, wrote) = util::with_deadline(test, Duration::from_secs(120), || {
         std::thread::scope(|s| {
             let bytes = &bytes;
             // The lower half stays put: read every page, write a marker
@@ -1837,7 +1867,7 @@ fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
     );
     assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");
     util::report(&format!(
-        "{TEST}: {moves} moves, {} demand faults, {} retries",
+        "{test}: {moves} moves, {} demand faults, {} retries",
         s.demand_faults, s.retries
     ));
     // SAFETY: unmaps the test's own mappings; nothing refers to them.
