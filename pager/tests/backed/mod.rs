@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use userfault::backing::{BackedMapping, Backing, Claimed, Memfd};
 use userfault::kvm::{MemoryFault, MemoryFaultFlags, UserfaultBitmap};
@@ -65,8 +65,10 @@ fn snapshot(test: &str, pages: usize) -> (FileSource, Vec<u8>) {
 pub struct Counting {
     memfd: Memfd,
     fills: Vec<AtomicU32>,
-    /// While set, the server's populator waits before each fill.
+    /// While set, the server's populator waits before each fill...
     hold_populator: AtomicBool,
+    /// ...but for this many fills first.
+    populator_fills_before_hold: AtomicU32,
 }
 
 impl Counting {
@@ -75,6 +77,7 @@ impl Counting {
             memfd: Memfd::shmem(c"pager-counting", (pages * PAGE) as u64).expect("memfd"),
             fills: (0..pages).map(|_| AtomicU32::new(0)).collect(),
             hold_populator: AtomicBool::new(false),
+            populator_fills_before_hold: AtomicU32::new(0),
         }
     }
 
@@ -82,6 +85,14 @@ impl Counting {
     /// fill) until [`release_populator`](Self::release_populator).
     fn hold_populator(&self) {
         self.hold_populator.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the populator make `fills` fills, then holds it back as
+    /// [`hold_populator`](Self::hold_populator) does.
+    fn hold_populator_after(&self, fills: u32) {
+        self.populator_fills_before_hold
+            .store(fills, Ordering::SeqCst);
+        self.hold_populator();
     }
 
     fn release_populator(&self) {
@@ -109,10 +120,15 @@ impl Backing for Counting {
     }
 
     fn fill(&self, offset: u64, data: &[u8], claim: Claimed<'_>) -> userfault::Result<()> {
-        while self.hold_populator.load(Ordering::SeqCst)
-            && std::thread::current().name() == Some("pager-prefetch")
+        if std::thread::current().name() == Some("pager-prefetch")
+            && self
+                .populator_fills_before_hold
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_err()
         {
-            std::thread::sleep(Duration::from_millis(1));
+            while self.hold_populator.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
         let first = offset as usize / PAGE;
         for p in first..first + data.len() / PAGE {
@@ -264,6 +280,10 @@ fn touch_write_populate(test: &str, copy: bool) {
     };
     let (source, bytes) = snapshot(test, PAGES);
     let written = |p: usize| p.is_multiple_of(5);
+    // The populator fills its first extent, then waits for the guest's
+    // first demand fault: a populator that ran through all 16 MiB before
+    // the guest threads got going would leave no fault to serve.
+    state.backing().hold_populator_after(1);
     let server = Server::start(
         uffd,
         &[],
@@ -311,6 +331,11 @@ fn touch_write_populate(test: &str, copy: bool) {
                     }
                 });
             }
+            let since = Instant::now();
+            while server.stats().demand_faults == 0 && since.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            state.backing().release_populator();
         });
         server.wait()
     });
