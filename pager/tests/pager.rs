@@ -683,7 +683,14 @@ fn library_follows_remaps_while_prefetching_and_completes() {
             .count();
     let s = &report.stats;
     assert_eq!(wrong, 0, "{wrong} pages wrong after {moves} moves; {s:?}");
-    assert_eq!(s.remaps, moves, "{s:?}");
+    // Every move is a REMAP the server followed, except that a loop ended
+    // by the server completing may have made its last move just after the
+    // server unregistered the range (which raises no event).
+    let last_after_unregister = moves < 400 && s.remaps + 1 == moves;
+    assert!(
+        s.remaps == moves || last_after_unregister,
+        "{moves} moves; {s:?}"
+    );
     assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");
     util::report(&format!(
         "{TEST}: {moves} moves while prefetching, {} retries",
