@@ -247,6 +247,17 @@ fn settle(server: &Server) {
     }
 }
 
+/// A userfaultfd with REMOVE events and `events` too, or a skip (`what`
+/// names the missing events).
+fn uffd_with_events(test: &str, events: Features, what: &str) -> Option<Uffd> {
+    let uffd = new_uffd(test, Features::EVENT_REMOVE | events)?;
+    if !uffd.features().contains(events) {
+        util::skip(test, "uffd", &format!("{what} events are not offered"));
+        return None;
+    }
+    Some(uffd)
+}
+
 /// A userfaultfd with REMOVE and FORK events, or a skip (FORK events need
 /// `CAP_SYS_PTRACE`).
 fn fork_uffd(test: &str) -> Option<Uffd> {
@@ -458,18 +469,10 @@ fn library_records_the_order_pages_were_first_needed() {
 #[test]
 fn library_follows_a_remap_and_an_unmap() {
     const TEST: &str = "library_follows_a_remap_and_an_unmap";
-    let Some(uffd) = new_uffd(
-        TEST,
-        Features::EVENT_REMOVE | Features::EVENT_REMAP | Features::EVENT_UNMAP,
-    ) else {
+    let events = Features::EVENT_REMAP | Features::EVENT_UNMAP;
+    let Some(uffd) = uffd_with_events(TEST, events, "REMAP/UNMAP") else {
         return;
     };
-    if !uffd
-        .features()
-        .contains(Features::EVENT_REMAP | Features::EVENT_UNMAP)
-    {
-        return util::skip(TEST, "uffd", "REMAP/UNMAP events are not offered");
-    }
     const PAGES: usize = 1024;
     let (_dir, file, _) = scratch_snapshot("lib-remap", PAGES, 0..0);
     let (base, server) = serve_raw(
@@ -653,12 +656,9 @@ fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool) {
 #[test]
 fn library_follows_remaps_while_prefetching_and_completes() {
     const TEST: &str = "library_follows_remaps_while_prefetching_and_completes";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
+    let Some(uffd) = uffd_with_events(TEST, Features::EVENT_REMAP, "REMAP") else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_REMAP) {
-        return util::skip(TEST, "uffd", "REMAP events are not offered");
-    }
     const PAGES: usize = 32768; // 128 MiB
     let (_dir, file, bytes) = scratch_snapshot("lib-remap-prefetch", PAGES, 0..0);
     let (base, server) = serve_raw(
@@ -1704,12 +1704,9 @@ fn library_stops_with_a_clear_error_when_a_handler_thread_panics() {
 #[test]
 fn library_per_page_from_a_mapping_follows_remaps_and_keeps_writes() {
     const TEST: &str = "library_per_page_from_a_mapping_follows_remaps_and_keeps_writes";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
+    let Some(uffd) = uffd_with_events(TEST, Features::EVENT_REMAP, "REMAP") else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_REMAP) {
-        return util::skip(TEST, "uffd", "REMAP events are not offered");
-    }
     const PAGES: usize = 16384; // 64 MiB
     let (_dir, file, bytes) = scratch_snapshot("lib-page-remap", PAGES, 0..0);
     let (base, server) = serve_raw(
