@@ -23,7 +23,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use userfault::mem::{Mapping, Sharing};
 use userfault::uffd::{Features, RegisterMode, Uffd};
 use userfault_pager::source::{FileSource, MappedSource, Prefault};
-use userfault_pager::{Config, Exit, PageSource as _, Range, Server, WorkingSet};
+use userfault_pager::{Config, Exit, PageSource, Range, Server, WorkingSet};
 
 const PAGE: usize = 4096;
 
@@ -79,6 +79,20 @@ fn snapshot(path: &Path, pages: usize, hole: std::ops::Range<usize>) -> Vec<u8> 
         assert_eq!(&bytes[i * PAGE..(i + 1) * PAGE], &want(i, &hole)[..]);
     }
     bytes
+}
+
+/// A scratch directory for a test (named `name`) holding a snapshot file
+/// `mem` of `pages` pages, pages `hole` left as a hole: the directory, the
+/// file's path and its contents.
+fn scratch_snapshot(
+    name: &str,
+    pages: usize,
+    hole: std::ops::Range<usize>,
+) -> (ScratchDir, PathBuf, Vec<u8>) {
+    let dir = scratch_dir(name);
+    let file = dir.join("mem");
+    let bytes = snapshot(&file, pages, hole);
+    (dir, file, bytes)
 }
 
 /// Page `i` of snapshot contents `file`.
@@ -164,20 +178,84 @@ fn move_mapping(from: usize, len: usize) -> usize {
     .unwrap() as usize
 }
 
+/// Snapshot `file` read with `pread(2)`.
+fn file_source(file: &Path) -> Arc<dyn PageSource> {
+    Arc::new(FileSource::open(file).unwrap())
+}
+
+/// Snapshot `file` mapped, prefaulted as `prefault` says.
+fn mapped_source(file: &Path, prefault: Prefault) -> Arc<dyn PageSource> {
+    Arc::new(MappedSource::open(file, prefault).unwrap())
+}
+
 /// Serves `pages` pages of new private anonymous memory, registered with
 /// `uffd` for MISSING faults, from snapshot `file` at offset 0.
 fn serve_anonymous(uffd: Uffd, pages: usize, file: &Path, config: Config) -> (Mapping, Server) {
+    serve_anonymous_from(uffd, pages, file_source(file), config)
+}
+
+/// [`serve_anonymous`] from any `source`.
+fn serve_anonymous_from(
+    uffd: Uffd,
+    pages: usize,
+    source: Arc<dyn PageSource>,
+    config: Config,
+) -> (Mapping, Server) {
+    let (guest, server) = start_anonymous(uffd, pages, source, config);
+    (guest, server.unwrap())
+}
+
+/// [`serve_anonymous_from`], with the server's refusal to start handed
+/// back rather than unwrapped.
+fn start_anonymous(
+    uffd: Uffd,
+    pages: usize,
+    source: Arc<dyn PageSource>,
+    config: Config,
+) -> (Mapping, Result<Server, userfault_pager::Error>) {
     let guest = Mapping::anonymous(pages * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
+    // SAFETY: `guest` is new and a `Mapping` hands out only addresses and
+    // raw pointers: it is reached only through raw pointers.
     let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(file).unwrap()),
-        config,
-    )
-    .unwrap();
+    let server = Server::start(Arc::new(uffd), &[Range::new(reg, 0)], source, config);
     (guest, server)
+}
+
+/// Serves `pages` pages of a new accessible [`raw_mapping`] (which the
+/// test moves and unmaps by hand), registered with `uffd` for MISSING
+/// faults, from `source` at offset 0: the mapping's address and the
+/// server.
+fn serve_raw(
+    uffd: Uffd,
+    pages: usize,
+    source: Arc<dyn PageSource>,
+    config: Config,
+) -> (usize, Server) {
+    let base = raw_mapping(pages * PAGE, true);
+    // SAFETY: the mapping is new, and reached only through raw pointers.
+    let reg = unsafe { uffd.register(base, pages * PAGE, RegisterMode::MISSING) }.unwrap();
+    let server = Server::start(Arc::new(uffd), &[Range::new(reg, 0)], source, config).unwrap();
+    (base, server)
+}
+
+/// Gives `server` up to 10 s to count every page: the last resolutions
+/// wake their threads before they update the counters.
+fn settle(server: &Server) {
+    let settled = Instant::now() + Duration::from_secs(10);
+    while server.stats().remaining_pages != 0 && Instant::now() < settled {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A userfaultfd with REMOVE events and `events` too, or a skip (`what`
+/// names the missing events).
+fn uffd_with_events(test: &str, events: Features, what: &str) -> Option<Uffd> {
+    let uffd = new_uffd(test, Features::EVENT_REMOVE | events)?;
+    if !uffd.features().contains(events) {
+        util::skip(test, "uffd", &format!("{what} events are not offered"));
+        return None;
+    }
+    Some(uffd)
 }
 
 /// A userfaultfd with REMOVE and FORK events, or a skip (FORK events need
@@ -250,9 +328,7 @@ fn library_serves_every_byte_from_four_threads_and_zeros_after_remove() {
     };
     const PAGES: usize = 4096; // 16 MiB
     let hole = 1000..1100;
-    let dir = scratch_dir("lib-threads");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, hole.clone());
+    let (_dir, file, bytes) = scratch_snapshot("lib-threads", PAGES, hole.clone());
     let (guest, server) = serve_anonymous(
         uffd,
         PAGES,
@@ -266,12 +342,7 @@ fn library_serves_every_byte_from_four_threads_and_zeros_after_remove() {
     let started = Instant::now();
     util::with_deadline(TEST, Duration::from_secs(120), || {
         touch_all(guest.addr(), PAGES, 4, &bytes);
-        // The last resolutions woke their threads before updating the
-        // counters: give them a moment.
-        let settled = Instant::now() + Duration::from_secs(10);
-        while server.stats().remaining_pages != 0 && Instant::now() < settled {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        settle(&server);
         assert_eq!(server.stats().remaining_pages, 0);
         // A balloon takes 1 MiB back: those pages read as zeros afterwards.
         balloon(guest.addr() + 2048 * PAGE, 256 * PAGE);
@@ -320,9 +391,7 @@ fn library_prefetches_working_set_then_rest_and_unregisters() {
         return;
     };
     const PAGES: usize = 8192; // 32 MiB
-    let dir = scratch_dir("lib-prefetch");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
+    let (_dir, file, bytes) = scratch_snapshot("lib-prefetch", PAGES, 0..0);
     let ws = WorkingSet::from_pages(4096, (0..64).map(|k| (PAGES - 1 - k * 97) as u64)).unwrap();
     let (guest, server) = serve_anonymous(
         uffd,
@@ -367,17 +436,11 @@ fn library_records_the_order_pages_were_first_needed() {
         return;
     };
     const PAGES: usize = 512;
-    let dir = scratch_dir("lib-record");
-    let file = dir.join("mem");
-    snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        // Served from the file's second half: entries are file pages.
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (dir, file, _) = scratch_snapshot("lib-record", PAGES, 0..0);
+    let (guest, server) = serve_anonymous(
+        uffd,
+        PAGES,
+        &file,
         Config {
             threads: 1,
             chunk: PAGE,
@@ -385,8 +448,7 @@ fn library_records_the_order_pages_were_first_needed() {
             record: true,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let order: Vec<usize> = (0..100).map(|k| (k * 37 + 5) % PAGES).collect();
     util::with_deadline(TEST, Duration::from_secs(60), || {
         for &i in &order {
@@ -407,36 +469,22 @@ fn library_records_the_order_pages_were_first_needed() {
 #[test]
 fn library_follows_a_remap_and_an_unmap() {
     const TEST: &str = "library_follows_a_remap_and_an_unmap";
-    let Some(uffd) = new_uffd(
-        TEST,
-        Features::EVENT_REMOVE | Features::EVENT_REMAP | Features::EVENT_UNMAP,
-    ) else {
+    let events = Features::EVENT_REMAP | Features::EVENT_UNMAP;
+    let Some(uffd) = uffd_with_events(TEST, events, "REMAP/UNMAP") else {
         return;
     };
-    if !uffd
-        .features()
-        .contains(Features::EVENT_REMAP | Features::EVENT_UNMAP)
-    {
-        return util::skip(TEST, "uffd", "REMAP/UNMAP events are not offered");
-    }
     const PAGES: usize = 1024;
-    let dir = scratch_dir("lib-remap");
-    let file = dir.join("mem");
-    snapshot(&file, PAGES, 0..0);
-    let base = raw_mapping(PAGES * PAGE, true);
-    // SAFETY: the mapping is reached only through raw pointers.
-    let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (_dir, file, _) = scratch_snapshot("lib-remap", PAGES, 0..0);
+    let (base, server) = serve_raw(
+        uffd,
+        PAGES,
+        file_source(&file),
         Config {
             threads: 2,
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     util::with_deadline(TEST, Duration::from_secs(60), || {
         assert_eq!(read_page(base, 0), want(0, &(0..0)));
         // Move the second half elsewhere: onto a fresh reservation.
@@ -528,23 +576,19 @@ fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool, thre
     let Some(uffd) = new_uffd(test, Features::EVENT_REMOVE) else {
         return;
     };
-    let dir = scratch_dir(&format!(
+    let name = format!(
         "lib-writes-{}-{threads}",
         if per_page { "page" } else { "chunk" }
-    ));
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let source: Arc<dyn userfault_pager::source::PageSource> = if per_page {
-        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap())
+    );
+    let (_dir, file, bytes) = scratch_snapshot(&name, PAGES, 0..0);
+    let source = if per_page {
+        mapped_source(&file, Prefault::Populate)
     } else {
-        Arc::new(FileSource::open(&file).unwrap())
+        file_source(&file)
     };
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
+    let (guest, server) = serve_anonymous_from(
+        uffd,
+        PAGES,
         source,
         Config {
             threads,
@@ -561,8 +605,7 @@ fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool, thre
             },
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     let written = |i: usize| i.is_multiple_of(3) && !ballooned(i);
     util::with_deadline(test, Duration::from_secs(120), || {
@@ -626,29 +669,20 @@ fn keeps_guest_writes_and_removed_zeros(test: &'static str, per_page: bool, thre
 #[test]
 fn library_follows_remaps_while_prefetching_and_completes() {
     const TEST: &str = "library_follows_remaps_while_prefetching_and_completes";
-    let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
+    let Some(uffd) = uffd_with_events(TEST, Features::EVENT_REMAP, "REMAP") else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_REMAP) {
-        return util::skip(TEST, "uffd", "REMAP events are not offered");
-    }
     const PAGES: usize = 32768; // 128 MiB
-    let dir = scratch_dir("lib-remap-prefetch");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
-    let base = raw_mapping(PAGES * PAGE, true);
-    // SAFETY: the mapping is reached only through raw pointers.
-    let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+    let (_dir, file, bytes) = scratch_snapshot("lib-remap-prefetch", PAGES, 0..0);
+    let (base, server) = serve_raw(
+        uffd,
+        PAGES,
+        file_source(&file),
         Config {
             threads: 2,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let half = PAGES / 2 * PAGE;
     let (report, at, moves) = util::with_deadline(TEST, Duration::from_secs(120), || {
         // Once the populator is working through the upper half, move that
@@ -710,9 +744,7 @@ fn library_serves_a_forked_child_until_both_are_complete() {
         return;
     };
     const PAGES: usize = 2048;
-    let dir = scratch_dir("lib-fork-complete");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
+    let (_dir, file, bytes) = scratch_snapshot("lib-fork-complete", PAGES, 0..0);
     let (guest, server) = serve_anonymous(
         uffd,
         PAGES,
@@ -723,6 +755,15 @@ fn library_serves_a_forked_child_until_both_are_complete() {
         },
     );
     let base = guest.addr();
+    // Page `i` as parent and child should see it: the snapshot's, with the
+    // parent's marker in the pages it wrote before the fork.
+    let want = |i: usize| {
+        let mut want = file_page(&bytes, i).to_vec();
+        if i.is_multiple_of(64) && i / 64 < 16 {
+            want[7] = marker(i / 64);
+        }
+        want
+    };
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         // The parent writes into a few pages, then forks while the
         // populator is still filling the rest.
@@ -734,24 +775,14 @@ fn library_serves_a_forked_child_until_both_are_complete() {
             // Long enough for the parent's populator to finish first: the
             // child must still be served, from what it had at the fork.
             std::thread::sleep(Duration::from_millis(300));
-            (0..PAGES).all(|i| {
-                let mut want = file_page(&bytes, i).to_vec();
-                if i % 64 == 0 && i / 64 < 16 {
-                    want[7] = marker(i / 64);
-                }
-                read_page(base, i) == want
-            })
+            (0..PAGES).all(|i| read_page(base, i) == want(i))
         });
         server.wait()
     });
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
     assert_eq!(report.stats.forks, 1);
     for i in 0..PAGES {
-        let mut want = file_page(&bytes, i).to_vec();
-        if i % 64 == 0 && i / 64 < 16 {
-            want[7] = marker(i / 64);
-        }
-        assert_eq!(read_page(base, i), want, "page {i}");
+        assert_eq!(read_page(base, i), want(i), "page {i}");
     }
 }
 
@@ -762,9 +793,7 @@ fn library_wakes_faults_outside_every_range_and_names_the_address() {
         return;
     };
     const PAGES: usize = 64;
-    let dir = scratch_dir("lib-outside");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
+    let (_dir, file, bytes) = scratch_snapshot("lib-outside", PAGES, 0..0);
     let guest = Mapping::anonymous(2 * PAGES * PAGE, Sharing::Private).unwrap();
     let base = guest.addr();
     // Both halves are registered; the server is given the lower one only
@@ -783,7 +812,7 @@ fn library_wakes_faults_outside_every_range_and_names_the_address() {
     let server = Server::start(
         uffd.clone(),
         &[Range::new(served, 0)],
-        Arc::new(FileSource::open(&file).unwrap()),
+        file_source(&file),
         Config {
             threads: 1,
             prefetch: false,
@@ -865,6 +894,14 @@ impl Pager {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// [`wait`](Self::wait), asserting that the pager exited with status
+    /// `code`: what it printed.
+    fn exits_with(self, code: i32, limit: Duration) -> String {
+        let (status, text) = self.wait(limit);
+        assert_eq!(status, code, "{text}");
+        text
+    }
 }
 
 impl Drop for Pager {
@@ -872,6 +909,49 @@ impl Drop for Pager {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A Firecracker restore's files: a scratch directory holding a snapshot
+/// file `mem`, and the path `uffd.sock` of the socket the pager listens on.
+struct Restore {
+    dir: ScratchDir,
+    mem: PathBuf,
+    socket: PathBuf,
+    /// The snapshot's contents.
+    bytes: Vec<u8>,
+}
+
+impl Restore {
+    /// A scratch directory for a test (named `name`) with a snapshot of
+    /// `pages` pages, pages `hole` left as a hole.
+    fn new(name: &str, pages: usize, hole: std::ops::Range<usize>) -> Restore {
+        let (dir, mem, bytes) = scratch_snapshot(name, pages, hole);
+        let socket = dir.join("uffd.sock");
+        Restore {
+            dir,
+            mem,
+            socket,
+            bytes,
+        }
+    }
+
+    /// Spawns `userfault-pager firecracker --socket <socket> --mem-file
+    /// <mem>`, then `more` arguments.
+    fn spawn(&self, more: &[&str]) -> Pager {
+        let mut args = vec![
+            "--socket",
+            self.socket.to_str().unwrap(),
+            "--mem-file",
+            self.mem.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        Pager::spawn(&self.dir, &args)
+    }
+}
+
+/// The statistics the pager saved to `path` (`--stats-json`).
+fn stats_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn connect(socket: &Path) -> UnixStream {
@@ -945,6 +1025,14 @@ impl Vmm {
             .collect();
         layout(&regions)
     }
+
+    /// Connects to the pager listening at `socket` and sends Firecracker's
+    /// handshake: this guest memory's layout and its userfaultfd.
+    fn handshake(&self, socket: &Path) -> UnixStream {
+        let stream = connect(socket);
+        send_handshake(&stream, &self.layout(), Some(self.uffd.as_fd()));
+        stream
+    }
 }
 
 #[test]
@@ -954,28 +1042,17 @@ fn firecracker_restore_serves_every_byte_and_balloon_zeros() {
     let Some(vmm) = Vmm::new(TEST, &[PAGES / 2 * PAGE, PAGES / 2 * PAGE]) else {
         return;
     };
-    let dir = scratch_dir("fc-restore");
-    let mem = dir.join("mem");
     let hole = 6000..6100;
-    let bytes = snapshot(&mem, PAGES, hole.clone());
-    let socket = dir.join("uffd.sock");
-    let stats = dir.join("stats.json");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-            "--threads",
-            "4",
-            "--no-prefetch",
-            "--stats-json",
-            stats.to_str().unwrap(),
-        ],
-    );
-    let stream = connect(&socket);
-    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    let restore = Restore::new("fc-restore", PAGES, hole.clone());
+    let stats = restore.dir.join("stats.json");
+    let pager = restore.spawn(&[
+        "--threads",
+        "4",
+        "--no-prefetch",
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    let stream = vmm.handshake(&restore.socket);
     let started = Instant::now();
     util::with_deadline(TEST, Duration::from_secs(120), || {
         let half = PAGES / 2;
@@ -983,7 +1060,7 @@ fn firecracker_restore_serves_every_byte_and_balloon_zeros() {
             let base = m.addr();
             std::thread::scope(|s| {
                 for t in 0..4 {
-                    let bytes = &bytes;
+                    let bytes = &restore.bytes;
                     s.spawn(move || {
                         for k in 0..half {
                             let i = (k * (2 * t + 1) + t * 89) % half;
@@ -1013,11 +1090,9 @@ fn firecracker_restore_serves_every_byte_and_balloon_zeros() {
     let elapsed = started.elapsed();
     // Firecracker exits: its end of the connection closes.
     drop(stream);
-    let (code, text) = pager.wait(Duration::from_secs(30));
-    assert_eq!(code, 0, "{text}");
+    let text = pager.exits_with(0, Duration::from_secs(30));
     assert!(text.contains("closed its connection"), "{text}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let json = stats_json(&stats);
     assert_eq!(json["total_pages"], PAGES as u64);
     assert_eq!(json["remaining_pages"], 0);
     assert_eq!(json["removed_pages"], 512);
@@ -1026,18 +1101,18 @@ fn firecracker_restore_serves_every_byte_and_balloon_zeros() {
         "{TEST}: {PAGES} pages in 2 regions, 4 VMM threads, 4 handler threads, {} faults, {elapsed:?}",
         json["demand_faults"]
     ));
-    assert!(!socket.exists(), "the socket file is removed at exit");
+    assert!(
+        !restore.socket.exists(),
+        "the socket file is removed at exit"
+    );
 }
 
 #[test]
 fn firecracker_records_then_replays_a_working_set() {
     const TEST: &str = "firecracker_records_then_replays_a_working_set";
     const PAGES: usize = 4096;
-    let dir = scratch_dir("fc-ws");
-    let mem = dir.join("mem");
-    let bytes = snapshot(&mem, PAGES, 0..0);
-    let ws = dir.join("ws");
-    let socket = dir.join("uffd.sock");
+    let restore = Restore::new("fc-ws", PAGES, 0..0);
+    let ws = restore.dir.join("ws");
     let order: Vec<usize> = (0..200).map(|k| (k * 131 + 7) % PAGES).collect();
 
     // Restore 1: demand only, recording.
@@ -1045,30 +1120,21 @@ fn firecracker_records_then_replays_a_working_set() {
         let Some(vmm) = Vmm::new(TEST, &[PAGES * PAGE]) else {
             return;
         };
-        let pager = Pager::spawn(
-            &dir,
-            &[
-                "--socket",
-                socket.to_str().unwrap(),
-                "--mem-file",
-                mem.to_str().unwrap(),
-                "--no-prefetch",
-                "--chunk",
-                "4K",
-                "--record-working-set",
-                ws.to_str().unwrap(),
-            ],
-        );
-        let stream = connect(&socket);
-        send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+        let pager = restore.spawn(&[
+            "--no-prefetch",
+            "--chunk",
+            "4K",
+            "--record-working-set",
+            ws.to_str().unwrap(),
+        ]);
+        let stream = vmm.handshake(&restore.socket);
         util::with_deadline(TEST, Duration::from_secs(60), || {
             for &i in &order {
                 assert_eq!(read_page(vmm.regions[0].addr(), i), want(i, &(0..0)));
             }
         });
         drop(stream);
-        let (code, text) = pager.wait(Duration::from_secs(30));
-        assert_eq!(code, 0, "{text}");
+        let text = pager.exits_with(0, Duration::from_secs(30));
         assert!(
             text.contains("recorded a working set of 200 pages"),
             "{text}"
@@ -1082,38 +1148,28 @@ fn firecracker_records_then_replays_a_working_set() {
     let Some(vmm) = Vmm::new(TEST, &[PAGES * PAGE]) else {
         return;
     };
-    let stats = dir.join("stats.json");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-            "--working-set",
-            ws.to_str().unwrap(),
-            "--stats-json",
-            stats.to_str().unwrap(),
-        ],
-    );
-    let stream = connect(&socket);
-    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
-    let (code, text) = pager.wait(Duration::from_secs(60));
-    assert_eq!(code, 0, "{text}");
+    let stats = restore.dir.join("stats.json");
+    let pager = restore.spawn(&[
+        "--working-set",
+        ws.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    let stream = vmm.handshake(&restore.socket);
+    let text = pager.exits_with(0, Duration::from_secs(60));
     assert!(text.contains("every page served"), "{text}");
     assert!(
         text.contains("prefetching 200 working-set pages first"),
         "{text}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let json = stats_json(&stats);
     assert_eq!(json["prefetch_pages"], PAGES as u64);
     assert_eq!(json["demand_faults"], 0);
     // Unregistered and complete: every byte is there without a handler.
     for i in 0..PAGES {
         assert_eq!(
             read_page(vmm.regions[0].addr(), i),
-            file_page(&bytes, i),
+            file_page(&restore.bytes, i),
             "page {i}"
         );
     }
@@ -1128,8 +1184,7 @@ fn vmm_stand_in() {
     let socket = std::env::var("USERFAULT_PAGER_TEST_VMM_SOCKET")
         .expect("run by firecracker_vmm_dying_mid_restore_ends_the_pager, which sets USERFAULT_PAGER_TEST_VMM_SOCKET");
     let vmm = Vmm::new("vmm_stand_in", &[2048 * PAGE]).expect("userfaultfd");
-    let stream = connect(Path::new(&socket));
-    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    let _stream = vmm.handshake(Path::new(&socket));
     for i in 0..50 {
         assert_eq!(
             read_page(vmm.regions[0].addr(), i * 7),
@@ -1146,20 +1201,8 @@ fn firecracker_vmm_dying_mid_restore_ends_the_pager() {
     if new_uffd(TEST, Features::EVENT_REMOVE).is_none() {
         return;
     }
-    let dir = scratch_dir("fc-dies");
-    let mem = dir.join("mem");
-    snapshot(&mem, 2048, 0..0);
-    let socket = dir.join("uffd.sock");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-            "--no-prefetch",
-        ],
-    );
+    let restore = Restore::new("fc-dies", 2048, 0..0);
+    let pager = restore.spawn(&["--no-prefetch"]);
     let status = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -1169,13 +1212,12 @@ fn firecracker_vmm_dying_mid_restore_ends_the_pager() {
             "--test-threads",
             "1",
         ])
-        .env("USERFAULT_PAGER_TEST_VMM_SOCKET", &socket)
+        .env("USERFAULT_PAGER_TEST_VMM_SOCKET", &restore.socket)
         .stdout(Stdio::null())
         .status()
         .unwrap();
     assert!(status.success(), "the VMM stand-in failed: {status}");
-    let (code, text) = pager.wait(Duration::from_secs(30));
-    assert_eq!(code, 0, "{text}");
+    let text = pager.exits_with(0, Duration::from_secs(30));
     assert!(
         text.contains("closed its connection") || text.contains("has exited"),
         "{text}"
@@ -1189,27 +1231,15 @@ fn firecracker_malformed_json_is_refused_and_nothing_served() {
     let Some(vmm) = Vmm::new(TEST, &[64 * PAGE]) else {
         return;
     };
-    let dir = scratch_dir("fc-json");
-    let mem = dir.join("mem");
-    snapshot(&mem, 64, 0..0);
-    let socket = dir.join("uffd.sock");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-        ],
-    );
-    let stream = connect(&socket);
+    let restore = Restore::new("fc-json", 64, 0..0);
+    let pager = restore.spawn(&[]);
+    let stream = connect(&restore.socket);
     send_handshake(
         &stream,
         r#"[{"base_host_virt_addr": 4096, "size": "#,
         Some(vmm.uffd.as_fd()),
     );
-    let (code, text) = pager.wait(Duration::from_secs(30));
-    assert_eq!(code, 2, "{text}");
+    let text = pager.exits_with(2, Duration::from_secs(30));
     assert!(text.contains("malformed guest memory layout"), "{text}");
     assert!(text.contains("nothing was served"), "{text}");
     assert_no_fault_served(&vmm);
@@ -1221,23 +1251,11 @@ fn firecracker_missing_fd_is_refused_and_nothing_served() {
     let Some(vmm) = Vmm::new(TEST, &[64 * PAGE]) else {
         return;
     };
-    let dir = scratch_dir("fc-nofd");
-    let mem = dir.join("mem");
-    snapshot(&mem, 64, 0..0);
-    let socket = dir.join("uffd.sock");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-        ],
-    );
-    let stream = connect(&socket);
+    let restore = Restore::new("fc-nofd", 64, 0..0);
+    let pager = restore.spawn(&[]);
+    let stream = connect(&restore.socket);
     send_handshake(&stream, &vmm.layout(), None);
-    let (code, text) = pager.wait(Duration::from_secs(30));
-    assert_eq!(code, 2, "{text}");
+    let text = pager.exits_with(2, Duration::from_secs(30));
     assert!(text.contains("no userfaultfd"), "{text}");
     assert_no_fault_served(&vmm);
 }
@@ -1288,9 +1306,7 @@ fn library_serves_a_forked_child_from_the_parents_state() {
         return;
     };
     const PAGES: usize = 256;
-    let dir = scratch_dir("lib-fork");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
+    let (_dir, file, bytes) = scratch_snapshot("lib-fork", PAGES, 0..0);
     let (guest, server) = serve_anonymous(
         uffd,
         PAGES,
@@ -1351,24 +1367,10 @@ fn firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time() {
     // SAFETY: the mapping is reached only through raw pointers.
     unsafe { uffd.register(base, HUGE_PAGES * HUGE, RegisterMode::MISSING) }.unwrap();
     let pages = HUGE_PAGES * HUGE / PAGE;
-    let dir = scratch_dir("fc-huge");
-    let mem = dir.join("mem");
-    let bytes = snapshot(&mem, pages, 0..0);
-    let socket = dir.join("uffd.sock");
-    let stats = dir.join("stats.json");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-            "--no-prefetch",
-            "--stats-json",
-            stats.to_str().unwrap(),
-        ],
-    );
-    let stream = connect(&socket);
+    let restore = Restore::new("fc-huge", pages, 0..0);
+    let stats = restore.dir.join("stats.json");
+    let pager = restore.spawn(&["--no-prefetch", "--stats-json", stats.to_str().unwrap()]);
+    let stream = connect(&restore.socket);
     let json = format!(
         r#"[{{"base_host_virt_addr":{base},"size":{},"offset":0,"page_size_kib":{HUGE}}}]"#,
         HUGE_PAGES * HUGE
@@ -1377,7 +1379,7 @@ fn firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time() {
     util::with_deadline(TEST, Duration::from_secs(60), || {
         std::thread::scope(|s| {
             for t in 0..2 {
-                let bytes = &bytes;
+                let bytes = &restore.bytes;
                 s.spawn(move || {
                     for k in 0..pages {
                         let i = (k * (2 * t + 1) + t * 513) % pages;
@@ -1388,10 +1390,8 @@ fn firecracker_hugetlb_guest_memory_is_served_a_huge_page_at_a_time() {
         });
     });
     drop(stream);
-    let (code, text) = pager.wait(Duration::from_secs(30));
-    assert_eq!(code, 0, "{text}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    pager.exits_with(0, Duration::from_secs(30));
+    let json = stats_json(&stats);
     // Counted in huge pages, each copied once.
     assert_eq!(json["total_pages"], HUGE_PAGES as u64);
     assert_eq!(json["demand_pages"], HUGE_PAGES as u64);
@@ -1407,44 +1407,34 @@ fn firecracker_sigterm_stops_cleanly_and_saves_the_recording() {
     let Some(vmm) = Vmm::new(TEST, &[256 * PAGE]) else {
         return;
     };
-    let dir = scratch_dir("fc-sigterm");
-    let mem = dir.join("mem");
-    let bytes = snapshot(&mem, 256, 0..0);
-    let socket = dir.join("uffd.sock");
-    let ws = dir.join("ws");
-    let stats = dir.join("stats.json");
-    let pager = Pager::spawn(
-        &dir,
-        &[
-            "--socket",
-            socket.to_str().unwrap(),
-            "--mem-file",
-            mem.to_str().unwrap(),
-            "--no-prefetch",
-            "--chunk",
-            "4K",
-            "--record-working-set",
-            ws.to_str().unwrap(),
-            "--stats-json",
-            stats.to_str().unwrap(),
-        ],
-    );
-    let stream = connect(&socket);
-    send_handshake(&stream, &vmm.layout(), Some(vmm.uffd.as_fd()));
+    let restore = Restore::new("fc-sigterm", 256, 0..0);
+    let ws = restore.dir.join("ws");
+    let stats = restore.dir.join("stats.json");
+    let pager = restore.spawn(&[
+        "--no-prefetch",
+        "--chunk",
+        "4K",
+        "--record-working-set",
+        ws.to_str().unwrap(),
+        "--stats-json",
+        stats.to_str().unwrap(),
+    ]);
+    let stream = vmm.handshake(&restore.socket);
     util::with_deadline(TEST, Duration::from_secs(60), || {
         for i in [9, 3, 200, 77] {
-            assert_eq!(read_page(vmm.regions[0].addr(), i), file_page(&bytes, i));
+            assert_eq!(
+                read_page(vmm.regions[0].addr(), i),
+                file_page(&restore.bytes, i)
+            );
         }
     });
     // SAFETY: signals the pager process this test spawned.
     let r = unsafe { libc::kill(pager.child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(r, 0);
-    let (code, text) = pager.wait(Duration::from_secs(30));
-    assert_eq!(code, 0, "{text}");
+    let text = pager.exits_with(0, Duration::from_secs(30));
     assert!(text.contains("stopped by signal 15;"), "{text}");
     assert_eq!(WorkingSet::load(&ws).unwrap().pages(), &[9, 3, 200, 77]);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let json = stats_json(&stats);
     assert_eq!(json["demand_faults"], 4);
     drop(stream);
 }
@@ -1455,9 +1445,7 @@ fn library_serves_a_mapped_snapshot_byte_for_byte_with_holes_as_zero_pages() {
     const PAGES: usize = 2048; // 8 MiB
     // Whole 64 KiB chunks of hole: every window inside it is known zero.
     let hole = 512..640;
-    let dir = scratch_dir("lib-mapped");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, hole.clone());
+    let (_dir, file, bytes) = scratch_snapshot("lib-mapped", PAGES, hole.clone());
     let holes_kept = FileSource::open(&file)
         .unwrap()
         .is_zero((hole.start * PAGE) as u64, (hole.len() * PAGE) as u64);
@@ -1469,22 +1457,17 @@ fn library_serves_a_mapped_snapshot_byte_for_byte_with_holes_as_zero_pages() {
         let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
             return;
         };
-        let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-        // SAFETY: `guest` is reached only through raw pointers.
-        let reg =
-            unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-        let server = Server::start(
-            Arc::new(uffd),
-            &[Range::new(reg, 0)],
-            Arc::new(MappedSource::open(&file, prefault).unwrap()),
+        let (guest, server) = serve_anonymous_from(
+            uffd,
+            PAGES,
+            mapped_source(&file, prefault),
             Config {
                 threads: 2,
                 prefetch: false,
                 adaptive_chunk: adaptive,
                 ..Config::default()
             },
-        )
-        .unwrap();
+        );
         util::with_deadline(TEST, Duration::from_secs(120), || {
             // A sequential walk (chunks grow where they adapt), then every
             // page again from two threads in their own orders.
@@ -1492,10 +1475,7 @@ fn library_serves_a_mapped_snapshot_byte_for_byte_with_holes_as_zero_pages() {
                 assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
             }
             touch_all(guest.addr(), PAGES, 2, &bytes);
-            let settled = Instant::now() + Duration::from_secs(10);
-            while server.stats().remaining_pages != 0 && Instant::now() < settled {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            settle(&server);
             // A balloon takes pages back: zeros afterwards.
             balloon(guest.addr() + 100 * PAGE, 50 * PAGE);
             for i in 100..150 {
@@ -1529,19 +1509,14 @@ fn library_refuses_a_mapped_snapshot_shorter_than_its_range() {
     let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
         return;
     };
-    let dir = scratch_dir("lib-mapped-short");
-    let file = dir.join("mem");
-    snapshot(&file, 16, 0..0);
-    let guest = Mapping::anonymous(32 * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let err = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
+    let (_dir, file, _) = scratch_snapshot("lib-mapped-short", 16, 0..0);
+    let (_guest, started) = start_anonymous(
+        uffd,
+        32,
+        mapped_source(&file, Prefault::Populate),
         Config::default(),
-    )
-    .unwrap_err();
+    );
+    let err = started.unwrap_err();
     assert!(matches!(err, userfault_pager::Error::Config(_)), "{err:?}");
     assert!(err.to_string().contains("extends past the source"), "{err}");
 }
@@ -1553,24 +1528,18 @@ fn library_stops_with_a_source_error_when_a_mapped_snapshot_shrinks() {
         return;
     };
     const PAGES: usize = 64;
-    let dir = scratch_dir("lib-mapped-shrink");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
+    let (_dir, file, bytes) = scratch_snapshot("lib-mapped-shrink", PAGES, 0..0);
+    let (guest, server) = serve_anonymous_from(
+        uffd,
+        PAGES,
+        mapped_source(&file, Prefault::Populate),
         Config {
             threads: 1,
             chunk: PAGE,
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let base = guest.addr();
     util::with_deadline(TEST, Duration::from_secs(60), || {
         assert_eq!(read_page(base, 0), file_page(&bytes, 0));
@@ -1606,9 +1575,7 @@ fn library_stops_with_a_source_error_when_a_mapped_snapshot_shrinks() {
 fn library_resolves_ahead_along_a_replayed_working_set() {
     const TEST: &str = "library_resolves_ahead_along_a_replayed_working_set";
     const PAGES: usize = 4096; // 16 MiB
-    let dir = scratch_dir("lib-ahead");
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
+    let (_dir, file, bytes) = scratch_snapshot("lib-ahead", PAGES, 0..0);
     // Runs of 8 pages scattered backwards through the file: the recorded
     // order is not the address order.
     let recorded: Vec<usize> = (0..64)
@@ -1621,19 +1588,15 @@ fn library_resolves_ahead_along_a_replayed_working_set() {
         let Some(uffd) = new_uffd(TEST, Features::EVENT_REMOVE) else {
             return;
         };
-        let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-        // SAFETY: `guest` is reached only through raw pointers.
-        let reg =
-            unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-        let src: Arc<dyn userfault_pager::PageSource> = if source == "mmap" {
-            Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap())
+        let src = if source == "mmap" {
+            mapped_source(&file, Prefault::Populate)
         } else {
-            Arc::new(FileSource::open(&file).unwrap())
+            file_source(&file)
         };
         let ws = WorkingSet::from_pages(4096, recorded.iter().map(|&p| p as u64)).unwrap();
-        let server = Server::start(
-            Arc::new(uffd),
-            &[Range::new(reg, 0)],
+        let (guest, server) = serve_anonymous_from(
+            uffd,
+            PAGES,
             src,
             Config {
                 threads: 1,
@@ -1649,8 +1612,7 @@ fn library_resolves_ahead_along_a_replayed_working_set() {
                 },
                 ..Config::default()
             },
-        )
-        .unwrap();
+        );
         util::with_deadline(TEST, Duration::from_secs(120), || {
             for &i in &recorded {
                 assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
@@ -1658,10 +1620,7 @@ fn library_resolves_ahead_along_a_replayed_working_set() {
             for i in 0..PAGES {
                 assert_eq!(read_page(guest.addr(), i), file_page(&bytes, i), "page {i}");
             }
-            let settled = Instant::now() + Duration::from_secs(10);
-            while server.stats().remaining_pages != 0 && Instant::now() < settled {
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            settle(&server);
         });
         let report = server.shutdown();
         assert!(matches!(report.exit, Exit::Shutdown), "{:?}", report.exit);
@@ -1711,12 +1670,9 @@ impl userfault_pager::source::PageSource for PanickingSource {
 fn serve_panicking(test: &str, pause: Duration) -> Option<(Mapping, Server)> {
     const PAGES: usize = 16;
     let uffd = new_uffd(test, Features::EVENT_REMOVE)?;
-    let guest = Mapping::anonymous(PAGES * PAGE, Sharing::Private).unwrap();
-    // SAFETY: `guest` is reached only through raw pointers.
-    let reg = unsafe { uffd.register(guest.addr(), guest.len(), RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
+    Some(serve_anonymous_from(
+        uffd,
+        PAGES,
         Arc::new(PanickingSource {
             len: (PAGES * PAGE) as u64,
             pause,
@@ -1726,9 +1682,7 @@ fn serve_panicking(test: &str, pause: Duration) -> Option<(Mapping, Server)> {
             prefetch: false,
             ..Config::default()
         },
-    )
-    .unwrap();
-    Some((guest, server))
+    ))
 }
 
 #[test]
@@ -1786,31 +1740,22 @@ fn library_per_page_from_one_handler_follows_remaps_and_keeps_writes() {
 }
 
 fn per_page_follows_remaps_and_keeps_writes(test: &'static str, threads: usize) {
-    let Some(uffd) = new_uffd(test, Features::EVENT_REMOVE | Features::EVENT_REMAP) else {
+    let Some(uffd) = uffd_with_events(test, Features::EVENT_REMAP, "REMAP") else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_REMAP) {
-        return util::skip(test, "uffd", "REMAP events are not offered");
-    }
     const PAGES: usize = 16384; // 64 MiB
-    let dir = scratch_dir(&format!("lib-page-remap-{threads}"));
-    let file = dir.join("mem");
-    let bytes = snapshot(&file, PAGES, 0..0);
-    let base = raw_mapping(PAGES * PAGE, true);
-    // SAFETY: the mapping is reached only through raw pointers.
-    let reg = unsafe { uffd.register(base, PAGES * PAGE, RegisterMode::MISSING) }.unwrap();
-    let server = Server::start(
-        Arc::new(uffd),
-        &[Range::new(reg, 0)],
-        Arc::new(MappedSource::open(&file, Prefault::Populate).unwrap()),
+    let (_dir, file, bytes) = scratch_snapshot(&format!("lib-page-remap-{threads}"), PAGES, 0..0);
+    let (base, server) = serve_raw(
+        uffd,
+        PAGES,
+        mapped_source(&file, Prefault::Populate),
         Config {
             threads,
             chunk: PAGE,
             adaptive_chunk: None,
             ..Config::default()
         },
-    )
-    .unwrap();
+    );
     let half = PAGES / 2;
     let written = |i: usize| i % 5 == 1;
     let (report, at, moves, wrote) = util::with_deadline(test, Duration::from_secs(120), || {

@@ -2,15 +2,16 @@
 //! served, its faults recorded into the working set, and its pages
 //! counted once whichever path fills them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use userfault::kvm::{MemoryFault, MemoryFaultFlags, UserfaultBitmap};
-use userfault::resolve::Region;
+use userfault::kvm::{MemoryFault, MemoryFaultFlags};
 use userfault::uffd::{Features, RegisterMode};
-use userfault_pager::{Config, FileRange, Server};
+use userfault_pager::Config;
 
-use super::{PAGE, marker, memfd, memfd_with, read_page, snapshot, write_marker};
+use super::{
+    GPA, PAGE, continue_only, file_range, memfd, memfd_with, read_page, serve_file, snapshot,
+    source_page, stage2_file, want, write_marker,
+};
 use crate::util;
 
 /// `mmap(PROT_NONE)`: a fresh reservation of `len` bytes at an address of
@@ -45,16 +46,6 @@ fn move_to(from: usize, len: usize, to: usize) {
     }
     .expect("mremap");
     assert_eq!(at as usize, to);
-}
-
-/// The source's page `p` as the guest should see it: with the marker
-/// where `written` says a writer left one.
-fn want(bytes: &[u8], p: usize, written: bool) -> Vec<u8> {
-    let mut page = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
-    if written {
-        page[128..136].copy_from_slice(&marker(p));
-    }
-    page
 }
 
 /// How the remapped range is registered and served.
@@ -117,35 +108,24 @@ fn remap(test: &str, served: Served) {
         return util::skip(test, "uffd", "REMAP events are not offered");
     }
     let copy = served != Served::ContinueOnly;
-    let file = if copy {
-        let mode = if minor {
-            RegisterMode::MISSING | RegisterMode::MINOR
-        } else {
-            RegisterMode::MISSING
-        };
-        // SAFETY: the guest's memory is reached only through raw pointers.
-        let region = unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
-            .expect("register");
-        FileRange::copy_capable(region, 0)
+    let mode = if minor {
+        RegisterMode::MISSING | RegisterMode::MINOR
     } else {
-        // SAFETY: as above.
-        let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-        FileRange::continue_only(region, 0)
+        RegisterMode::MISSING
     };
+    let file = file_range(&uffd, &ram, copy.then_some(mode));
     let (source, bytes) = snapshot(test, PAGES);
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 2,
             chunk: 4 * PAGE,
             prefetch: false,
-            files: vec![file.expect("file range")],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let half = PAGES / 2;
     let written = |p: usize| p % 7 == 3;
@@ -158,7 +138,7 @@ fn remap(test: &str, served: Served) {
         }
         let mut filed_pages = 0;
         for p in (0..PAGES).filter(|&p| filed(p)) {
-            let data = &bytes[p * PAGE..(p + 1) * PAGE];
+            let data = source_page(&bytes, p);
             // Unless a writer's chunk filled it already.
             if state
                 .populate((p * PAGE) as u64, data)
@@ -213,13 +193,7 @@ fn remap(test: &str, served: Served) {
     });
     let (stats, filed_pages, to) = stats;
     for p in 0..PAGES {
-        let fills = state.backing().fills_of(p);
-        if copy {
-            // UFFDIO_COPY does not go through the file's write path.
-            assert!(fills <= 1, "page {p} written {fills} times");
-        } else {
-            assert_eq!(fills, 1, "page {p} fills");
-        }
+        state.backing().assert_filled_once(p, copy);
     }
     assert_eq!(stats.remaps, 2, "{stats:?}");
     // Every page not filled by the test was filled on demand, once.
@@ -255,32 +229,22 @@ fn file_range_unmapped_in_part_is_served_where_mapped_and_completes() {
     if !uffd.features().contains(Features::EVENT_UNMAP) {
         return util::skip(TEST, "uffd", "UNMAP events are not offered");
     }
-    // SAFETY: the guest's memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-    const GPA: u64 = 1 << 32;
-    let bitmap =
-        Arc::new(UserfaultBitmap::new_all_set(GPA, (PAGES * PAGE) as u64).expect("bitmap"));
-    let file = FileRange::continue_only(region, 0)
-        .expect("file range")
-        .stage2_slot(bitmap.clone(), 0)
-        .expect("slot");
+    let (file, bitmap) = stage2_file(continue_only(&uffd, &ram), 0, PAGES);
     let (source, bytes) = snapshot(TEST, PAGES);
     // Held back before it starts: a populator that ran first would fill
     // the whole file, and the server unregister the mapping, before the
     // unmap below.
     state.backing().hold_populator();
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 2,
             chunk: 4 * PAGE,
-            files: vec![file],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let half = PAGES / 2;
     // Not in the populator's first extent (512 KiB), which it holds while
@@ -335,13 +299,10 @@ fn file_range_unmapped_in_part_is_served_where_mapped_and_completes() {
     );
     // The whole file holds the source, and the guest's writes from before
     // the unmap.
-    let fd = std::os::fd::AsFd::as_fd(&state.backing().memfd);
-    let mut page = vec![0u8; PAGE];
     for p in 0..PAGES {
-        let n = rustix::io::pread(fd, &mut page[..], (p * PAGE) as u64).expect("pread");
-        assert_eq!(n, PAGE);
+        let page = state.backing().file_page(p);
         assert!(page == want(&bytes, p, written(p)), "file page {p}");
-        assert_eq!(state.backing().fills_of(p), 1, "page {p} fills");
+        state.backing().assert_filled_once(p, false);
     }
     assert_eq!(bitmap.count_set(), 0, "every bit cleared");
     let s = &report.stats;
@@ -364,31 +325,21 @@ fn file_range_faults_and_exits_are_recorded_in_order() {
     let Some((uffd, _state, ram)) = memfd(TEST, PAGES) else {
         return;
     };
-    // SAFETY: the guest's memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-    const GPA: u64 = 1 << 32;
-    let bitmap =
-        Arc::new(UserfaultBitmap::new_all_set(GPA, (PAGES * PAGE) as u64).expect("bitmap"));
     let offset = PAGES * PAGE;
-    let file = FileRange::continue_only(region, offset as u64)
-        .expect("file range")
-        .stage2_slot(bitmap, 0)
-        .expect("slot");
+    let (file, _bitmap) = stage2_file(continue_only(&uffd, &ram), offset as u64, PAGES);
     let (source, bytes) = snapshot(TEST, 2 * PAGES);
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 1,
             chunk: PAGE,
             prefetch: false,
             record: true,
-            files: vec![file],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let order: Vec<usize> = (0..120).map(|k| (k * 37 + 5) % PAGES).collect();
     let by_vcpu = |k: usize| k % 4 == 1;
@@ -431,23 +382,19 @@ fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
     if !uffd.features().contains(Features::EVENT_FORK) {
         return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
     }
-    // SAFETY: the guest's memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-    let file = FileRange::continue_only(region, 0).expect("file range");
+    let file = file_range(&uffd, &ram, None);
     let (source, bytes) = snapshot(TEST, PAGES);
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 2,
             chunk: PAGE,
             prefetch: false,
-            files: vec![file],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let p = 5;
     util::with_deadline(TEST, Duration::from_secs(60), || {
@@ -467,8 +414,7 @@ fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
         // SAFETY: waits for the child just forked.
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         std::thread::sleep(Duration::from_millis(300));
-        let mut want = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
-        want[128..136].copy_from_slice(&marker(p));
+        let want = want(&bytes, p, true);
         let got = read_page(base, p);
         assert!(
             got == want,
@@ -488,8 +434,7 @@ fn a_remap_named_by_mistake_leaves_no_registration_behind() {
     let Some((uffd, _state, ram)) = memfd_with(TEST, 8, Features::empty(), true) else {
         return;
     };
-    // SAFETY: the memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let region = continue_only(&uffd, &ram);
     let base = ram.addr();
     let _ = region.remapped(base, 0x7000_0000_0000, PAGE);
     drop(region);
@@ -531,23 +476,19 @@ fn file_range_pages_written_before_an_eagain_are_counted() {
     let Some((uffd, state, ram)) = memfd_with(TEST, PAGES, Features::empty(), true) else {
         return;
     };
-    // SAFETY: the guest's memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-    let file = FileRange::continue_only(region, 0).expect("file range");
+    let file = file_range(&uffd, &ram, None);
     let (source, bytes) = snapshot(TEST, PAGES);
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 2,
             chunk: 16 * PAGE,
             prefetch: false,
-            files: vec![file],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let stop = std::sync::atomic::AtomicBool::new(false);
     util::with_deadline(TEST, Duration::from_secs(120), || {
@@ -572,7 +513,7 @@ fn file_range_pages_written_before_an_eagain_are_counted() {
                     let bytes = &bytes;
                     s.spawn(move || {
                         for p in (0..READ).filter(|p| (p / 16) % 4 == t) {
-                            assert!(read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE]);
+                            assert!(read_page(base, p) == source_page(bytes, p));
                         }
                     })
                 })

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use userfault::backing::{BackedMapping, Backing, Claimed, Memfd};
 use userfault::kvm::{MemoryFault, MemoryFaultFlags, UserfaultBitmap};
-use userfault::resolve::{PageState, Region};
+use userfault::resolve::{ContinueOnly, PageState, Region};
 use userfault::uffd::{Features, RegisterMode, Uffd};
 use userfault_pager::source::FileSource;
 use userfault_pager::{Config, Exit, FileRange, Server};
@@ -32,6 +32,9 @@ mod series;
 mod events;
 
 pub const PAGE: usize = 4096;
+
+/// The guest physical address of the stage-2 slots the tests serve.
+const GPA: u64 = 1 << 32;
 
 /// The byte at offset `j` of source page `i` (never zero, so that a page
 /// read as zeros is told apart).
@@ -56,6 +59,21 @@ fn snapshot(test: &str, pages: usize) -> (FileSource, Vec<u8>) {
     // The source keeps the file open; nothing is left behind.
     std::fs::remove_dir_all(&dir).unwrap();
     (source, bytes)
+}
+
+/// Page `p` of source contents `bytes`.
+fn source_page(bytes: &[u8], p: usize) -> &[u8] {
+    &bytes[p * PAGE..(p + 1) * PAGE]
+}
+
+/// The source's page `p` as the guest should see it: with the marker
+/// where `written` says a writer left one.
+fn want(bytes: &[u8], p: usize, written: bool) -> Vec<u8> {
+    let mut page = source_page(bytes, p).to_vec();
+    if written {
+        page[128..136].copy_from_slice(&marker(p));
+    }
+    page
 }
 
 /// A shmem memfd that counts each page's fills since its last punch: the
@@ -101,6 +119,28 @@ impl Counting {
 
     fn fills_of(&self, page: usize) -> u32 {
         self.fills[page].load(Ordering::SeqCst)
+    }
+
+    /// Asserts that page `p` was written into the file once since its last
+    /// punch — at most once where `copy`: a `UFFDIO_COPY` does not go
+    /// through the file's write path, so a page it placed counts none.
+    fn assert_filled_once(&self, p: usize, copy: bool) {
+        let fills = self.fills_of(p);
+        if copy {
+            assert!(fills <= 1, "page {p} written {fills} times");
+        } else {
+            assert_eq!(fills, 1, "page {p} fills");
+        }
+    }
+
+    /// Page `p` as the file holds it, read with `pread(2)` (not through a
+    /// mapping, so that no fault is raised).
+    fn file_page(&self, p: usize) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE];
+        let n =
+            rustix::io::pread(self.memfd.as_fd(), &mut page[..], (p * PAGE) as u64).expect("pread");
+        assert_eq!(n, PAGE);
+        page
     }
 }
 
@@ -154,12 +194,68 @@ fn continue_only_memfd(
     Arc<Uffd>,
     Arc<PageState<Counting>>,
     Arc<BackedMapping<Counting>>,
-    Region<userfault::resolve::ContinueOnly, Counting>,
+    Region<ContinueOnly, Counting>,
 )> {
     let (uffd, state, ram) = memfd(test, pages)?;
-    // SAFETY: the guest's memory is reached only through raw pointers.
-    let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
+    let region = continue_only(&uffd, &ram);
     Some((uffd, state, ram, region))
+}
+
+/// `ram` registered with `uffd` as a CONTINUE-only region.
+fn continue_only(
+    uffd: &Arc<Uffd>,
+    ram: &Arc<BackedMapping<Counting>>,
+) -> Region<ContinueOnly, Counting> {
+    // SAFETY: a `BackedMapping` hands out only addresses and raw pointers:
+    // the guest's memory is reached only through raw pointers.
+    unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register")
+}
+
+/// `ram` registered with `uffd` and served as a file range from offset 0
+/// of the source: copy-capable, registered `mode`, where `copy` is
+/// `Some(mode)`; CONTINUE-only where it is `None`.
+fn file_range(
+    uffd: &Arc<Uffd>,
+    ram: &Arc<BackedMapping<Counting>>,
+    copy: Option<RegisterMode>,
+) -> FileRange {
+    let file = match copy {
+        Some(mode) => {
+            // SAFETY: as in `continue_only`.
+            let region = unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
+                .expect("register");
+            FileRange::copy_capable(region, 0)
+        }
+        None => FileRange::continue_only(continue_only(uffd, ram), 0),
+    };
+    file.expect("file range")
+}
+
+/// `region` served as a file range from `offset` of the source, with a
+/// stage-2 slot of its `pages` pages at [`GPA`] whose bitmap starts all
+/// set: the range and the bitmap.
+fn stage2_file(
+    region: Region<ContinueOnly, Counting>,
+    offset: u64,
+    pages: usize,
+) -> (FileRange, Arc<UserfaultBitmap>) {
+    let bitmap =
+        Arc::new(UserfaultBitmap::new_all_set(GPA, (pages * PAGE) as u64).expect("bitmap"));
+    let file = FileRange::continue_only(region, offset)
+        .expect("file range")
+        .stage2_slot(bitmap.clone(), 0)
+        .expect("slot");
+    (file, bitmap)
+}
+
+/// Starts the server on file range `file` alone, from `source`, as
+/// `config` says otherwise.
+fn serve_file(uffd: Arc<Uffd>, file: FileRange, source: FileSource, config: Config) -> Server {
+    let config = Config {
+        files: vec![file],
+        ..config
+    };
+    Server::start(uffd, &[], Arc::new(source), config).expect("start")
 }
 
 /// A non-blocking userfaultfd with REMOVE events and MINOR faults on
@@ -267,37 +363,26 @@ fn touch_write_populate(test: &str, copy: bool) {
     let Some((uffd, state, ram)) = memfd(test, PAGES) else {
         return;
     };
-    let file = if copy {
-        let mode = RegisterMode::MISSING | RegisterMode::MINOR;
-        // SAFETY: the guest's memory is reached only through raw pointers.
-        let region = unsafe { Region::copy_capable_file(uffd.clone(), ram.clone(), mode) }
-            .expect("register");
-        FileRange::copy_capable(region, 0)
-    } else {
-        // SAFETY: as above.
-        let region = unsafe { Region::continue_only(uffd.clone(), ram.clone()) }.expect("register");
-        FileRange::continue_only(region, 0)
-    };
+    let mode = copy.then_some(RegisterMode::MISSING | RegisterMode::MINOR);
+    let file = file_range(&uffd, &ram, mode);
     let (source, bytes) = snapshot(test, PAGES);
     let written = |p: usize| p.is_multiple_of(5);
     // The populator fills its first extent, then waits for the guest's
     // first demand fault: a populator that ran through all 16 MiB before
     // the guest threads got going would leave no fault to serve.
     state.backing().hold_populator_after(1);
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 3,
             // Small demand chunks, so that the populator's extents (512
             // KiB) have pages left to fill.
             chunk: 4 * PAGE,
-            files: vec![file.expect("file range")],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let report = util::with_deadline(test, Duration::from_secs(120), || {
         std::thread::scope(|s| {
@@ -318,7 +403,7 @@ fn touch_write_populate(test: &str, copy: bool) {
                     };
                     for p in order.into_iter().filter(|&p| !written(p)) {
                         assert!(
-                            read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE],
+                            read_page(base, p) == source_page(bytes, p),
                             "page {p} differs from the source"
                         );
                     }
@@ -341,12 +426,8 @@ fn touch_write_populate(test: &str, copy: bool) {
     });
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
     for p in 0..PAGES {
-        let mut want = bytes[p * PAGE..(p + 1) * PAGE].to_vec();
-        if written(p) {
-            want[128..136].copy_from_slice(&marker(p));
-        }
         assert!(
-            read_page(base, p) == want,
+            read_page(base, p) == want(&bytes, p, written(p)),
             "page {p}: {}",
             if written(p) {
                 "the guest's write was lost"
@@ -354,12 +435,7 @@ fn touch_write_populate(test: &str, copy: bool) {
                 "differs from the source"
             }
         );
-        let fills = state.backing().fills_of(p);
-        if copy {
-            assert!(fills <= 1, "page {p} written {fills} times");
-        } else {
-            assert_eq!(fills, 1, "page {p} fills");
-        }
+        state.backing().assert_filled_once(p, copy);
     }
     let s = &report.stats;
     assert_eq!((s.total_pages, s.remaining_pages), (PAGES as u64, 0));
@@ -384,18 +460,16 @@ fn file_range_removed_and_punched_pages_read_zeros_and_stay_unbacked() {
         return;
     };
     let (source, bytes) = snapshot(TEST, PAGES);
-    let server = Server::start(
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        FileRange::continue_only(region, 0).expect("file range"),
+        source,
         Config {
             threads: 2,
             finish_when_complete: false,
-            files: vec![FileRange::continue_only(region, 0).expect("file range")],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let stats = util::with_deadline(TEST, Duration::from_secs(120), || {
         // The balloon takes its pages while the populator runs.
@@ -435,7 +509,7 @@ fn file_range_removed_and_punched_pages_read_zeros_and_stay_unbacked() {
                         if removed.contains(&p) || punched.contains(&p) {
                             assert!(seen.iter().all(|&b| b == 0), "page {p} is not zeros");
                         } else {
-                            assert!(seen == bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+                            assert!(seen == source_page(bytes, p), "page {p}");
                         }
                     }
                 });
@@ -466,24 +540,16 @@ fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
     };
     let (source, bytes) = snapshot(TEST, PAGES);
     // The slot's guest physical range; its bitmap is attached to the state.
-    const GPA: u64 = 1 << 32;
-    let bitmap =
-        Arc::new(UserfaultBitmap::new_all_set(GPA, (PAGES * PAGE) as u64).expect("bitmap"));
-    let file = FileRange::continue_only(region, 0)
-        .expect("file range")
-        .stage2_slot(bitmap.clone(), 0)
-        .expect("slot");
-    let server = Server::start(
+    let (file, bitmap) = stage2_file(region, 0, PAGES);
+    let server = serve_file(
         uffd,
-        &[],
-        Arc::new(source),
+        file,
+        source,
         Config {
             threads: 2,
-            files: vec![file],
             ..Config::default()
         },
-    )
-    .expect("start");
+    );
     let base = ram.addr();
     let report = util::with_deadline(TEST, Duration::from_secs(120), || {
         std::thread::scope(|s| {
@@ -495,7 +561,6 @@ fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
                 let stage2 = server.stage2();
                 let (bitmap, state, bytes) = (&bitmap, &state, &bytes);
                 s.spawn(move || {
-                    let mut buf = vec![0u8; PAGE];
                     for p in (0..PAGES as u64).filter(|p| p % 3 == t) {
                         if bitmap.test(p) != Some(true) {
                             continue;
@@ -507,11 +572,9 @@ fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
                             .expect("stage-2")
                             .expect("a slot's exit");
                         assert_eq!(bitmap.test(p), Some(false), "bit {p} still set");
-                        let fd = state.backing().memfd.as_fd();
-                        let n = rustix::io::pread(fd, &mut buf[..], p * PAGE as u64);
-                        assert_eq!(n.expect("pread"), PAGE);
                         let p = p as usize;
-                        assert!(buf == bytes[p * PAGE..(p + 1) * PAGE], "page {p}");
+                        let page = state.backing().file_page(p);
+                        assert!(page == source_page(bytes, p), "page {p}");
                     }
                 });
             }
@@ -519,10 +582,7 @@ fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
             let bytes = &bytes;
             s.spawn(move || {
                 for p in (0..PAGES).filter(|p| p % 3 == 2).rev() {
-                    assert!(
-                        read_page(base, p) == bytes[p * PAGE..(p + 1) * PAGE],
-                        "page {p}"
-                    );
+                    assert!(read_page(base, p) == source_page(bytes, p), "page {p}");
                 }
             });
         });
@@ -531,7 +591,7 @@ fn stage2_uffd_and_populator_fill_each_page_once_through_one_state() {
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
     assert_eq!(bitmap.count_set(), 0, "every bit cleared");
     for p in 0..PAGES {
-        assert_eq!(state.backing().fills_of(p), 1, "page {p} fills");
+        state.backing().assert_filled_once(p, false);
     }
     let s = &report.stats;
     // vCPU exits, faults and the populator: each page counted once.
