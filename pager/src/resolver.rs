@@ -1651,6 +1651,25 @@ impl Resolver {
         }
     }
 
+    /// True once the process whose memory this resolver serves has exited:
+    /// the kernel answers [`Uffd::mapping_change_pending`] with `ESRCH`
+    /// (it changes nothing otherwise). False while it lives, and where the
+    /// probe cannot be made (every range registered for write protection,
+    /// which it would change, or no range mapped any more).
+    pub fn process_exited(&self) -> bool {
+        let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
+        let Some(span) = spans
+            .iter()
+            .find(|s| !s.reg.mode().contains(userfault::uffd::RegisterMode::WP))
+        else {
+            return false;
+        };
+        matches!(
+            self.uffd.mapping_change_pending(&span.reg),
+            Err(e) if e.errno() == Some(Errno::ESRCH)
+        )
+    }
+
     /// Gives up on the pending pages of `[index, index + pages)`: after the
     /// kernel has said for long enough that they are not mapped (and no
     /// event explained it), they are `GONE`. Returns how many were.

@@ -672,12 +672,17 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mu
                 }
             }
         }
-        // Until the child is complete (checked above), never blocks.
+        // Until the child is complete (checked above), never blocks; a
+        // child served on demand only is checked for having exited when
+        // it has been idle a while (its exit raises no event).
         let populating = child && shared.prefetch;
+        let probing = child && !shared.prefetch;
         let timeout = if populating {
             Some(timespec(Duration::ZERO))
+        } else if !b.deferred.is_empty() {
+            Some(timespec(Duration::from_micros(200)))
         } else {
-            (!b.deferred.is_empty()).then(|| timespec(Duration::from_micros(200)))
+            probing.then(|| timespec(CHILD_IDLE_PROBE))
         };
         let mut fds = [
             PollFd::new(&uffd, PollFlags::IN),
@@ -689,6 +694,7 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mu
         ];
         let n = if peer.is_some() { 3 } else { 2 };
         match rustix::event::poll(&mut fds[..n], timeout.as_ref()) {
+            Ok(0) if probing && b.deferred.is_empty() && resolver.process_exited() => return,
             Ok(_) | Err(rustix::io::Errno::INTR) => {}
             Err(e) => {
                 shared.finish(Exit::Failed(Error::io("poll", e)));
@@ -717,6 +723,10 @@ fn serve(shared: &Arc<Shared>, resolver: &Resolver, role: Role<'_>, started: &mu
         }
     }
 }
+
+/// How long a forked child served without prefetch may be idle before its
+/// handler checks whether it has exited ([`Resolver::process_exited`]).
+const CHILD_IDLE_PROBE: Duration = Duration::from_secs(1);
 
 /// What one background step on a child's pages found.
 enum ChildStep {
@@ -1187,6 +1197,9 @@ fn fork_thread(shared: &Arc<Shared>) {
                 // Not a thread `Server::start` waits for.
                 let mut started = Started::announced(&shared_for_child);
                 serve(&shared_for_child, &resolver, Role::Child, &mut started);
+                if !shared_for_child.stopped() {
+                    Counters::add(&shared_for_child.counters.ended_children, 1);
+                }
                 shared_for_child
                     .live_children
                     .fetch_sub(1, Ordering::AcqRel);

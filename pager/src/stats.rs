@@ -41,6 +41,7 @@ pub(crate) struct Counters {
     pub unmapped_pages: AtomicU64,
     pub remaps: AtomicU64,
     pub forks: AtomicU64,
+    pub ended_children: AtomicU64,
     pub other_events: AtomicU64,
     pub unserved_faults: AtomicU64,
     pub stage2_faults: AtomicU64,
@@ -89,6 +90,7 @@ impl Counters {
             unmapped_pages: get(&self.unmapped_pages),
             remaps: get(&self.remaps),
             forks: get(&self.forks),
+            ended_children: get(&self.ended_children),
             other_events: get(&self.other_events),
             unserved_faults: get(&self.unserved_faults),
             stage2_faults: get(&self.stage2_faults),
@@ -361,6 +363,9 @@ pub struct Stats {
     pub remaps: u64,
     /// `UFFD_EVENT_FORK` events: child processes served.
     pub forks: u64,
+    /// Forked children whose service ended while the server ran: every
+    /// page of theirs was in, or their process exited.
+    pub ended_children: u64,
     /// Events of kinds the server does not act on.
     pub other_events: u64,
     /// Page faults the server could not place: outside every served range

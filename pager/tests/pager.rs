@@ -16,7 +16,7 @@ use std::os::unix::fs::FileExt as _;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
@@ -256,6 +256,15 @@ fn uffd_with_events(test: &str, events: Features, what: &str) -> Option<Uffd> {
         return None;
     }
     Some(uffd)
+}
+
+/// Held by every test that forks or serves with FORK events, for its
+/// whole run: a fork copies the whole process, so it raises a FORK event
+/// on every userfaultfd of the process that asked for them, and another
+/// test's server would count (and serve) that child too.
+fn forking() -> MutexGuard<'static, ()> {
+    static FORKING: Mutex<()> = Mutex::new(());
+    FORKING.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A userfaultfd with REMOVE and FORK events, or a skip (FORK events need
@@ -740,6 +749,7 @@ fn library_follows_remaps_while_prefetching_and_completes() {
 #[test]
 fn library_serves_a_forked_child_until_both_are_complete() {
     const TEST: &str = "library_serves_a_forked_child_until_both_are_complete";
+    let _forking = forking();
     let Some(uffd) = fork_uffd(TEST) else {
         return;
     };
@@ -781,6 +791,8 @@ fn library_serves_a_forked_child_until_both_are_complete() {
     });
     assert!(matches!(report.exit, Exit::Complete), "{:?}", report.exit);
     assert_eq!(report.stats.forks, 1);
+    // The child's service ended once every page of it was in.
+    assert_eq!(report.stats.ended_children, 1, "{:?}", report.stats);
     for i in 0..PAGES {
         assert_eq!(read_page(base, i), want(i), "page {i}");
     }
@@ -1302,6 +1314,7 @@ fn assert_no_fault_served(vmm: &Vmm) {
 #[test]
 fn library_serves_a_forked_child_from_the_parents_state() {
     const TEST: &str = "library_serves_a_forked_child_from_the_parents_state";
+    let _forking = forking();
     let Some(uffd) = fork_uffd(TEST) else {
         return;
     };
@@ -1336,10 +1349,20 @@ fn library_serves_a_forked_child_from_the_parents_state() {
                 }
             })
         });
+        // The child has exited, which raises no event: its handler finds
+        // out when it has been idle for a while, and ends.
+        let since = Instant::now();
+        while server.stats().ended_children == 0 && since.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     });
     let report = server.shutdown();
-    assert_eq!(report.stats.forks, 1);
+    assert_eq!(report.stats.forks, 1, "{:?}", report.stats);
     assert_eq!(report.stats.removed_pages, 10);
+    assert_eq!(
+        report.stats.ended_children, 1,
+        "the exited child's service went on"
+    );
 }
 
 #[test]

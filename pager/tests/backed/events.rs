@@ -376,6 +376,7 @@ fn file_range_faults_and_exits_are_recorded_in_order() {
 fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
     const TEST: &str = "a_forked_childs_dontneed_leaves_the_parents_file_page";
     const PAGES: usize = 64;
+    let _forking = crate::forking();
     let Some((uffd, _state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_FORK, true) else {
         return;
     };
