@@ -978,6 +978,11 @@ impl Backed {
     pub fn serve(&self, faults: &mut Vec<FileFault>, order: &Order<'_>) -> Result<(), Exit> {
         let read_at = self.ctx.counters.now();
         BUF.with_borrow_mut(|buf| {
+            // Sized for the largest window before the order lock is taken:
+            // nothing allocates under it (a fork of a process serving its
+            // own memory holds the allocator's locks until its FORK event
+            // is read, which waits for the lock).
+            sized(buf, self.ctx.window);
             for f in faults.drain(..) {
                 let r = {
                     let _order = order();

@@ -185,6 +185,74 @@ fn copy_capable_copy_zero_and_exists_then_wake() {
     })
 }
 
+/// A copied window over pages a balloon discarded copies the source around
+/// them and zeros into them, each piece with its own `UFFDIO_COPY`: the
+/// faulting thread reads the source, the discarded pages read zeros
+/// through the mapping and in the file, and every page counts once.
+#[test]
+fn a_copied_window_fills_discarded_pages_with_zeros_and_the_rest_from_the_source() {
+    const TEST: &str =
+        "a_copied_window_fills_discarded_pages_with_zeros_and_the_rest_from_the_source";
+    crate::util::with_deadline(TEST, WAIT * 6, || {
+        let Some(uffd) = open_uffd(TEST) else { return };
+        let page = page_size();
+        let pages = 8;
+        let mapping = shmem_mapping(pages);
+        let mode = RegisterMode::MISSING | RegisterMode::MINOR;
+        // SAFETY: fresh mapping, nothing references it.
+        let region: Region<CopyCapable, _> =
+            unsafe { Region::copy_capable_file(uffd.clone(), mapping.clone(), mode) }
+                .expect("register");
+        let state = mapping.state();
+        state
+            .discard(
+                2 * page as u64,
+                2 * page as u64,
+                userfault::resolve::Discard::Zero,
+            )
+            .expect("discard");
+        let data: Vec<u8> = (0..pages)
+            .flat_map(|p| source_page((p * page) as u64, page))
+            .collect();
+        let mut buf = EventBuffer::with_capacity(4);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| read_out(&mapping, page, page));
+            let (addr, kind) = next_fault(&uffd, &mut buf, WAIT).expect("event");
+            let Some(Fault::Missing(f)) = region.fault_at(addr, kind) else {
+                panic!("not missing")
+            };
+            let w = f.window(pages * page).expect("window");
+            let fill = f.copy_window_counted(w, &data).expect("window");
+            assert_eq!(
+                (fill.resolution.ok(), fill.written, fill.zeroed),
+                (Some(Resolution::Filled), pages as u64, 2)
+            );
+            assert_eq!(
+                reader.join().expect("reader"),
+                source_page(page as u64, page)
+            );
+        });
+        let memfd = region.mapping().expect("backing").backing().clone();
+        for p in 0..pages {
+            let want = if (2..4).contains(&p) {
+                vec![0u8; page]
+            } else {
+                source_page((p * page) as u64, page)
+            };
+            assert!(read_out(&mapping, p * page, page) == want, "page {p}");
+            let mut back = vec![0u8; page];
+            rustix::io::pread(&*memfd, &mut back, (p * page) as u64).expect("pread");
+            assert!(back == want, "file page {p}");
+            assert_eq!(
+                state
+                    .count_unfilled((p * page) as u64, page as u64)
+                    .unwrap(),
+                0
+            );
+        }
+    })
+}
+
 /// The escape hatch refuses what the types forbid, at run time, and the
 /// refused fault is woken rather than lost.
 #[test]

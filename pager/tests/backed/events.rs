@@ -427,6 +427,84 @@ fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
     assert_eq!(report.stats.removed_pages, 0, "{:?}", report.stats);
 }
 
+/// A process that serves its own file-backed memory forks again and again
+/// while its guest threads fault and the populator fills: glibc's `fork`
+/// holds the allocator's locks until the FORK event is read, and reading
+/// it waits for every resolution under the order lock to end, so a
+/// resolution that allocated under the lock would never end. Every fork
+/// returns, and every page ends up the source's.
+#[test]
+fn forks_while_file_windows_are_resolved_never_deadlock() {
+    const TEST: &str = "forks_while_file_windows_are_resolved_never_deadlock";
+    const PAGES: usize = 8192; // 32 MiB
+    const FORKS: usize = 200;
+    let _forking = crate::forking();
+    let Some((uffd, _state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_FORK, true) else {
+        return;
+    };
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
+    }
+    let file = file_range(&uffd, &ram, None);
+    let (source, bytes) = snapshot(TEST, PAGES);
+    let server = serve_file(
+        uffd,
+        file,
+        source,
+        Config {
+            threads: 2,
+            chunk: 4 * PAGE,
+            ..Config::default()
+        },
+    );
+    let base = ram.addr();
+    let forks = util::with_deadline(TEST, Duration::from_secs(120), || {
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let bytes = &bytes;
+                s.spawn(move || {
+                    for k in 0..PAGES {
+                        let p = (k * (2 * t + 1) + t * 331) % PAGES;
+                        assert!(read_page(base, p) == want(bytes, p, false), "page {p}");
+                    }
+                });
+            }
+            let mut forks = 0;
+            while forks < FORKS && !server.is_prefetched() {
+                // SAFETY: the child calls only _exit.
+                let pid = unsafe { libc::fork() };
+                assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
+                if pid == 0 {
+                    // SAFETY: ends the child at once, running nothing of
+                    // the parent's.
+                    unsafe { libc::_exit(0) };
+                }
+                let mut status = 0;
+                // SAFETY: waits for the child just forked.
+                assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+                forks += 1;
+                // One fork at a time: the next once the server is done
+                // with this child (the pool of fork captures it takes
+                // from is refilled between forks).
+                while server.stats().ended_children < forks as u64 {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+            forks
+        })
+    });
+    let report = server.wait();
+    assert!(
+        matches!(report.exit, userfault_pager::Exit::Complete),
+        "{:?}",
+        report.exit
+    );
+    util::report(&format!(
+        "{TEST}: {forks} forks while {} demand faults and {} prefetched pages",
+        report.stats.demand_faults, report.stats.prefetch_pages
+    ));
+}
+
 /// A move named by mistake (no mremap happened) leaves nothing registered
 /// once the region is dropped: the region still unregisters its range.
 #[test]

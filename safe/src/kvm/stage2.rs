@@ -327,15 +327,16 @@ impl<B: Backing> Stage2Fault<'_, B> {
         let fault_i = self.file_page - window.first;
         let fault_claimed = held.has(fault_i);
         let fault_zeroed = held.zero(fault_i);
-        let runs = held.runs(n);
-        for &(a, b) in &runs {
+        let mut runs = [(0, 0); crate::resolve::MAX_RUNS];
+        let runs = held.runs_into(n, &mut runs);
+        for &(a, b) in runs {
             let bytes = &data[a as usize * ps..b as usize * ps];
             self.state
                 .fill_run(window.first + a, bytes, |k| held.zero(a + k))?;
         }
         let mut written = 0;
         let mut zeroed = 0;
-        for &(a, b) in &runs {
+        for &(a, b) in runs {
             written += b - a;
             zeroed += held.zeros_in(a, b);
             held.finish(a, b);

@@ -209,6 +209,36 @@ use crate::uffd::{
     ContinueMode, CopyMode, Event, FaultKind, Ioctls, RegisterMode, Registration, Uffd,
 };
 
+/// Zeros for resolutions that fill pages with them, allocated once
+/// ([`zeros`]).
+static ZEROS: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+
+/// `len` zero bytes: a slice of one buffer of [`MAX_WINDOW`] bytes shared
+/// by every resolution (its pages stay the kernel's zero page: it is only
+/// ever read), or, for more than that (a page larger than a window), a
+/// buffer of its own.
+///
+/// The shared buffer is allocated by [`prepare_zeros`] when a page state
+/// is made, so that a resolution never allocates for it: a handler thread
+/// may resolve while a `fork(2)` of its own process waits for its FORK
+/// event to be read, and glibc's `fork` holds the allocator's locks
+/// meanwhile.
+pub(crate) fn zeros(len: usize) -> std::borrow::Cow<'static, [u8]> {
+    match ZEROS.get_or_init(zero_buffer).get(..len) {
+        Some(z) => std::borrow::Cow::Borrowed(z),
+        None => std::borrow::Cow::Owned(vec![0; len]),
+    }
+}
+
+/// Allocates [`zeros`]' shared buffer now, if it was not.
+pub(crate) fn prepare_zeros() {
+    ZEROS.get_or_init(zero_buffer);
+}
+
+fn zero_buffer() -> Box<[u8]> {
+    vec![0; MAX_WINDOW].into_boxed_slice()
+}
+
 mod any_class;
 pub mod page_state;
 mod rwp;
@@ -217,8 +247,8 @@ mod typed_fault;
 pub use any_class::{AnyFault, AnyRegion};
 pub use page_state::{Discard, PageState};
 pub use rwp::{RwpFault, UnknownFault};
-pub(crate) use typed_fault::HeldPages;
 pub use typed_fault::{Fault, MAX_WINDOW, MinorFault, MissingFault, Window, WpFault};
+pub(crate) use typed_fault::{HeldPages, MAX_RUNS};
 
 use typed_fault::RawFault;
 
@@ -908,7 +938,7 @@ impl<C: Class, B> Region<C, B> {
                 let src = match data {
                     Some(d) if !claim.is_zero_fill() => d,
                     _ => {
-                        zeros = vec![0u8; self.page_size];
+                        zeros = self::zeros(self.page_size);
                         &zeros[..]
                     }
                 };
@@ -963,7 +993,7 @@ impl<C: Class, B> Region<C, B> {
         if claim.prev() != FILLED {
             return Ok(None);
         }
-        let zeros = vec![0u8; self.page_size];
+        let zeros = self::zeros(self.page_size);
         match self.uffd.copy_prechecked(page, &zeros, CopyMode::DONTWAKE) {
             Ok(_) => {
                 claim.finish();

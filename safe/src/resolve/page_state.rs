@@ -127,6 +127,7 @@ impl<B: Backing> PageState<B> {
             dev: stat.st_dev,
             ino: stat.st_ino,
         };
+        super::prepare_zeros();
         let page_size = backing.page_size();
         let size = backing.size();
         if page_size == 0 || !size.is_multiple_of(page_size as u64) {
@@ -566,10 +567,14 @@ impl<B: Backing> PageState<B> {
             ));
         }
         let ps = self.page_size;
+        // Allocated before any claim is taken: a thread waiting for one of
+        // these claims may hold what a fork of this process needs to
+        // finish, while the fork holds the allocator's locks.
+        let mut written = Vec::with_capacity(crate::resolve::MAX_RUNS.min(n as usize));
         let mut held = crate::resolve::HeldPages::claim_with(self, first, n, false);
-        let runs = held.runs(n);
-        let mut written = Vec::with_capacity(runs.len());
-        for &(a, b) in &runs {
+        let mut runs = [(0, 0); crate::resolve::MAX_RUNS];
+        let runs = held.runs_into(n, &mut runs);
+        for &(a, b) in runs {
             let bytes = &data[a as usize * ps..b as usize * ps];
             self.fill_run(first + a, bytes, |k| held.zero(a + k))?;
             held.finish(a, b);
@@ -651,7 +656,7 @@ impl<B: Backing> PageState<B> {
             let offset = (first + i) * page as u64;
             let bytes = &data[i as usize * page..j as usize * page];
             let result = if z {
-                let zeros = vec![0u8; bytes.len()];
+                let zeros = super::zeros(bytes.len());
                 self.backing.fill(offset, &zeros, Claimed::new())
             } else {
                 self.backing.fill(offset, bytes, Claimed::new())
@@ -750,7 +755,7 @@ impl<B: Backing> PageClaim<'_, B> {
 
     /// Fills the page with zeros.
     pub(crate) fn fill_zeros(&self) -> Result<()> {
-        let zeros = vec![0u8; self.state.page_size];
+        let zeros = super::zeros(self.state.page_size);
         self.state.fill_run(self.page, &zeros, |_| false)
     }
 

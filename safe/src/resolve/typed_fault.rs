@@ -451,6 +451,9 @@ pub(crate) struct HeldPages<'s, B> {
 /// Pages in the largest window of base pages.
 const MAX_PAGES: usize = MAX_WINDOW / 4096;
 
+/// Runs of held pages in a window at most: every other page.
+pub(crate) const MAX_RUNS: usize = MAX_PAGES.div_ceil(2);
+
 impl<'s, B> HeldPages<'s, B> {
     /// Claims, without waiting, every claimable page of the `n` pages from
     /// file page `first` (at most a window's worth).
@@ -488,9 +491,15 @@ impl<'s, B> HeldPages<'s, B> {
         held
     }
 
-    /// The runs `[a, b)` of held pages among the first `n`.
-    pub(crate) fn runs(&self, n: u64) -> Vec<(u64, u64)> {
-        let mut runs = Vec::new();
+    /// The runs `[a, b)` of held pages among the first `n`, written into
+    /// `out` (room for every run there can be); returns them.
+    pub(crate) fn runs_into<'o>(
+        &self,
+        n: u64,
+        out: &'o mut [(u64, u64); MAX_RUNS],
+    ) -> &'o [(u64, u64)] {
+        let n = n.min(MAX_PAGES as u64);
+        let mut count = 0;
         let mut i = 0;
         while i < n {
             if !self.has(i) {
@@ -501,10 +510,11 @@ impl<'s, B> HeldPages<'s, B> {
             while j < n && self.has(j) {
                 j += 1;
             }
-            runs.push((i, j));
+            out[count] = (i, j);
+            count += 1;
             i = j;
         }
-        runs
+        &out[..count]
     }
 
     pub(crate) fn has(&self, i: u64) -> bool {
@@ -572,38 +582,27 @@ impl<C: Class, B: Backing> Region<C, B> {
         let fault_claimed = held.has(fault_i);
         let fault_zeroed = held.zero(fault_i);
         let dontwake = state.has_bitmaps();
-        // Runs of claimed pages.
-        let mut runs: Vec<(u64, u64)> = Vec::new();
-        let mut i = 0;
-        while i < n {
-            if !held.has(i) {
-                i += 1;
-                continue;
-            }
-            let mut j = i + 1;
-            while j < n && held.has(j) {
-                j += 1;
-            }
-            runs.push((i, j));
-            i = j;
-        }
+        // Runs of claimed pages, in a fixed array: nothing here allocates
+        // (see `zeros`).
+        let mut runs = [(0u64, 0u64); MAX_RUNS];
+        let runs = held.runs_into(n, &mut runs);
         let mut fault_mapped = false;
         // Pages this call wrote, and of them those it wrote zeros into.
         let (mut written, mut zeroed) = (0u64, 0u64);
         match how {
             Chunk::Write => {
-                for &(a, b) in &runs {
+                for &(a, b) in runs {
                     let bytes = &data[a as usize * ps..b as usize * ps];
                     state.fill_run(first + a, bytes, |k| held.zero(a + k))?;
                 }
-                for &(a, b) in &runs {
+                for &(a, b) in runs {
                     written += b - a;
                     zeroed += held.zeros_in(a, b);
                 }
-                for &(a, b) in &runs {
+                for &(a, b) in runs {
                     held.finish(a, b);
                 }
-                for &(a, b) in &runs {
+                for &(a, b) in runs {
                     let start = w.start + a as usize * ps;
                     let len = (b - a) as usize * ps;
                     let ok = self
@@ -621,36 +620,42 @@ impl<C: Class, B: Backing> Region<C, B> {
                 } else {
                     CopyMode::empty()
                 };
-                let mut copied = Vec::with_capacity(runs.len());
-                for &(a, b) in &runs {
-                    let bytes = &data[a as usize * ps..b as usize * ps];
-                    let mixed;
-                    let src = if (a..b).any(|k| held.zero(k)) {
-                        let mut v = bytes.to_vec();
-                        for k in a..b {
-                            if held.zero(k) {
-                                let at = (k - a) as usize * ps;
-                                v[at..at + ps].fill(0);
-                            }
+                // Each run in pieces of one kind: the source's bytes, or
+                // (discarded pages) zeros. At most one piece per page.
+                let mut copied = [(0u64, 0u64, false); MAX_PAGES];
+                let mut pieces = 0;
+                for &(a, b) in runs {
+                    let mut i = a;
+                    while i < b {
+                        let zero = held.zero(i);
+                        let mut j = i + 1;
+                        while j < b && held.zero(j) == zero {
+                            j += 1;
                         }
-                        mixed = v;
-                        &mixed[..]
-                    } else {
-                        bytes
-                    };
-                    let start = w.start + a as usize * ps;
-                    let done = match self.uffd.copy_prechecked(start, src, mode) {
-                        Ok(_) => b - a,
-                        // Copied up to a page that was there already: the
-                        // copied part is filled (and not woken by the
-                        // failing ioctl); the rest is released and its
-                        // faults resolved one by one.
-                        Err(Error::Partial { done, .. }) => done / ps as u64,
-                        Err(_) => 0,
-                    };
-                    copied.push((a, a + done, done == b - a));
+                        let len = (j - i) as usize * ps;
+                        let zeros;
+                        let src = if zero {
+                            zeros = super::zeros(len);
+                            &zeros[..]
+                        } else {
+                            &data[i as usize * ps..j as usize * ps]
+                        };
+                        let start = w.start + i as usize * ps;
+                        let done = match self.uffd.copy_prechecked(start, src, mode) {
+                            Ok(_) => j - i,
+                            // Copied up to a page that was there already:
+                            // the copied part is filled (and not woken by
+                            // the failing ioctl); the rest is released and
+                            // its faults resolved one by one.
+                            Err(Error::Partial { done, .. }) => done / ps as u64,
+                            Err(_) => 0,
+                        };
+                        copied[pieces] = (i, i + done, done == j - i);
+                        pieces += 1;
+                        i = j;
+                    }
                 }
-                for &(a, b, whole) in &copied {
+                for &(a, b, whole) in &copied[..pieces] {
                     if b == a {
                         continue;
                     }
