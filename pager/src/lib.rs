@@ -45,7 +45,11 @@
 //! looked up the old address starts again). FORK serves the child's copy
 //! from what it had at the fork, on a thread of its own that ends when the
 //! child exits (or, when prefetching, once every page of it is in;
-//! [`Exit::Complete`] waits for that). A fault the server cannot place
+//! [`Exit::Complete`] waits for that). A process that serves its own
+//! memory must not fork more than four times in a row faster than the
+//! server sets the children up: a fork holds the allocator's locks until
+//! its event is read, and a fifth child's setup would allocate while the
+//! events are applied. A fault the server cannot place
 //! (outside every range it was given) is woken rather than left asleep,
 //! and one that keeps coming back stops the server with its address. A
 //! server thread that panics (in a [`PageSource`] of the caller's, say)

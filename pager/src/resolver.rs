@@ -82,8 +82,12 @@ const MAX_ATTEMPTS: usize = 64;
 /// Fork captures kept ready, so that following a FORK event allocates
 /// nothing in a handler thread: this many forks may be in flight before
 /// the fork thread has set the earlier ones up. One more allocates while
-/// the events are applied, which in a process that serves its own memory
-/// can wait on a fork's allocator locks.
+/// the events are applied. In a process that serves its own memory and
+/// forks again at once, that allocation waits for the allocator locks the
+/// new fork holds until its event is read, and the thread that would read
+/// it is the one waiting, with the order lock held: the server hangs. Such
+/// a process must not fork more than this many times in a row faster
+/// than the fork thread sets the children up.
 const FORK_SPARES: usize = 4;
 
 /// Bytes one resolution ioctl maps at most: a handler thread waiting to
