@@ -48,6 +48,15 @@
 //! hands it to its new state. A REMAP bumps a generation, and a
 //! resolution holding an address from before it starts again from the
 //! page's index.
+//!
+//! One exception: a server with one handler thread resolves that thread's
+//! one-page faults ([`Resolver::fault_direct`]) without the read side.
+//! That thread is then the only one that reads and applies events, and it
+//! does so only between its resolutions, never during one: its ioctl
+//! either completes before its next read (and a drop after that read takes
+//! the page) or, while a REMOVE is queued and unread, fails with `EAGAIN`.
+//! The populator and the file ranges still take the read side, so the
+//! reader's write side still waits for theirs.
 
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -1657,9 +1666,11 @@ impl Resolver {
 
     /// True once the process whose memory this resolver serves has exited:
     /// the kernel answers [`Uffd::mapping_change_pending`] with `ESRCH`
-    /// (it changes nothing otherwise). False while it lives, and where the
-    /// probe cannot be made (every range registered for write protection,
-    /// which it would change, or no range mapped any more).
+    /// (it changes nothing otherwise; the answer comes before the range is
+    /// looked up, so a range unmapped since does as well as any). False
+    /// while it lives, where every range is registered for write protection
+    /// (which the probe would remove), and on kernels that do not check for
+    /// an exited process there (they answer `ENOENT`).
     pub fn process_exited(&self) -> bool {
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
         let Some(span) = spans

@@ -1835,9 +1835,11 @@ fn per_page_follows_remaps_and_keeps_writes(test: &'static str, threads: usize) 
     let s = &report.stats;
     assert_eq!(wrong, 0, "{wrong} pages wrong after {moves} moves; {s:?}");
     // The last move can come after the server completed and unregistered
-    // the range: no event for it.
+    // the range (no event for it), but only when the server completing
+    // ended the moves.
+    let last_after_unregister = moves < 300 && s.remaps + 1 == moves;
     assert!(
-        s.remaps <= moves && s.remaps + 1 >= moves,
+        s.remaps == moves || last_after_unregister,
         "{moves} moves: {s:?}"
     );
     assert_eq!(s.demand_pages + s.prefetch_pages, PAGES as u64, "{s:?}");

@@ -268,8 +268,9 @@ impl Touch {
         let path = format!("/proc/self/task/{}/syscall", self.tid);
         let deadline = std::time::Instant::now() + TIMEOUT;
         loop {
-            let state =
-                std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            let state = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+                panic!("the faulting thread has ended: its access did not block ({path}: {e})")
+            });
             if !state.starts_with("running") {
                 return;
             }

@@ -734,7 +734,9 @@ impl Uffd {
     /// [`Error::InvalidArgument`] for a registration of another userfaultfd
     /// or one registered with [`RegisterMode::WP`] (the call would remove
     /// write protection from its first page). From the kernel: `ESRCH` (the
-    /// process has exited), `EINVAL`/`ENOTTY` before Linux 5.7 (no
+    /// process has exited; checked before the range is looked up, on the
+    /// kernels tested from 5.10 on — a kernel without that check answers
+    /// `ENOENT`, so `Ok(false)`), `EINVAL`/`ENOTTY` before Linux 5.7 (no
     /// `UFFDIO_WRITEPROTECT`).
     ///
     /// # References
