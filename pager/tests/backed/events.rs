@@ -2,15 +2,17 @@
 //! served, its faults recorded into the working set, and its pages
 //! counted once whichever path fills them.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use userfault::backing::BackedMapping;
 use userfault::kvm::{MemoryFault, MemoryFaultFlags};
-use userfault::uffd::{Features, RegisterMode};
-use userfault_pager::Config;
+use userfault::uffd::{Features, RegisterMode, Uffd};
+use userfault_pager::{Config, FileRange};
 
 use super::{
-    GPA, PAGE, continue_only, file_range, memfd, memfd_with, read_page, serve_file, snapshot,
-    source_page, stage2_file, want, write_marker,
+    Counting, GPA, PAGE, continue_only, file_range, memfd, memfd_with, read_page, serve_file,
+    snapshot, source_page, stage2_file, want, write_marker,
 };
 use crate::util;
 
@@ -369,6 +371,21 @@ fn file_range_faults_and_exits_are_recorded_in_order() {
     assert_eq!(report.stats.stage2_faults, 30, "{:?}", report.stats);
 }
 
+/// A CONTINUE-only file range of a memfd of `pages` pages, on a
+/// userfaultfd with FORK events, or a skip (they need `CAP_SYS_PTRACE`).
+fn forking_file_range(
+    test: &str,
+    pages: usize,
+) -> Option<(Arc<Uffd>, Arc<BackedMapping<Counting>>, FileRange)> {
+    let (uffd, _state, ram) = memfd_with(test, pages, Features::EVENT_FORK, true)?;
+    if !uffd.features().contains(Features::EVENT_FORK) {
+        util::skip(test, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
+        return None;
+    }
+    let file = file_range(&uffd, &ram, None);
+    Some((uffd, ram, file))
+}
+
 /// A forked child's `MADV_DONTNEED` of its copy of a shared file mapping
 /// changes nothing in the file: its REMOVE event must not discard the
 /// parent's file page (which holds a guest write).
@@ -377,13 +394,9 @@ fn a_forked_childs_dontneed_leaves_the_parents_file_page() {
     const TEST: &str = "a_forked_childs_dontneed_leaves_the_parents_file_page";
     const PAGES: usize = 64;
     let _forking = crate::forking();
-    let Some((uffd, _state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_FORK, true) else {
+    let Some((uffd, ram, file)) = forking_file_range(TEST, PAGES) else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_FORK) {
-        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
-    }
-    let file = file_range(&uffd, &ram, None);
     let (source, bytes) = snapshot(TEST, PAGES);
     let server = serve_file(
         uffd,
@@ -439,13 +452,9 @@ fn forks_while_file_windows_are_resolved_never_deadlock() {
     const PAGES: usize = 8192; // 32 MiB
     const FORKS: usize = 200;
     let _forking = crate::forking();
-    let Some((uffd, _state, ram)) = memfd_with(TEST, PAGES, Features::EVENT_FORK, true) else {
+    let Some((uffd, ram, file)) = forking_file_range(TEST, PAGES) else {
         return;
     };
-    if !uffd.features().contains(Features::EVENT_FORK) {
-        return util::skip(TEST, "root", "UFFD_FEATURE_EVENT_FORK is not offered");
-    }
-    let file = file_range(&uffd, &ram, None);
     let (source, bytes) = snapshot(TEST, PAGES);
     let server = serve_file(
         uffd,
