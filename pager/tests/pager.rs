@@ -540,6 +540,77 @@ fn marker(i: usize) -> u8 {
 
 /// Balloon pages: never touched by the guest threads, inflated while the
 /// populator runs.
+/// A balloon takes each page back at the very moment the guest first
+/// touches it, page after page: whichever comes first, once both are done
+/// the page reads as zeros. A resolution that decided to copy the
+/// snapshot before the REMOVE was read and landed after the kernel
+/// dropped the page would leave snapshot data there (the order lock is
+/// what keeps it out); with one handler thread its own faults take no
+/// lock, and the same must hold.
+fn balloon_races_first_touches(test: &'static str, threads: usize) {
+    const PAGES: usize = 4096;
+    let Some(uffd) = new_uffd(test, Features::EVENT_REMOVE) else {
+        return;
+    };
+    let (_dir, file, _bytes) = scratch_snapshot(&format!("lib-race-{threads}"), PAGES, 0..0);
+    let (guest, server) = serve_anonymous_from(
+        uffd,
+        PAGES,
+        mapped_source(&file, Prefault::Populate),
+        Config {
+            threads,
+            chunk: PAGE,
+            adaptive_chunk: None,
+            prefetch: false,
+            ..Config::default()
+        },
+    );
+    let base = guest.addr();
+    util::with_deadline(test, Duration::from_secs(120), || {
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..PAGES {
+                    start.wait();
+                    read_page(base, i);
+                }
+            });
+            for i in 0..PAGES {
+                start.wait();
+                balloon(base + i * PAGE, PAGE);
+            }
+        });
+        let left: Vec<usize> = (0..PAGES)
+            .filter(|&i| read_page(base, i).iter().any(|&b| b != 0))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "{} pages kept snapshot data after the balloon took them: {:?}",
+            left.len(),
+            &left[..left.len().min(8)]
+        );
+    });
+    let s = server.shutdown().stats;
+    assert_eq!(s.removed_pages, PAGES as u64, "{s:?}");
+    util::report(&format!(
+        "{test}: {} demand faults, {} zero pages, {} retries",
+        s.demand_faults, s.zero_pages, s.retries
+    ));
+}
+
+#[test]
+fn library_balloon_racing_first_touches_leaves_zeros() {
+    balloon_races_first_touches("library_balloon_racing_first_touches_leaves_zeros", 2);
+}
+
+#[test]
+fn library_balloon_racing_first_touches_leaves_zeros_with_one_handler() {
+    balloon_races_first_touches(
+        "library_balloon_racing_first_touches_leaves_zeros_with_one_handler",
+        1,
+    );
+}
+
 fn ballooned(i: usize) -> bool {
     i % 512 >= 256 && i % 512 < 320
 }
