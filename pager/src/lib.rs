@@ -45,11 +45,10 @@
 //! looked up the old address starts again). FORK serves the child's copy
 //! from what it had at the fork, on a thread of its own that ends when the
 //! child exits (or, when prefetching, once every page of it is in;
-//! [`Exit::Complete`] waits for that). A process that serves its own
-//! memory must not fork more than four times in a row faster than the
-//! server sets the children up: a fork holds the allocator's locks until
-//! its event is read, and a fifth child's setup would allocate while the
-//! events are applied. A fault the server cannot place
+//! [`Exit::Complete`] waits for that). A process may serve its own memory
+//! and fork as often as it likes: a fork holds the allocator's locks until
+//! its event is read, so nothing that event's reading waits for allocates
+//! (the child's state is captured into `mmap`ed buffers). A fault the server cannot place
 //! (outside every range it was given) is woken rather than left asleep,
 //! and one that keeps coming back stops the server with its address. A
 //! server thread that panics (in a [`PageSource`] of the caller's, say)
@@ -101,6 +100,7 @@
 mod backed;
 mod error;
 pub mod firecracker;
+mod mapbuf;
 mod resolver;
 mod server;
 pub mod source;

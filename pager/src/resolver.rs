@@ -65,6 +65,7 @@ use userfault::uffd::{CopyMode, Registration, Uffd, ZeropageMode};
 use userfault::{Errno, Error as UffdError};
 
 use crate::error::Error;
+use crate::mapbuf::MapBuf;
 use crate::source::{Mapped, PageSource, all_zero};
 use crate::stats::Counters;
 use crate::workingset::WorkingSet;
@@ -88,15 +89,12 @@ const BASE: u8 = 0x0f;
 /// follows a remap or another thread's resolution of the page).
 const MAX_ATTEMPTS: usize = 64;
 
-/// Fork captures kept ready, so that following a FORK event allocates
-/// nothing in a handler thread: this many forks may be in flight before
-/// the fork thread has set the earlier ones up. One more allocates while
-/// the events are applied. In a process that serves its own memory and
-/// forks again at once, that allocation waits for the allocator locks the
-/// new fork holds until its event is read, and the thread that would read
-/// it is the one waiting, with the order lock held: the server hangs. Such
-/// a process must not fork more than this many times in a row faster
-/// than the fork thread sets the children up.
+/// Fork captures kept ready, so that following a FORK event usually makes
+/// no system call: this many forks may be in flight before the fork thread
+/// has set the earlier ones up. Past that a capture is mapped while the
+/// event is applied: with `mmap`, never the allocator, whose locks a fork
+/// of a process that serves its own memory holds until its event is read
+/// (see `mapbuf`).
 const FORK_SPARES: usize = 4;
 
 /// Bytes one resolution ioctl maps at most: a handler thread waiting to
@@ -556,11 +554,12 @@ impl Drop for OrderWrite<'_> {
 
 /// What a child's state is built from, taken while the FORK event is
 /// applied (in event order, before anything later in the batch), into
-/// buffers allocated beforehand.
+/// buffers of its own mappings ([`MapBuf`]): made beforehand, or with
+/// `mmap` while the event is applied, never with the allocator.
 #[derive(Debug)]
 pub(crate) struct ForkCapture {
-    spans: Vec<Span>,
-    states: Box<[u8]>,
+    spans: MapBuf<Span>,
+    states: MapBuf<u8>,
     source: Option<Arc<dyn PageSource>>,
     zeros: Option<Arc<[u8]>>,
     predicted: Option<Arc<[u64]>>,
@@ -572,10 +571,15 @@ pub(crate) struct ForkCapture {
 }
 
 impl ForkCapture {
-    fn with_room(pages: usize, spans: usize) -> ForkCapture {
-        ForkCapture {
-            spans: Vec::with_capacity(spans),
-            states: vec![0; pages].into_boxed_slice(),
+    /// Room for `pages` states and `spans` spans.
+    ///
+    /// # Errors
+    ///
+    /// The `mmap` errno.
+    fn with_room(pages: usize, spans: usize) -> Result<ForkCapture, Error> {
+        Ok(ForkCapture {
+            spans: MapBuf::with_capacity(spans)?,
+            states: MapBuf::zeroed(pages)?,
             source: None,
             zeros: None,
             predicted: None,
@@ -584,7 +588,7 @@ impl ForkCapture {
             chunk: 0,
             counters: None,
             spares: None,
-        }
+        })
     }
 }
 
@@ -1890,8 +1894,13 @@ impl Resolver {
 
     /// `UFFD_EVENT_FORK`, while it is applied (under [`order`](Self::order),
     /// in event order): what the child's state is built from, into a
-    /// capture allocated beforehand (a new one only when more forks than
-    /// [`FORK_SPARES`] wait to be set up).
+    /// capture mapped beforehand (a new one, with `mmap`, only when more
+    /// forks than [`FORK_SPARES`] wait to be set up).
+    ///
+    /// # Errors
+    ///
+    /// The `mmap` errno when a new capture was needed and could not be
+    /// mapped.
     ///
     /// The child has what the parent had at the fork, and that is what the
     /// state says now: from the fork until its event is read the kernel
@@ -1902,18 +1911,22 @@ impl Resolver {
     /// to what they were claimed from (their ioctl will fail). A resolved
     /// page the child lacks (a `MADV_WIPEONFORK` range) reads as zeros, as
     /// the kernel would give it.
-    pub fn capture_fork(&self) -> ForkCapture {
+    pub fn capture_fork(&self) -> Result<ForkCapture, Error> {
         let spare = self
             .fork_spares
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop();
         let spans = self.spans.read().unwrap_or_else(|e| e.into_inner());
-        let mut cap =
-            spare.unwrap_or_else(|| ForkCapture::with_room(self.states.len(), spans.capacity()));
-        cap.spans.clear();
-        cap.spans.extend_from_slice(&spans);
-        for (to, from) in cap.states.iter_mut().zip(self.states.iter()) {
+        let mut cap = match spare {
+            Some(cap) if cap.spans.capacity() >= spans.len() => cap,
+            // More forks in flight than spares, or more spans than they
+            // have room for: `mmap`, never the allocator (see `mapbuf`).
+            _ => ForkCapture::with_room(self.states.len(), spans.capacity())?,
+        };
+        let fits = cap.spans.set(&spans);
+        debug_assert!(fits, "a capture with room for every span");
+        for (to, from) in cap.states.as_mut_slice().iter_mut().zip(self.states.iter()) {
             let v = from.load(Ordering::Acquire);
             *to = if v & UNMAPPED != 0 {
                 GONE
@@ -1933,7 +1946,7 @@ impl Resolver {
         cap.counters = Some(self.counters.clone());
         cap.spares = Some(self.fork_spares.clone());
         Counters::add(&self.counters.forks, 1);
-        cap
+        Ok(cap)
     }
 
     /// The child's resolver, serving the ranges registered with `child`
@@ -1942,21 +1955,24 @@ impl Resolver {
     /// a fresh capture back among the parent's spares.
     pub fn for_child(child: Uffd, mut cap: ForkCapture) -> Result<Resolver, Error> {
         let mut spans = Vec::with_capacity(cap.spans.capacity());
-        for s in &cap.spans {
+        for s in cap.spans.as_slice() {
             spans.push(Span {
                 reg: child.inherit(&s.reg)?,
                 ..*s
             });
         }
-        let states: Box<[AtomicU8]> = cap.states.iter().map(|&v| AtomicU8::new(v)).collect();
-        let remaining = cap.states.iter().filter(|&&v| v == PENDING).count();
+        let captured = cap.states.as_slice();
+        let states: Box<[AtomicU8]> = captured.iter().map(|&v| AtomicU8::new(v)).collect();
+        let remaining = captured.iter().filter(|&&v| v == PENDING).count();
         let (Some(source), Some(zeros), Some(counters)) =
             (cap.source.take(), cap.zeros.take(), cap.counters.take())
         else {
             return Err(Error::Config("a fork capture that was never taken".into()));
         };
         if let Some(parent_spares) = cap.spares.take() {
-            let fresh = ForkCapture::with_room(cap.states.len(), cap.spans.capacity());
+            // A spare for the parent's next fork: this one, now copied.
+            // Made outside the pool's lock, which a handler thread takes.
+            let fresh = ForkCapture::with_room(cap.states.len(), cap.spans.capacity())?;
             let mut pool = parent_spares.lock().unwrap_or_else(|e| e.into_inner());
             if pool.len() < FORK_SPARES {
                 pool.push(fresh);
@@ -2030,7 +2046,9 @@ fn fork_spares(uffd: &Uffd, pages: usize, spans: usize) -> Arc<Mutex<Vec<ForkCap
         0
     };
     let mut pool = Vec::with_capacity(FORK_SPARES);
-    pool.extend((0..n).map(|_| ForkCapture::with_room(pages, spans)));
+    // Best effort: a spare that cannot be mapped now is mapped when a
+    // FORK needs it (and the error reported then).
+    pool.extend((0..n).filter_map(|_| ForkCapture::with_room(pages, spans).ok()));
     Arc::new(Mutex::new(pool))
 }
 

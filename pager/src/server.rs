@@ -1019,10 +1019,18 @@ fn apply(
         }
         // Captured now, in event order (a REMOVE later in the batch is not
         // the child's); set up by the fork thread, since that allocates.
-        Event::Fork { uffd: child } => {
-            shared.live_children.fetch_add(1, Ordering::AcqRel);
-            forks.push((child, resolver.capture_fork()));
-        }
+        Event::Fork { uffd: child } => match resolver.capture_fork() {
+            Ok(cap) => {
+                shared.live_children.fetch_add(1, Ordering::AcqRel);
+                forks.push((child, cap));
+            }
+            // Not even `mmap` gave room for the child's state: it cannot be
+            // served as the parent was, and unserved it would wait forever.
+            Err(e) => {
+                shared.finish(Exit::Failed(e));
+                return Err(Pass::Stop);
+            }
+        },
         _ => Counters::add(&shared.counters.other_events, 1),
     }
     Ok(())
